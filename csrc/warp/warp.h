@@ -1,0 +1,246 @@
+// warp: sample an image at voxel positions (the per-element math of fastreg::warp_forward
+// and fastreg::warp_backward, shared by the CPU and CUDA launchers).
+//
+// Contract
+//   image  (B, C, *S_in)              float/double/half/bfloat16, contiguous
+//   loc    (Bl, NDIM, *S_out)         Bl in {1, B}; same dtype as image
+//            displacement=true : position = index of the output voxel + loc   (S_out == S_in)
+//            displacement=false: position = loc (absolute voxel coordinates)
+//   out    (B, C, *S_out)             out[b, c, p] = image[b, c] interpolated at position(p)
+// Units and conventions
+//   Positions are in voxels, channel a of loc moves along spatial axis a (ij order), voxel
+//   centres at integer indices (align_corners=True), exactly torch.nn.functional.grid_sample
+//   with the normalised grid 2 * pos / (size - 1) - 1 in reversed (x, y, z) channel order.
+//   A size-1 axis always samples index 0 (grid_sample's convention); a NaN position gives
+//   NaN in every channel of that output voxel (grid_sample gives 0 there).
+//   mode:    kBilinear (linear in every axis) or kNearest (round half to even).
+//   padding: kZeros (outside is 0), kBorder (clamp), kReflection (mirror about the border
+//            voxel centres, then clamp), with grid_sample's gradients (0 where clamped).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <math.h>
+
+#include "../common/host_device.h"
+
+namespace fastreg {
+namespace warp {
+
+constexpr int kBilinear = 0;
+constexpr int kNearest = 1;
+
+constexpr int kZeros = 0;
+constexpr int kBorder = 1;
+constexpr int kReflection = 2;
+
+// Sizes and element strides of one channel of the image, first spatial axis first.
+template <int NDIM>
+struct Geometry {
+  int64_t size[NDIM];
+  int64_t stride[NDIM];
+};
+
+// The interpolation stencil of one position: up to 2^NDIM corners, their flat offsets
+// within one channel of the image, weights, and d weight / d position per axis.
+template <typename T, int NDIM>
+struct Stencil {
+  static constexpr int kMaxCorners = 1 << NDIM;
+  int count;
+  bool nan;
+  bool valid[kMaxCorners];
+  int64_t offset[kMaxCorners];
+  T weight[kMaxCorners];
+  T dweight[NDIM][kMaxCorners];
+};
+
+// Maps a position along one axis to the coordinate actually sampled, per padding mode,
+// and its derivative d(coordinate)/d(position) in `grad`.
+template <typename T>
+FASTREG_HOST_DEVICE T source_coordinate(T p, int64_t size, int padding, T& grad) {
+  if (size == 1) {  // grid_sample maps every finite coordinate of a size-1 axis to 0
+    grad = T(0);
+    return p * T(0);
+  }
+  if (padding == kZeros) {
+    grad = T(1);
+    return p;
+  }
+  const T hi = static_cast<T>(size - 1);
+  T g = T(1);
+  if (padding == kReflection) {
+    if (p < T(0)) {
+      p = -p;
+      g = -g;
+    }
+    const T flips = floor(p / hi);
+    const T extra = fmod(p, hi);
+    if (fmod(flips, T(2)) == T(0)) {
+      p = extra;
+    } else {
+      p = hi - extra;
+      g = -g;
+    }
+  }
+  if (p <= T(0)) {
+    grad = T(0);
+    return T(0);
+  }
+  if (p >= hi) {
+    grad = T(0);
+    return hi;
+  }
+  grad = g;
+  return p;  // NaN falls through unchanged
+}
+
+// Round half to even, as grid_sample's nearest mode (std::nearbyint in the default mode).
+template <typename T>
+FASTREG_HOST_DEVICE T round_half_even(T x) {
+  T r = floor(x + T(0.5));
+  if (r - x == T(0.5) && fmod(r, T(2)) != T(0)) r -= T(1);
+  return r;
+}
+
+// Builds the stencil of `pos` (NDIM voxel coordinates). dweight is filled when with_grad.
+template <typename T, int NDIM>
+FASTREG_HOST_DEVICE void build_stencil(const T* pos, const Geometry<NDIM>& geo, int mode,
+                                       int padding, bool with_grad, Stencil<T, NDIM>& st) {
+  st.nan = false;
+  for (int a = 0; a < NDIM; ++a) st.nan = st.nan || (pos[a] != pos[a]);
+  if (mode == kNearest) {
+    st.count = 1;
+    st.weight[0] = T(1);
+    bool valid = !st.nan;
+    int64_t offset = 0;
+    for (int a = 0; a < NDIM; ++a) {
+      T g;
+      const T r = round_half_even(source_coordinate(pos[a], geo.size[a], padding, g));
+      valid = valid && r >= T(0) && r <= static_cast<T>(geo.size[a] - 1);
+      if (valid) offset += static_cast<int64_t>(r) * geo.stride[a];
+      if (with_grad) st.dweight[a][0] = T(0);
+    }
+    st.valid[0] = valid;
+    st.offset[0] = valid ? offset : 0;
+    return;
+  }
+  // Linear: per axis the two neighbours i0 = floor(s) and i0 + 1 with weights 1 - t, t.
+  int64_t index[NDIM];
+  bool valid_axis[NDIM][2];
+  T w[NDIM][2];
+  T dw[NDIM][2];
+  for (int a = 0; a < NDIM; ++a) {
+    T g;
+    const T s = source_coordinate(pos[a], geo.size[a], padding, g);
+    const T f = floor(s);
+    const T last = static_cast<T>(geo.size[a] - 1);
+    // Compare in floating point before any integer cast: far-away or NaN positions stay safe.
+    valid_axis[a][0] = f >= T(0) && f <= last;
+    valid_axis[a][1] = f >= T(-1) && f < last;
+    index[a] = (f >= T(-1) && f <= last) ? static_cast<int64_t>(f) : 0;
+    const T t = s - f;
+    w[a][0] = T(1) - t;
+    w[a][1] = t;
+    dw[a][0] = -g;
+    dw[a][1] = g;
+  }
+  st.count = 1 << NDIM;
+  for (int k = 0; k < (1 << NDIM); ++k) {
+    bool valid = !st.nan;
+    int64_t offset = 0;
+    T weight = T(1);
+    for (int a = 0; a < NDIM; ++a) {
+      const int bit = (k >> (NDIM - 1 - a)) & 1;
+      valid = valid && valid_axis[a][bit];
+      offset += (index[a] + bit) * geo.stride[a];
+      weight *= w[a][bit];
+    }
+    st.valid[k] = valid;
+    st.offset[k] = valid ? offset : 0;
+    st.weight[k] = weight;
+    if (with_grad) {
+      for (int a = 0; a < NDIM; ++a) {
+        T d = dw[a][(k >> (NDIM - 1 - a)) & 1];
+        for (int b = 0; b < NDIM; ++b) {
+          if (b != a) d *= w[b][(k >> (NDIM - 1 - b)) & 1];
+        }
+        st.dweight[a][k] = d;
+      }
+    }
+  }
+}
+
+// Splits a flat index of the output grid into per-axis indices.
+template <int NDIM>
+FASTREG_HOST_DEVICE void unravel(int64_t v, const int64_t* size, int64_t* idx) {
+  for (int a = NDIM - 1; a >= 0; --a) {
+    idx[a] = v % size[a];
+    v /= size[a];
+  }
+}
+
+// Advances per-axis indices by one voxel in C order (the cheap step of CPU loops).
+template <int NDIM>
+FASTREG_HOST_DEVICE void advance(const int64_t* size, int64_t* idx) {
+  for (int a = NDIM - 1; a >= 0; --a) {
+    if (++idx[a] < size[a]) return;
+    idx[a] = 0;
+  }
+}
+
+// Reads the position of output voxel v; loc points at one batch item (NDIM, n_out).
+template <typename scalar_t, typename T, int NDIM>
+FASTREG_HOST_DEVICE void load_position(const scalar_t* loc, int64_t n_out, int64_t v,
+                                       const int64_t* idx, bool displacement, T* pos) {
+  for (int a = 0; a < NDIM; ++a) {
+    pos[a] = static_cast<T>(loc[a * n_out + v]);
+    if (displacement) pos[a] += static_cast<T>(idx[a]);
+  }
+}
+
+// Forward at one output voxel for one batch item: image (C, n_in), out strided by n_out.
+template <typename scalar_t, typename T, int NDIM>
+FASTREG_HOST_DEVICE void sample_channels(const Stencil<T, NDIM>& st, const scalar_t* image,
+                                         int64_t channels, int64_t n_in, scalar_t* out,
+                                         int64_t n_out) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const scalar_t* img = image + c * n_in;
+    T acc = T(0);
+    for (int k = 0; k < st.count; ++k) {
+      if (st.valid[k]) acc += st.weight[k] * static_cast<T>(img[st.offset[k]]);
+    }
+    if (st.nan) acc = static_cast<T>(NAN);
+    out[c * n_out] = static_cast<scalar_t>(acc);
+  }
+}
+
+// Backward at one output voxel for one batch item b. Adds d loss / d position into gpos
+// (when need_loc) and hands every image-gradient contribution to scatter(b, c, offset, value)
+// (when need_image). gout points at the voxel of channel 0, channels n_out apart.
+template <typename scalar_t, typename T, int NDIM, typename Scatter>
+FASTREG_HOST_DEVICE void backward_channels(const Stencil<T, NDIM>& st, const scalar_t* image,
+                                           const scalar_t* gout, int64_t b, int64_t channels,
+                                           int64_t n_in, int64_t n_out, bool need_image,
+                                           bool need_loc, T* gpos, Scatter& scatter) {
+  if (st.nan) {
+    if (need_loc) {
+      for (int a = 0; a < NDIM; ++a) gpos[a] = static_cast<T>(NAN);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < channels; ++c) {
+    const T g = static_cast<T>(gout[c * n_out]);
+    const scalar_t* img = image + c * n_in;
+    for (int k = 0; k < st.count; ++k) {
+      if (!st.valid[k]) continue;
+      if (need_image) scatter(b, c, st.offset[k], st.weight[k] * g);
+      if (need_loc) {
+        const T gv = g * static_cast<T>(img[st.offset[k]]);
+        for (int a = 0; a < NDIM; ++a) gpos[a] += st.dweight[a][k] * gv;
+      }
+    }
+  }
+}
+
+}  // namespace warp
+}  // namespace fastreg

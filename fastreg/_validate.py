@@ -1,0 +1,64 @@
+"""Argument checks shared by the public ops: each error names the argument and what
+was expected (TypeError for a wrong type or dtype, ValueError for a wrong value/shape)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def tensor(x, name: str) -> torch.Tensor:
+    """`x` is a floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating-point tensor (float32/float64/float16/bfloat16), got {x.dtype}")
+    return x
+
+
+def spatial_ndim(x: torch.Tensor, name: str, what: str = "(B, C, H, W) or (B, C, D, H, W)") -> int:
+    """Number of spatial dimensions (2 or 3) of a (B, C, *S) tensor."""
+    if x.dim() not in (4, 5):
+        raise ValueError(f"{name}: expected a 4-D or 5-D tensor {what}, got shape {tuple(x.shape)}")
+    return x.dim() - 2
+
+
+def field(x, name: str, ndim: int) -> torch.Tensor:
+    """`x` is a vector field (B, ndim, *S) with `ndim` spatial dimensions."""
+    tensor(x, name)
+    if x.dim() != ndim + 2:
+        raise ValueError(
+            f"{name}: expected a {ndim + 2}-D field (B, {ndim}, *spatial) for {ndim}-D data, got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != ndim:
+        raise ValueError(f"{name}: expected {ndim} channels (one per spatial axis, ij order), got {x.shape[1]}")
+    return x
+
+
+def same_device(named: Sequence[tuple[str, torch.Tensor]]) -> None:
+    first_name, first = named[0]
+    for name, x in named[1:]:
+        if x.device != first.device:
+            raise ValueError(f"{name}: expected a tensor on {first.device} like {first_name}, got {x.device}")
+
+
+def same_dtype(named: Sequence[tuple[str, torch.Tensor]]) -> None:
+    first_name, first = named[0]
+    for name, x in named[1:]:
+        if x.dtype != first.dtype:
+            raise TypeError(f"{name}: expected dtype {first.dtype} like {first_name}, got {x.dtype}")
+
+
+def batch_broadcast(x: torch.Tensor, name: str, batch: int, batch_name: str) -> None:
+    """`x` has batch 1 (broadcast) or `batch`."""
+    if x.shape[0] not in (1, batch):
+        raise ValueError(f"{name}: expected batch 1 or {batch} (the batch of {batch_name}), got {x.shape[0]}")
+
+
+def choice(value, name: str, options: Sequence[str]) -> int:
+    """Index of `value` among `options`."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}: expected one of {tuple(options)}, got {value!r}")
+    return list(options).index(value)

@@ -1,0 +1,140 @@
+"""warp, sample, compose: sample an image at displaced or absolute voxel positions.
+
+Contract (every backend; per-element math in csrc/warp/warp.h):
+  image  (B, C, *S)             2-D (H, W) or 3-D (D, H, W) spatial, any channel count
+  disp   (B|1, ndim, *S)        displacement in voxels; channel a moves along spatial axis a
+                                (ij order: (D, H, W) in 3-D), a batch-1 field broadcasts
+  coords (B|1, ndim, *S_out)    absolute voxel coordinates for `sample`, any output size
+  out    (B, C, *S | *S_out)    image interpolated at x + disp(x) (or at coords)
+Voxel centres sit at integer indices (align_corners=True), exactly VoxelMorph's
+SpatialTransformer and MONAI's Warp. No grid tensor is built. mode: "bilinear" (linear in
+every axis; "trilinear" in 3-D) or "nearest" (round half to even); padding_mode: "zeros",
+"border" or "reflection" with torch.grid_sample's semantics and gradients. A size-1 axis
+always samples index 0; a NaN position gives NaN (grid_sample gives 0). Gradients flow to
+the image and to the positions (zero in nearest mode).
+"""
+from __future__ import annotations
+
+import torch
+
+from fastreg import _backend, _extension
+from fastreg import _validate as check
+from fastreg.reference import warp as reference
+
+MODES = ("bilinear", "nearest")
+PADDINGS = ("zeros", "border", "reflection")
+
+
+def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+    """Warp ``image`` (B, C, *S) by the displacement ``disp`` (B|1, ndim, *S) in voxels.
+
+    ``out[b, c, x] = image[b, c](x + disp[b, :, x])``. Example::
+
+        moved = fastreg.warp(moving, flow)                    # VoxelMorph SpatialTransformer
+        moved = fastreg.warp(moving, ddf, padding_mode="border")  # MONAI Warp
+    """
+    ndim = _check(image, disp, "disp", mode, padding_mode)
+    if tuple(disp.shape[2:]) != tuple(image.shape[2:]):
+        raise ValueError(
+            f"disp: expected spatial size {tuple(image.shape[2:])} (that of image), got {tuple(disp.shape[2:])}"
+        )
+    del ndim
+    return _dispatch(image, disp, mode, padding_mode, True)
+
+
+def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+    """Sample ``image`` (B, C, *S) at absolute voxel coordinates ``coords`` (B|1, ndim, *S_out).
+
+    The output (B, C, *S_out) may differ in size from the image (resampling, landmarks).
+    """
+    _check(image, coords, "coords", mode, padding_mode)
+    return _dispatch(image, coords, mode, padding_mode, False)
+
+
+def compose(u: torch.Tensor, v: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+    """Displacement of the composition u∘v (v applied first): ``v + warp(u, v)``.
+
+    u, v: (B|1, ndim, *S) in voxels. Gradients flow to both fields.
+    """
+    check.tensor(u, "u")
+    ndim = check.spatial_ndim(u, "u", "(B, ndim, H, W) or (B, ndim, D, H, W)")
+    check.field(u, "u", ndim)
+    check.field(v, "v", ndim)
+    check.same_device([("u", u), ("v", v)])
+    check.same_dtype([("u", u), ("v", v)])
+    if tuple(v.shape[2:]) != tuple(u.shape[2:]):
+        raise ValueError(f"v: expected spatial size {tuple(u.shape[2:])} (that of u), got {tuple(v.shape[2:])}")
+    if u.shape[0] != v.shape[0] and 1 not in (u.shape[0], v.shape[0]):
+        raise ValueError(f"v: expected batch 1 or {u.shape[0]} (the batch of u), got {v.shape[0]}")
+    check.choice(padding_mode, "padding_mode", PADDINGS)
+    if u.shape[0] < v.shape[0]:
+        u = u.expand(v.shape[0], *u.shape[1:])
+    return v + _dispatch(u, v, "bilinear", padding_mode, True)
+
+
+def _check(image, loc, loc_name: str, mode, padding_mode) -> int:
+    check.tensor(image, "image")
+    ndim = check.spatial_ndim(image, "image")
+    check.field(loc, loc_name, ndim)
+    check.same_device([("image", image), (loc_name, loc)])
+    check.same_dtype([("image", image), (loc_name, loc)])
+    check.batch_broadcast(loc, loc_name, image.shape[0], "image")
+    check.choice(mode, "mode", MODES)
+    check.choice(padding_mode, "padding_mode", PADDINGS)
+    return ndim
+
+
+def _dispatch(image, loc, mode: str, padding_mode: str, displacement: bool) -> torch.Tensor:
+    backend = _backend.select("warp", image.device)
+    if backend == "reference":
+        if displacement:
+            return reference.warp(image, loc, mode, padding_mode)
+        return reference.sample(image, loc, mode, padding_mode)
+    m, p = MODES.index(mode), PADDINGS.index(padding_mode)
+    if backend == "triton":
+        from fastreg.triton import warp as triton_warp
+
+        return triton_warp.warp_forward(image, loc, m, p, displacement)
+    return torch.ops.fastreg.warp_forward(image, loc, m, p, displacement)
+
+
+# --- torch.library registration: fake (meta) kernels and autograd -----------------------
+
+
+def _fake_forward(image, loc, mode, padding, displacement):
+    return image.new_empty((image.shape[0], image.shape[1], *loc.shape[2:]))
+
+
+def _fake_backward(grad_out, image, loc, mode, padding, displacement, output_mask):
+    grad_image = image.new_empty(image.shape) if output_mask[0] else image.new_empty((0,))
+    grad_loc = loc.new_empty(loc.shape) if output_mask[1] else loc.new_empty((0,))
+    return grad_image, grad_loc
+
+
+def _setup_context(ctx, inputs, output):
+    image, loc, mode, padding, displacement = inputs
+    ctx.save_for_backward(image, loc)
+    ctx.args = (mode, padding, displacement)
+
+
+def register_autograd(forward_op: str, backward_op) -> None:
+    """Register the warp backward (``backward_op``, same schema as fastreg::warp_backward)
+    as the gradient of ``forward_op`` (same schema as fastreg::warp_forward)."""
+
+    def backward(ctx, grad):
+        image, loc = ctx.saved_tensors
+        need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        grad_image, grad_loc = backward_op(grad, image, loc, *ctx.args, need)
+        return (grad_image if need[0] else None, grad_loc if need[1] else None, None, None, None)
+
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+
+
+def register_fakes(forward_op: str, backward_op: str) -> None:
+    torch.library.register_fake(forward_op)(_fake_forward)
+    torch.library.register_fake(backward_op)(_fake_backward)
+
+
+if _extension.AVAILABLE:
+    register_fakes("fastreg::warp_forward", "fastreg::warp_backward")
+    register_autograd("fastreg::warp_forward", torch.ops.fastreg.warp_backward)

@@ -1,0 +1,1 @@
+"""Plain differentiable torch implementations of every op: the test oracle and the fallback."""
