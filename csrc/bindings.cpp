@@ -31,16 +31,34 @@ TORCH_LIBRARY(fastreg, m) {
   m.def(
       "warp_backward(Tensor grad_out, Tensor image, Tensor loc, int mode, int padding, "
       "bool displacement, bool[2] output_mask) -> (Tensor, Tensor)");
+  // padding: 0 zeros, 1 border. vfa_attention returns (displacement, log-sum-exp).
+  // Contract: csrc/correlation/correlation.h.
+  m.def("local_correlation_forward(Tensor f, Tensor m, int radius, float scale, int padding) -> Tensor");
+  m.def(
+      "local_correlation_backward(Tensor grad_out, Tensor f, Tensor m, int radius, float scale, "
+      "int padding, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def("vfa_attention_forward(Tensor q, Tensor k, int radius, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "vfa_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor out, Tensor lse, "
+      "int radius, float scale, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cpu);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
+  m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cpu);
+  m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cpu);
+  m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cpu);
+  m.impl("vfa_attention_backward", &fastreg::correlation::vfa_attention_backward_cpu);
 }
 
 #ifdef FASTREG_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cuda);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
+  m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cuda);
+  m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cuda);
+  m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cuda);
+  m.impl("vfa_attention_backward", &fastreg::correlation::vfa_attention_backward_cuda);
 }
 #endif
