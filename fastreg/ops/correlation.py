@@ -168,7 +168,8 @@ def _num_offsets(radius: int, ndim: int) -> int:
     return (2 * radius + 1) ** ndim
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the log-sum-exp and of the kernels' sums (float32 for half types)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -185,7 +186,7 @@ def _fake_correlation_backward(grad_out, f, m, radius, scale, padding, output_ma
 def _fake_vfa_forward(q, k, radius, scale):
     ndim = q.dim() - 2
     out = q.new_empty((q.shape[0], ndim, *q.shape[2:]))
-    lse = q.new_empty((q.shape[0], *q.shape[2:]), dtype=_accumulation_dtype(q.dtype))
+    lse = q.new_empty((q.shape[0], *q.shape[2:]), dtype=accumulation_dtype(q.dtype))
     return out, lse
 
 
