@@ -9,8 +9,9 @@ types accumulate in float32, float64 in float64. Gradients of the padded operand
 gathers (no atomics, deterministic). vfa_attention stores no logits: forward is an online
 softmax that keeps the per-voxel log-sum-exp; backward recomputes the logits and writes
 d loss / d logit into one (B, K, *S) temporary for the key gradient.
-Registered as torch.library.triton_op (fastreg::*_triton) so torch.compile sees the kernels;
-runs on CPU tensors under TRITON_INTERPRET=1.
+Registered as torch.library.triton_op (fastreg::*_triton) so torch.compile sees the kernels.
+Under TRITON_INTERPRET=1 (CPU tensors) wrap_triton cannot trace, so the same functions are
+registered as opaque custom ops with explicit fake kernels instead.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from fastreg import _backend
 from fastreg.ops import correlation as ops
 
 
@@ -219,6 +221,13 @@ def _vfa_dlogit_kernel(g_ptr, q_ptr, k_ptr, out_ptr, lse_ptr, dl_ptr, C, N, S0, 
     tl.store(dl_ptr + (b * K + kk) * N + v, dl, mask=kok & inb)
 
 
+def _register(name: str):
+    """triton_op on GPUs; an opaque custom op (fakes registered below) under the interpreter."""
+    if _backend.triton_interpret():
+        return lambda fn: torch.library.custom_op(name, fn, mutates_args=())
+    return lambda fn: triton_op(name, fn, mutates_args=())
+
+
 class _Launch:
     """Sizes and meta-parameters of one call: 2-D runs as 3-D with a leading size-1 axis."""
 
@@ -259,7 +268,7 @@ def _gradients(dl, a, b, radius: int, scale: float, padding: int, output_mask):
     return grad_a, grad_b
 
 
-@triton_op("fastreg::local_correlation_forward_triton", mutates_args=())
+@_register("fastreg::local_correlation_forward_triton")
 def local_correlation_forward(f: torch.Tensor, m: torch.Tensor, radius: int, scale: float, padding: int) -> torch.Tensor:
     f, m = f.contiguous(), m.contiguous()
     run = _Launch(f, radius)
@@ -272,7 +281,7 @@ def local_correlation_forward(f: torch.Tensor, m: torch.Tensor, radius: int, sca
     return out
 
 
-@triton_op("fastreg::local_correlation_backward_triton", mutates_args=())
+@_register("fastreg::local_correlation_backward_triton")
 def local_correlation_backward(
     grad_out: torch.Tensor, f: torch.Tensor, m: torch.Tensor, radius: int, scale: float, padding: int,
     output_mask: list[bool],
@@ -281,7 +290,7 @@ def local_correlation_backward(
     return _gradients(g, f.contiguous(), m.contiguous(), radius, scale, padding, output_mask)
 
 
-@triton_op("fastreg::vfa_attention_forward_triton", mutates_args=())
+@_register("fastreg::vfa_attention_forward_triton")
 def vfa_attention_forward(q: torch.Tensor, k: torch.Tensor, radius: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     q, k = q.contiguous(), k.contiguous()
     run = _Launch(q, radius)
@@ -295,7 +304,7 @@ def vfa_attention_forward(q: torch.Tensor, k: torch.Tensor, radius: int, scale: 
     return out, lse
 
 
-@triton_op("fastreg::vfa_attention_backward_triton", mutates_args=())
+@_register("fastreg::vfa_attention_backward_triton")
 def vfa_attention_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     radius: int, scale: float, output_mask: list[bool],
@@ -313,6 +322,15 @@ def vfa_attention_backward(
     return _gradients(dl, q, k, radius, 1.0, 1, output_mask)
 
 
+if _backend.triton_interpret():
+    ops.register_fakes(
+        (
+            "fastreg::local_correlation_forward_triton",
+            "fastreg::local_correlation_backward_triton",
+            "fastreg::vfa_attention_forward_triton",
+            "fastreg::vfa_attention_backward_triton",
+        )
+    )
 ops.register_autograd(
     ("fastreg::local_correlation_forward_triton", local_correlation_backward),
     ("fastreg::vfa_attention_forward_triton", vfa_attention_backward),
