@@ -150,7 +150,7 @@ def format_table(rows: Sequence[dict]) -> str:
     for phase, title in (("fwd", "fwd"), ("fwd_bwd", "fwd+bwd")):
         columns += [
             (f"{title} ms", _num(f"{phase}_ms", "{:.3f}")),
-            ("GB/s", _num(f"{phase}_gbps", "{:.1f}")),
+            ("GB/s", _num(f"{phase}_gbps", "{:.3g}")),
         ]
         if gpu:
             columns.append(("%copy", _num(f"{phase}_copy_frac", "{:.0%}")))
