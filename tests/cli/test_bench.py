@@ -218,3 +218,12 @@ def test_warp_cases_time_the_public_op_on_the_listed_shapes():
     assert [c.name for c in warp_cases.cases("default", quick=False)] == [
         "3d 1x1x96^3 trilinear", "2d 1x3x1024^2 bilinear"
     ]
+
+
+def test_peers_hold_one_module_per_dtype():
+    """A peer module keeps buffers of the dtype it first saw: switching dtypes in one
+    run must not turn into a peer error (VoxelMorph 0.3.4 caches its meshgrid)."""
+    rows = run(load_cases(["warp"], "tiny", quick=True), dtypes=[torch.float16, torch.bfloat16, torch.float64],
+               backward=False, repeat=1, warmup=0)
+    assert len(rows) == 3 * 2 * (1 + len(warp_cases.cases("tiny", quick=True)[0].peers))
+    assert [r["error"] for r in rows] == [None] * len(rows)
