@@ -95,27 +95,30 @@ FASTREG_HOST_DEVICE T det2(T a, T b, T c, T d) {
 // Determinant of a 2x2 or 3x3 matrix (rows a, columns b).
 template <typename T, int NDIM>
 FASTREG_HOST_DEVICE T det(const T J[NDIM][NDIM]) {
-  if (NDIM == 2) return det2(J[0][0], J[0][1], J[1][0], J[1][1]);
-  return J[0][0] * det2(J[1][1], J[1][2], J[2][1], J[2][2]) -
-         J[0][1] * det2(J[1][0], J[1][2], J[2][0], J[2][2]) +
-         J[0][2] * det2(J[1][0], J[1][1], J[2][0], J[2][1]);
+  if constexpr (NDIM == 2) {
+    return det2(J[0][0], J[0][1], J[1][0], J[1][1]);
+  } else {
+    return J[0][0] * det2(J[1][1], J[1][2], J[2][1], J[2][2]) -
+           J[0][1] * det2(J[1][0], J[1][2], J[2][0], J[2][2]) +
+           J[0][2] * det2(J[1][0], J[1][1], J[2][0], J[2][1]);
+  }
 }
 
 // Cofactors C[a][b] = d det / d J[a][b].
 template <typename T, int NDIM>
 FASTREG_HOST_DEVICE void cofactor(const T J[NDIM][NDIM], T C[NDIM][NDIM]) {
-  if (NDIM == 2) {
+  if constexpr (NDIM == 2) {
     C[0][0] = J[1][1];
     C[0][1] = -J[1][0];
     C[1][0] = -J[0][1];
     C[1][1] = J[0][0];
-    return;
-  }
-  for (int a = 0; a < NDIM; ++a) {
-    const int a1 = (a + 1) % NDIM, a2 = (a + 2) % NDIM;
-    for (int b = 0; b < NDIM; ++b) {
-      const int b1 = (b + 1) % NDIM, b2 = (b + 2) % NDIM;
-      C[a][b] = J[a1][b1] * J[a2][b2] - J[a1][b2] * J[a2][b1];
+  } else {
+    for (int a = 0; a < NDIM; ++a) {
+      const int a1 = (a + 1) % NDIM, a2 = (a + 2) % NDIM;
+      for (int b = 0; b < NDIM; ++b) {
+        const int b1 = (b + 1) % NDIM, b2 = (b + 2) % NDIM;
+        C[a][b] = J[a1][b1] * J[a2][b2] - J[a1][b2] * J[a2][b1];
+      }
     }
   }
 }
@@ -204,7 +207,7 @@ FASTREG_HOST_DEVICE void load_neighbourhood(const scalar_t* u, const Geometry<ND
       nb.prev[b][a] = static_cast<T>(c[dm[b]]) * s;
       nb.next[b][a] = static_cast<T>(c[dp[b]]) * s;
     }
-    if (NDIM == 3) {
+    if constexpr (NDIM == 3) {
       const int pi[kPairs] = {0, 0, 1}, pj[kPairs] = {1, 2, 2};
       for (int k = 0; k < kPairs; ++k) {
         nb.dprev[k][a] = static_cast<T>(c[dm[pi[k]] + dm[pj[k]]]) * s;
@@ -253,24 +256,27 @@ FASTREG_HOST_DEVICE T neighbourhood_ndv(const Neighbourhood<T, NDIM>& nb) {
     }
     sum += negative_part(det<T, NDIM>(J));
   }
-  if (NDIM == 2) return sum / T(4);
-  // Central tetrahedra: edges p -> p - e_i - e_j in the order (01, 02, 12), and
-  // p -> p + e_i + e_j in the order (01, 12, 02); both have determinant 2 at the identity.
-  const int order_prev[kPairs] = {0, 1, 2}, order_next[kPairs] = {0, 2, 1};
-  const int pi[kPairs] = {0, 0, 1}, pj[kPairs] = {1, 2, 2};
-  for (int side = 0; side < 2; ++side) {
-    for (int col = 0; col < kPairs; ++col) {
-      const int k = side == 0 ? order_prev[col] : order_next[col];
-      const T step = side == 0 ? T(-1) : T(1);
-      for (int a = 0; a < NDIM; ++a) {
-        const T offset = (a == pi[k] || a == pj[k]) ? step : T(0);
-        const T other = side == 0 ? nb.dprev[k][a] : nb.dnext[k][a];
-        J[a][col] = offset + (other - nb.c[a]);
+  if constexpr (NDIM == 2) {
+    return sum / T(4);
+  } else {
+    // Central tetrahedra: edges p -> p - e_i - e_j in the order (01, 02, 12), and
+    // p -> p + e_i + e_j in the order (01, 12, 02); both have determinant 2 at the identity.
+    const int order_prev[kPairs] = {0, 1, 2}, order_next[kPairs] = {0, 2, 1};
+    const int pi[kPairs] = {0, 0, 1}, pj[kPairs] = {1, 2, 2};
+    for (int side = 0; side < 2; ++side) {
+      for (int col = 0; col < kPairs; ++col) {
+        const int k = side == 0 ? order_prev[col] : order_next[col];
+        const T step = side == 0 ? T(-1) : T(1);
+        for (int a = 0; a < NDIM; ++a) {
+          const T offset = (a == pi[k] || a == pj[k]) ? step : T(0);
+          const T other = side == 0 ? nb.dprev[k][a] : nb.dnext[k][a];
+          J[a][col] = offset + (other - nb.c[a]);
+        }
       }
+      sum += negative_part(det<T, NDIM>(J));
     }
-    sum += negative_part(det<T, NDIM>(J));
+    return sum / T(12);
   }
-  return sum / T(12);
 }
 
 // Adds one voxel's determinant and non-diffeomorphic volume to the float64 sums acc[kStats].

@@ -100,7 +100,7 @@ inline void row_neighbourhood(const scalar_t* const (*rows)[kRows], const T* inv
     nb.next[0][a] = static_cast<T>(r[kN0][w]) * s;
     nb.prev[L][a] = static_cast<T>(r[kC][wl]) * s;
     nb.next[L][a] = static_cast<T>(r[kC][wr]) * s;
-    if (NDIM == 3) {
+    if constexpr (NDIM == 3) {
       nb.prev[1][a] = static_cast<T>(r[kP1][w]) * s;
       nb.next[1][a] = static_cast<T>(r[kN1][w]) * s;
       nb.dprev[0][a] = static_cast<T>(r[kP01][w]) * s;   // -e0 -e1

@@ -270,3 +270,15 @@ def test_stats_bad_crop():
         fastreg.metrics.jacobian_stats(disp, crop=3)
     with pytest.raises(ValueError, match="crop"):
         fastreg.metrics.jacobian_stats(disp, crop=-1)
+
+
+def test_jacobian_loss():
+    disp = field((6, 7, 8), batch=2).requires_grad_()
+    loss = fastreg.nn.JacobianLoss(eps=0.1)(disp)
+    expected = torch.relu(0.1 - reference.jacobian_det(disp)).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    loss.backward()
+    assert disp.grad is not None and disp.grad.abs().sum() > 0
+    assert fastreg.nn.JacobianLoss(reduction="none")(disp).shape == (2, 6, 7, 8)
+    with pytest.raises(ValueError, match="reduction"):
+        fastreg.nn.JacobianLoss(reduction="max")
