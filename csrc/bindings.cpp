@@ -31,6 +31,11 @@ TORCH_LIBRARY(fastreg, m) {
   m.def(
       "warp_backward(Tensor grad_out, Tensor image, Tensor loc, int mode, int padding, "
       "bool displacement, bool[2] output_mask) -> (Tensor, Tensor)");
+  // mode: 0 central (Learn2Reg), 1 forward, 2 gradient (np.gradient); spacing: ndim voxel
+  // sizes; crop: voxels left out at every border. Contract: csrc/jacobian/jacobian.h.
+  m.def("jacobian_det_forward(Tensor disp, int mode, float[] spacing) -> Tensor");
+  m.def("jacobian_det_backward(Tensor grad_out, Tensor disp, int mode, float[] spacing) -> Tensor");
+  m.def("jacobian_stats(Tensor disp, int mode, float[] spacing, int crop) -> Tensor");
   // padding: 0 zeros, 1 border. vfa_attention returns (displacement, log-sum-exp).
   // Contract: csrc/correlation/correlation.h.
   m.def("local_correlation_forward(Tensor f, Tensor m, int radius, float scale, int padding) -> Tensor");
@@ -46,6 +51,9 @@ TORCH_LIBRARY(fastreg, m) {
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cpu);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
+  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cpu);
+  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cpu);
+  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cpu);
   m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cpu);
   m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cpu);
   m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cpu);
@@ -56,6 +64,9 @@ TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
 TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cuda);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
+  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cuda);
+  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cuda);
+  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cuda);
   m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cuda);
   m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cuda);
   m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cuda);

@@ -29,6 +29,21 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_out
 
 }  // namespace warp
 
+namespace jacobian {
+
+at::Tensor jacobian_det_forward_cpu(const at::Tensor& disp, int64_t mode, c10::ArrayRef<double> spacing);
+at::Tensor jacobian_det_backward_cpu(const at::Tensor& grad_out, const at::Tensor& disp, int64_t mode,
+                                     c10::ArrayRef<double> spacing);
+at::Tensor jacobian_stats_cpu(const at::Tensor& disp, int64_t mode, c10::ArrayRef<double> spacing, int64_t crop);
+#ifdef FASTREG_WITH_CUDA
+at::Tensor jacobian_det_forward_cuda(const at::Tensor& disp, int64_t mode, c10::ArrayRef<double> spacing);
+at::Tensor jacobian_det_backward_cuda(const at::Tensor& grad_out, const at::Tensor& disp, int64_t mode,
+                                      c10::ArrayRef<double> spacing);
+at::Tensor jacobian_stats_cuda(const at::Tensor& disp, int64_t mode, c10::ArrayRef<double> spacing, int64_t crop);
+#endif
+
+}  // namespace jacobian
+
 namespace correlation {
 
 // Contract: csrc/correlation/correlation.h. padding: 0 zeros, 1 border.

@@ -2,6 +2,7 @@
 One module per op family; the same family name is used in fastreg/reference,
 fastreg/triton and csrc/."""
 from fastreg.ops.correlation import local_correlation, vfa_attention
+from fastreg.ops.jacobian import jacobian_det
 from fastreg.ops.warp import compose, sample, warp
 
-__all__ = ["warp", "sample", "compose", "local_correlation", "vfa_attention"]
+__all__ = ["warp", "sample", "compose", "jacobian_det", "local_correlation", "vfa_attention"]
