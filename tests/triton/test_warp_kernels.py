@@ -7,8 +7,14 @@ and padding, broadcast positions, absolute coordinates with another output size,
 axes, half precision, the int64-offset path, gradcheck, opcheck, the deterministic
 fixed-point image gradient (bit-identical whatever the order of the contributions), NaN
 propagation and torch.compile. Without a GPU the kernels run under TRITON_INTERPRET=1
-(set by tests/conftest.py), so shapes stay small.
+(set by tests/conftest.py), so shapes stay small, and a separate process compiles them for
+sm_90 to catch code that the interpreter accepts but the compiler rejects.
 """
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -320,3 +326,48 @@ def test_bad_arguments_raise():
         tw.warp_forward(image, loc[..., :3], 0, 0, True)
     with pytest.raises(ValueError, match="grad_out"):
         tw.warp_backward(image[:, :1], image, loc, 0, 0, True, [True, True])
+
+
+# Compiles kernel variants covering every constexpr branch for an H100 (sm_90), down to cubin.
+_COMPILE_FOR_GPU = textwrap.dedent(
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from fastreg.triton import warp as tw
+
+    SIZES = ("B", "C", "n_in", "n_out", "sz0", "sz1", "sz2", "o1", "o2")
+
+    def build(kernel, pointers, constants):
+        names = kernel.arg_names
+        signature = {n: pointers.get(n, "i32" if n in SIZES else "constexpr") for n in names}
+        constexprs = {(names.index(k),): v for k, v in constants.items()}
+        src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm
+
+    for dt, ndim, mode, padding, disp, int64, fixed in [
+        ("fp32", 3, 0, 2, True, False, False),
+        ("fp16", 2, 1, 1, True, True, True),
+        ("fp64", 3, 0, 0, False, True, True),
+        ("bf16", 3, 0, 2, False, False, False),
+    ]:
+        p = "*" + dt
+        common = dict(NDIM=ndim, MODE=mode, PADDING=padding, DISPLACEMENT=disp, BROADCAST=disp,
+                      ACC64=dt == "fp64", INT64=int64, BLOCK=tw._block(ndim, mode))
+        build(tw._forward_kernel, dict(image=p, loc=p, out=p), common)
+        grad_image = "*i64" if fixed else ("*fp64" if dt == "fp64" else "*fp32")
+        build(tw._backward_kernel,
+              dict(grad_out=p, image=p, loc=p, grad_image=grad_image, flags="*i32", scale_ptr="*fp64", grad_loc=p),
+              dict(common, NEED_IMAGE=True, NEED_LOC=mode == 0, FIXED=fixed))
+    print("compiled")
+    """
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the other tests run the compiled kernels on the GPU")
+def test_kernels_compile_for_gpu():
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_GPU], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
