@@ -31,16 +31,27 @@ TORCH_LIBRARY(fastreg, m) {
   m.def(
       "warp_backward(Tensor grad_out, Tensor image, Tensor loc, int mode, int padding, "
       "bool displacement, bool[2] output_mask) -> (Tensor, Tensor)");
+  // mode: 0 central (Learn2Reg), 1 forward, 2 gradient (np.gradient); spacing: ndim voxel
+  // sizes; crop: voxels left out at every border. Contract: csrc/jacobian/jacobian.h.
+  m.def("jacobian_det_forward(Tensor disp, int mode, float[] spacing) -> Tensor");
+  m.def("jacobian_det_backward(Tensor grad_out, Tensor disp, int mode, float[] spacing) -> Tensor");
+  m.def("jacobian_stats(Tensor disp, int mode, float[] spacing, int crop) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cpu);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
+  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cpu);
+  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cpu);
+  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cpu);
 }
 
 #ifdef FASTREG_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cuda);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
+  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cuda);
+  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cuda);
+  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cuda);
 }
 #endif

@@ -28,4 +28,19 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_out
 #endif
 
 }  // namespace warp
+
+namespace jacobian {
+
+at::Tensor jacobian_det_forward_cpu(const at::Tensor& disp, int64_t mode, c10::ArrayRef<double> spacing);
+at::Tensor jacobian_det_backward_cpu(const at::Tensor& grad_out, const at::Tensor& disp, int64_t mode,
+                                     c10::ArrayRef<double> spacing);
+at::Tensor jacobian_stats_cpu(const at::Tensor& disp, int64_t mode, c10::ArrayRef<double> spacing, int64_t crop);
+#ifdef FASTREG_WITH_CUDA
+at::Tensor jacobian_det_forward_cuda(const at::Tensor& disp, int64_t mode, c10::ArrayRef<double> spacing);
+at::Tensor jacobian_det_backward_cuda(const at::Tensor& grad_out, const at::Tensor& disp, int64_t mode,
+                                      c10::ArrayRef<double> spacing);
+at::Tensor jacobian_stats_cuda(const at::Tensor& disp, int64_t mode, c10::ArrayRef<double> spacing, int64_t crop);
+#endif
+
+}  // namespace jacobian
 }  // namespace fastreg

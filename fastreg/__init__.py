@@ -1,14 +1,15 @@
 """fastreg: fast, exact kernels and models for deep deformable image registration.
 
 Ops (2-D and 3-D, batched, autograd to every differentiable input):
-  warp, sample, compose
+  warp, sample, compose, jacobian_det
+Metrics: fastreg.metrics (jacobian_stats, cc, mutual_information, dice, hd95, tre, ssim)
 
 Backends: reference (torch), cpu (C++/OpenMP), cuda, triton; see set_backend/use_backend.
 Conventions: fields are (B, ndim, *S) in voxels, ij channel order, align_corners=True.
 """
 from fastreg._backend import available_backends, get_backend, set_backend, use_backend
-from fastreg import data, nn
-from fastreg.ops import compose, sample, warp
+from fastreg import data, metrics, nn
+from fastreg.ops import compose, jacobian_det, sample, warp
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "warp",
     "sample",
     "compose",
+    "jacobian_det",
     "available_backends",
     "get_backend",
     "set_backend",

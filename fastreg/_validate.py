@@ -62,3 +62,23 @@ def choice(value, name: str, options: Sequence[str]) -> int:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name}: expected one of {tuple(options)}, got {value!r}")
     return list(options).index(value)
+
+
+def spacing(value, name: str, ndim: int) -> tuple[float, ...]:
+    """Voxel size per spatial axis: None (1 everywhere), one positive number for every axis,
+    or a sequence of `ndim` positive numbers."""
+    if value is None:
+        return (1.0,) * ndim
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,) * ndim
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected None, a number or {ndim} numbers, got {value!r}") from None
+    if len(values) != ndim:
+        raise ValueError(f"{name}: expected {ndim} values (one per spatial axis), got {len(values)}")
+    if not all(v > 0 and v != float("inf") for v in values):
+        raise ValueError(f"{name}: expected positive finite voxel sizes, got {values}")
+    return values
