@@ -97,9 +97,10 @@ def _dots(a_ptr, b_ptr, C, N, S0, S1, S2, PADDING: tl.constexpr, R: tl.constexpr
 
 
 @triton.jit
-def _correlation_forward_kernel(f_ptr, m_ptr, out_ptr, C, N, S0, S1, S2, scale,
+def _correlation_forward_kernel(f_ptr, m_ptr, out_ptr, C, N, S0, S1, S2, scale_ptr,
                                 R: tl.constexpr, NDIM: tl.constexpr, PADDING: tl.constexpr,
                                 ACC: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr):
+    scale = tl.load(scale_ptr)  # in the accumulation type (a Python float would be fp32)
     b = tl.program_id(1).to(tl.int64)
     v, inb, i0, i1, i2 = _voxels(S1, S2, N, BV)
     kk, kok, o0, o1, o2 = _offsets(R, NDIM, KP)
@@ -109,10 +110,11 @@ def _correlation_forward_kernel(f_ptr, m_ptr, out_ptr, C, N, S0, S1, S2, scale,
 
 
 @triton.jit
-def _neighbour_gather_kernel(g_ptr, b_ptr, out_ptr, C, N, S0, S1, S2, scale,
+def _neighbour_gather_kernel(g_ptr, b_ptr, out_ptr, C, N, S0, S1, S2, scale_ptr,
                              R: tl.constexpr, NDIM: tl.constexpr, PADDING: tl.constexpr,
                              ACC: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr):
     """out[c, p] = scale * sum_k g[k, p] * pad(b)[c, p + o_k] (gradient of the unpadded operand)."""
+    scale = tl.load(scale_ptr)  # in the accumulation type (a Python float would be fp32)
     bc = tl.program_id(1).to(tl.int64)
     batch = bc // C
     v, inb, i0, i1, i2 = _voxels(S1, S2, N, BV)
@@ -126,13 +128,14 @@ def _neighbour_gather_kernel(g_ptr, b_ptr, out_ptr, C, N, S0, S1, S2, scale,
 
 
 @triton.jit
-def _source_gather_kernel(g_ptr, a_ptr, out_ptr, C, N, S0, S1, S2, scale,
+def _source_gather_kernel(g_ptr, a_ptr, out_ptr, C, N, S0, S1, S2, scale_ptr,
                           R: tl.constexpr, NDIM: tl.constexpr, PADDING: tl.constexpr,
                           ACC: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr,
                           EXT0: tl.constexpr, EXT: tl.constexpr):
     """out[c, q] = scale * sum_k sum_{p : pad(p + o_k) = q} g[k, p] * a[c, p] (gradient of the
     padded operand, as a gather: along an axis the sources form an interval of at most EXT
     voxels, R + 1 with border padding, 1 with zeros; EXT0 = 1 on the dummy axis of 2-D)."""
+    scale = tl.load(scale_ptr)  # in the accumulation type (a Python float would be fp32)
     bc = tl.program_id(1).to(tl.int64)
     batch = bc // C
     v, inb, i0, i1, i2 = _voxels(S1, S2, N, BV)
@@ -168,9 +171,10 @@ def _softmax_weights(q_ptr, k_ptr, C, N, S0, S1, S2, scale, R: tl.constexpr, NDI
 
 
 @triton.jit
-def _vfa_forward_kernel(q_ptr, k_ptr, out_ptr, lse_ptr, C, N, S0, S1, S2, scale,
+def _vfa_forward_kernel(q_ptr, k_ptr, out_ptr, lse_ptr, C, N, S0, S1, S2, scale_ptr,
                         R: tl.constexpr, NDIM: tl.constexpr, ACC: tl.constexpr, KP: tl.constexpr,
                         BV: tl.constexpr):
+    scale = tl.load(scale_ptr)  # in the accumulation type (a Python float would be fp32)
     b = tl.program_id(1).to(tl.int64)
     v, inb, i0, i1, i2 = _voxels(S1, S2, N, BV)
     kk, kok, o0, o1, o2 = _offsets(R, NDIM, KP)
@@ -194,10 +198,11 @@ def _vfa_forward_kernel(q_ptr, k_ptr, out_ptr, lse_ptr, C, N, S0, S1, S2, scale,
 
 
 @triton.jit
-def _vfa_dlogit_kernel(g_ptr, q_ptr, k_ptr, out_ptr, lse_ptr, dl_ptr, C, N, S0, S1, S2, scale,
+def _vfa_dlogit_kernel(g_ptr, q_ptr, k_ptr, out_ptr, lse_ptr, dl_ptr, C, N, S0, S1, S2, scale_ptr,
                        R: tl.constexpr, NDIM: tl.constexpr, ACC: tl.constexpr, KP: tl.constexpr,
                        BV: tl.constexpr):
     """dl[k, p] = scale * w_k (G_k - g . out), G_k = g . o_k, w_k = exp(logit_k - lse) recomputed."""
+    scale = tl.load(scale_ptr)  # in the accumulation type (a Python float would be fp32)
     b = tl.program_id(1).to(tl.int64)
     v, inb, i0, i1, i2 = _voxels(S1, S2, N, BV)
     kk, kok, o0, o1, o2 = _offsets(R, NDIM, KP)
@@ -232,6 +237,8 @@ class _Launch:
     """Sizes and meta-parameters of one call: 2-D runs as 3-D with a leading size-1 axis."""
 
     def __init__(self, x: torch.Tensor, radius: int):
+        self.device = x.device
+        self.dtype = ops.accumulation_dtype(x.dtype)
         self.ndim = x.dim() - 2
         self.sizes = (1, *x.shape[2:]) if self.ndim == 2 else tuple(x.shape[2:])
         self.n = self.sizes[0] * self.sizes[1] * self.sizes[2]
@@ -240,10 +247,14 @@ class _Launch:
         self.meta = dict(
             R=radius,
             NDIM=self.ndim,
-            ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
+            ACC=tl.float64 if self.dtype == torch.float64 else tl.float32,
             KP=kp,
             BV=max(16, min(128, 4096 // kp)),  # a (KP, BV) tile per program
         )
+
+    def scale(self, value: float) -> torch.Tensor:
+        """A scale factor as a one-element tensor of the accumulation type (exact in float64)."""
+        return torch.full((1,), value, dtype=self.dtype, device=self.device)
 
     def grid(self, programs: int):
         return (triton.cdiv(self.n, self.meta["BV"]), programs)
@@ -257,7 +268,7 @@ def _gradients(dl, a, b, radius: int, scale: float, padding: int, output_mask):
     if a.numel() == 0:
         return grad_a, grad_b
     grid = run.grid(a.shape[0] * a.shape[1])
-    args = (a.shape[1], run.n, *run.sizes, scale)
+    args = (a.shape[1], run.n, *run.sizes, run.scale(scale))
     if output_mask[0]:
         wrap_triton(_neighbour_gather_kernel)[grid](dl, b, grad_a, *args, PADDING=padding, **run.meta)
     if output_mask[1]:
@@ -276,7 +287,7 @@ def local_correlation_forward(f: torch.Tensor, m: torch.Tensor, radius: int, sca
     if out.numel() == 0:
         return out
     wrap_triton(_correlation_forward_kernel)[run.grid(f.shape[0])](
-        f, m, out, f.shape[1], run.n, *run.sizes, scale, PADDING=padding, **run.meta
+        f, m, out, f.shape[1], run.n, *run.sizes, run.scale(scale), PADDING=padding, **run.meta
     )
     return out
 
@@ -299,7 +310,7 @@ def vfa_attention_forward(q: torch.Tensor, k: torch.Tensor, radius: int, scale: 
     if out.numel() == 0:
         return out, lse
     wrap_triton(_vfa_forward_kernel)[run.grid(q.shape[0])](
-        q, k, out, lse, q.shape[1], run.n, *run.sizes, scale, **run.meta
+        q, k, out, lse, q.shape[1], run.n, *run.sizes, run.scale(scale), **run.meta
     )
     return out, lse
 
@@ -317,7 +328,7 @@ def vfa_attention_backward(
         g = grad_out.contiguous().to(q.dtype)
         wrap_triton(_vfa_dlogit_kernel)[run.grid(q.shape[0])](
             g, q, k, out.contiguous().to(q.dtype), lse.contiguous().to(dtype), dl, q.shape[1], run.n,
-            *run.sizes, scale, **run.meta
+            *run.sizes, run.scale(scale), **run.meta
         )
     return _gradients(dl, q, k, radius, 1.0, 1, output_mask)
 
