@@ -31,16 +31,28 @@ TORCH_LIBRARY(fastreg, m) {
   m.def(
       "warp_backward(Tensor grad_out, Tensor image, Tensor loc, int mode, int padding, "
       "bool displacement, bool[2] output_mask) -> (Tensor, Tensor)");
+  // Local normalized cross-correlation map (B, C, *S); taps empty: box window, else the
+  // per-axis weights concatenated. Contract: csrc/lncc/lncc.h.
+  m.def(
+      "lncc_forward(Tensor a, Tensor b, int[] window, float[] taps, float smooth_nr, float floor, "
+      "float eps) -> Tensor");
+  m.def(
+      "lncc_backward(Tensor grad_out, Tensor a, Tensor b, int[] window, float[] taps, "
+      "float smooth_nr, float floor, float eps, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cpu);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
+  m.impl("lncc_forward", &fastreg::lncc::lncc_forward_cpu);
+  m.impl("lncc_backward", &fastreg::lncc::lncc_backward_cpu);
 }
 
 #ifdef FASTREG_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cuda);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
+  m.impl("lncc_forward", &fastreg::lncc::lncc_forward_cuda);
+  m.impl("lncc_backward", &fastreg::lncc::lncc_backward_cuda);
 }
 #endif

@@ -62,3 +62,13 @@ def choice(value, name: str, options: Sequence[str]) -> int:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name}: expected one of {tuple(options)}, got {value!r}")
     return list(options).index(value)
+
+
+def per_axis(value, name: str, ndim: int) -> tuple[int, ...]:
+    """An int, or a sequence of `ndim` ints (one per spatial axis), as a tuple of `ndim` ints."""
+    items = [value] * ndim if isinstance(value, int) else value
+    if not isinstance(items, (list, tuple)) or len(items) != ndim:
+        raise ValueError(f"{name}: expected an int or {ndim} ints (one per spatial axis), got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise TypeError(f"{name}: expected integers, got {value!r}")
+    return tuple(items)
