@@ -32,13 +32,14 @@ TORCH_LIBRARY(fastreg, m) {
       "warp_backward(Tensor grad_out, Tensor image, Tensor loc, int mode, int padding, "
       "bool displacement, bool[2] output_mask) -> (Tensor, Tensor)");
   // Local normalized cross-correlation map (B, C, *S); taps empty: box window, else the
-  // per-axis weights concatenated. Contract: csrc/lncc/lncc.h.
+  // per-axis weights concatenated; norm: the n of the formula (0: the sum of the weights).
+  // Contract: csrc/lncc/lncc.h.
   m.def(
-      "lncc_forward(Tensor a, Tensor b, int[] window, float[] taps, float smooth_nr, float floor, "
-      "float eps) -> Tensor");
+      "lncc_forward(Tensor a, Tensor b, int[] window, float[] taps, float norm, float smooth_nr, "
+      "float floor, float eps) -> Tensor");
   m.def(
       "lncc_backward(Tensor grad_out, Tensor a, Tensor b, int[] window, float[] taps, "
-      "float smooth_nr, float floor, float eps, bool[2] output_mask) -> (Tensor, Tensor)");
+      "float norm, float smooth_nr, float floor, float eps, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {

@@ -6,10 +6,11 @@
 //   window    ndim odd sizes k_i, 1 <= k_i <= S_i
 //   taps      empty: box window (weights 1, windowed sums by running sums, O(1) per voxel);
 //             else the concatenated per-axis weights (k_0 + ... + k_{ndim-1} values),
-//             symmetric (w[j] == w[k - 1 - j]) and positive
+//             symmetric (w[j] == w[k - 1 - j]) and non-negative
+//   norm      > 0: the n below; 0: n = prod_i (sum_j w_i(j))
 //   out       (B, C, *S)   the cc map, each channel windowed on its own
 // Per voxel x, with windowed sums over the window centred at x (zero padding, K(j) = prod_i w_i(j_i)):
-//   S_a = sum K a, S_b, S_aa = sum K a^2, S_bb, S_ab = sum K a b, and n = prod_i (sum_j w_i(j))
+//   S_a = sum K a, S_b, S_aa = sum K a^2, S_bb, S_ab = sum K a b, and n (see norm)
 //   (box: n = the window volume, VoxelMorph's win_size, also at the borders)
 //   cross = S_ab - S_a S_b / n,  var_a = max(S_aa - S_a^2 / n, floor),  var_b likewise
 //   cc = (cross^2 + smooth_nr) / (var_a var_b + eps)

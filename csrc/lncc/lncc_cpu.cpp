@@ -278,13 +278,13 @@ void backward_kernel(const scalar_t* gout, const scalar_t* a, const scalar_t* b,
 }  // namespace
 
 at::Tensor lncc_forward_cpu(const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef window,
-                            at::ArrayRef<double> taps, double smooth_nr, double floor, double eps) {
+                            at::ArrayRef<double> taps, double norm, double smooth_nr, double floor, double eps) {
   const Geometry g = check_shapes(a_, b_, window, taps);
   const at::Tensor a = a_.contiguous();
   const at::Tensor b = b_.contiguous();
   at::Tensor out = at::empty(a.sizes(), a.options());
   if (out.numel() == 0) return out;
-  const Params prm = params(g, smooth_nr, floor, eps);
+  const Params prm = params(g, norm, smooth_nr, floor, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lncc_forward_cpu", [&] {
     forward_kernel<scalar_t>(a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
                              out.mutable_data_ptr<scalar_t>(), g, prm);
@@ -294,7 +294,7 @@ at::Tensor lncc_forward_cpu(const at::Tensor& a_, const at::Tensor& b_, at::IntA
 
 std::tuple<at::Tensor, at::Tensor> lncc_backward_cpu(const at::Tensor& grad_out_, const at::Tensor& a_,
                                                      const at::Tensor& b_, at::IntArrayRef window,
-                                                     at::ArrayRef<double> taps, double smooth_nr,
+                                                     at::ArrayRef<double> taps, double norm, double smooth_nr,
                                                      double floor, double eps,
                                                      std::array<bool, 2> output_mask) {
   const Geometry g = check_shapes(a_, b_, window, taps);
@@ -305,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor> lncc_backward_cpu(const at::Tensor& grad_out_
   at::Tensor ga = output_mask[0] ? at::empty(a.sizes(), a.options()) : at::empty({0}, a.options());
   at::Tensor gb = output_mask[1] ? at::empty(b.sizes(), b.options()) : at::empty({0}, b.options());
   if ((!output_mask[0] && !output_mask[1]) || a.numel() == 0) return {ga, gb};
-  const Params prm = params(g, smooth_nr, floor, eps);
+  const Params prm = params(g, norm, smooth_nr, floor, eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lncc_backward_cpu", [&] {
     backward_kernel<scalar_t>(gout.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
                               b.const_data_ptr<scalar_t>(),

@@ -74,9 +74,10 @@ inline Geometry check_shapes(const at::Tensor& a, const at::Tensor& b, at::IntAr
   return g;
 }
 
-inline Params params(const Geometry& g, double smooth_nr, double floor, double eps) {
+// norm > 0 replaces n, the sum of the window weights (MONAI normalises by a float32 sum).
+inline Params params(const Geometry& g, double norm, double smooth_nr, double floor, double eps) {
   Params p;
-  p.inv_n = 1.0 / g.n;
+  p.inv_n = 1.0 / (norm > 0.0 ? norm : g.n);
   p.smooth_nr = smooth_nr;
   p.floor = floor;
   p.eps = eps;

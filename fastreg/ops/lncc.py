@@ -68,7 +68,7 @@ def lncc(
         taps: list[float] = []
     else:
         taps = gaussian_taps(windows, sigma)
-    cc = lncc_map(a, b, windows, taps, 0.0, 0.0, float(eps))
+    cc = lncc_map(a, b, windows, taps, 0.0, 0.0, 0.0, float(eps))
     if reduction == "mean":
         return cc.mean()
     if reduction == "sum":
@@ -109,32 +109,34 @@ def lncc_map(
     b: torch.Tensor,
     window: Sequence[int],
     taps: Sequence[float],
+    norm: float,
     smooth_nr: float,
     floor: float,
     eps: float,
 ) -> torch.Tensor:
     """The cc map (B, C, *S) with the general per-voxel formula of csrc/lncc/lncc.h
     (``(cross^2 + smooth_nr) / (max(var_a, floor) max(var_b, floor) + eps)``; ``taps``
-    empty: box). Inputs must be validated by the caller (``lncc``, the compat shims)."""
+    empty: box; ``norm`` > 0 replaces n, the sum of the weights). Inputs must be validated
+    by the caller (``lncc``, the compat shims)."""
     window, taps = list(window), [float(t) for t in taps]
     backend = _backend.select("lncc", a.device)
     if backend == "reference":
-        return reference.lncc_map(a, b, window, taps, smooth_nr, floor, eps)
+        return reference.lncc_map(a, b, window, taps, norm, smooth_nr, floor, eps)
     if backend == "triton":
         from fastreg.triton import lncc as triton_lncc
 
-        return triton_lncc.lncc_forward(a, b, window, taps, smooth_nr, floor, eps)
-    return torch.ops.fastreg.lncc_forward(a, b, window, taps, smooth_nr, floor, eps)
+        return triton_lncc.lncc_forward(a, b, window, taps, norm, smooth_nr, floor, eps)
+    return torch.ops.fastreg.lncc_forward(a, b, window, taps, norm, smooth_nr, floor, eps)
 
 
 # --- torch.library registration: fake (meta) kernels and autograd -----------------------
 
 
-def _fake_forward(a, b, window, taps, smooth_nr, floor, eps):
+def _fake_forward(a, b, window, taps, norm, smooth_nr, floor, eps):
     return a.new_empty(a.shape)
 
 
-def _fake_backward(grad_out, a, b, window, taps, smooth_nr, floor, eps, output_mask):
+def _fake_backward(grad_out, a, b, window, taps, norm, smooth_nr, floor, eps, output_mask):
     grad_a = a.new_empty(a.shape) if output_mask[0] else a.new_empty((0,))
     grad_b = b.new_empty(b.shape) if output_mask[1] else b.new_empty((0,))
     return grad_a, grad_b
@@ -154,7 +156,7 @@ def register_autograd(forward_op, backward_op) -> None:
         a, b = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
         grad_a, grad_b = backward_op(grad, a, b, *ctx.args, need)
-        return (grad_a if need[0] else None, grad_b if need[1] else None, None, None, None, None, None)
+        return (grad_a if need[0] else None, grad_b if need[1] else None, *[None] * len(ctx.args))
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
 

@@ -4,7 +4,7 @@ peer of the shims' tests and of the benchmarks).
 
 Contract (shared by every backend, see csrc/lncc/lncc.h):
   a, b (B, C, *S), 2-D or 3-D; each channel windowed on its own. With the window weights
-  K = outer product of the per-axis weights (box: ones), zero padding, n = sum(K):
+  K = outer product of the per-axis weights (box: ones), zero padding, n = sum(K) (or norm):
     S_x = K * x, cross = S_ab - S_a S_b / n, var_x = max(S_xx - S_x^2 / n, floor),
     cc = (cross^2 + smooth_nr) / (var_a var_b + eps)            -> (B, C, *S)
 """
@@ -34,6 +34,7 @@ def lncc_map(
     b: torch.Tensor,
     window: Sequence[int],
     taps: Sequence[float] = (),
+    norm: float = 0.0,
     smooth_nr: float = 0.0,
     floor: float = 0.0,
     eps: float = 1e-5,
@@ -42,7 +43,7 @@ def lncc_map(
     ndim = a.dim() - 2
     channels = a.shape[1]
     kernel = window_kernel(window, taps, a)
-    n = float(kernel.sum())
+    n = norm if norm > 0 else float(kernel.sum())
     weight = kernel.expand(channels, 1, *window)
     conv = (F.conv2d, F.conv3d)[ndim - 2]
     padding = [k // 2 for k in window]
