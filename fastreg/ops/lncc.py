@@ -132,11 +132,12 @@ def lncc_map(
 # --- torch.library registration: fake (meta) kernels and autograd -----------------------
 
 
-def _fake_forward(a, b, window, taps, norm, smooth_nr, floor, eps):
+def fake_forward(a, b, window, taps, norm, smooth_nr, floor, eps):
+    """Shapes of fastreg::lncc_forward (and of the Triton op with its schema)."""
     return a.new_empty(a.shape)
 
 
-def _fake_backward(grad_out, a, b, window, taps, norm, smooth_nr, floor, eps, output_mask):
+def fake_backward(grad_out, a, b, window, taps, norm, smooth_nr, floor, eps, output_mask):
     grad_a = a.new_empty(a.shape) if output_mask[0] else a.new_empty((0,))
     grad_b = b.new_empty(b.shape) if output_mask[1] else b.new_empty((0,))
     return grad_a, grad_b
@@ -162,6 +163,6 @@ def register_autograd(forward_op, backward_op) -> None:
 
 
 if _extension.AVAILABLE:
-    torch.library.register_fake("fastreg::lncc_forward")(_fake_forward)
-    torch.library.register_fake("fastreg::lncc_backward")(_fake_backward)
+    torch.library.register_fake("fastreg::lncc_forward")(fake_forward)
+    torch.library.register_fake("fastreg::lncc_backward")(fake_backward)
     register_autograd("fastreg::lncc_forward", torch.ops.fastreg.lncc_backward)

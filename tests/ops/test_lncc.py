@@ -83,7 +83,11 @@ def test_float32_gradients(backend, device):
 def test_gradcheck_both_inputs(backend, device, shape, window, kernel):
     a = torch.rand(shape, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.rand(shape, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y: fastreg.lncc(x, y, window, kernel, reduction="none"), (a, b))
+    # Triton runs interpreted on CPU here: one random projection (its full gradients are
+    # compared with the reference's in test_matches_reference_float64).
+    fast = backend == "triton" and device.type == "cpu"
+    fn = lambda x, y: fastreg.lncc(x, y, window, kernel, reduction="none")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a, b), fast_mode=fast)
 
 
 def test_gradient_to_one_input(backend, device):
@@ -193,6 +197,7 @@ def test_window_one_and_full_size(backend, device):
     )
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # numpy, in the Triton interpreter
 @pytest.mark.parametrize("kernel", ["box", "gaussian"])
 def test_nan_in_gives_nan_out_where_the_window_holds_it(backend, device, kernel):
     a = torch.rand(1, 1, 9, 10, 11, dtype=torch.float64, device=device)
