@@ -1,4 +1,5 @@
-"""nn.Modules over the fastreg ops (losses, layers)."""
+"""nn.Modules over the ops: transformers, integrators, losses."""
 from fastreg.nn.lncc import LNCCLoss
+from fastreg.nn.warp import SpatialTransformer
 
-__all__ = ["LNCCLoss"]
+__all__ = ["SpatialTransformer", "LNCCLoss"]
