@@ -5,7 +5,9 @@
 // double, so float32 inputs keep float64 accuracy; no full-volume buffer is allocated
 // besides the outputs. The backward chains two such pipelines (windowed sums -> d loss / d
 // sums -> their windowed sums) and writes both input gradients plane by plane.
-// 2-D inputs (H, W) run as 3-D with a middle axis of size 1.
+// 2-D inputs (H, W) run as 3-D with a middle axis of size 1. The scratch of every thread is
+// one torch allocation (so memory profilers see it), about (2 k_0 + 4) * 5 planes of doubles
+// per thread in the forward and twice that in the backward.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -15,7 +17,6 @@
 #include <array>
 #include <cmath>
 #include <tuple>
-#include <vector>
 
 #include "../ops.h"
 #include "lncc.h"
@@ -25,28 +26,54 @@ namespace fastreg {
 namespace lncc {
 namespace {
 
+// Scratch carved from one block of doubles.
+class Arena {
+ public:
+  explicit Arena(double* base) : next_(base) {}
+  double* take(int64_t n) {
+    double* p = next_;
+    next_ += n;
+    return p;
+  }
+
+ private:
+  double* next_;
+};
+
+// One row of `per_thread` doubles per thread of at::parallel_for, and the calling thread's row.
+at::Tensor thread_scratch(int64_t per_thread) {
+  return at::empty({at::get_num_threads(), per_thread}, at::TensorOptions().dtype(at::kDouble));
+}
+double* thread_slice(at::Tensor& scratch, int64_t per_thread) {
+  const int64_t tid = at::get_thread_num();
+  TORCH_CHECK(tid < scratch.size(0), "fastreg lncc: thread id ", tid, " beyond the scratch rows");
+  return scratch.mutable_data_ptr<double>() + tid * per_thread;
+}
+
+// acc[i] += sign * src[i] for finite values; bad[i] counts the others (+sign each).
+inline void accumulate(double* acc, double* bad, const double* src, int64_t len, double sign) {
+  for (int64_t x = 0; x < len; ++x) {
+    const double v = src[x];
+    const bool fin = is_finite(v);
+    acc[x] += fin ? sign * v : 0.0;
+    bad[x] += fin ? 0.0 : sign;
+  }
+}
+
 // Box (w == nullptr) or weighted windowed sums across the rows of `rows` rows of `len`
 // values: out[h] = sum_j w[j] in[h + j - r]. acc and bad are scratch of `len` each.
 void filter_rows(const double* in, double* out, int64_t rows, int64_t len, int64_t k, const double* w,
-                 double* acc, int64_t* bad) {
+                 double* acc, double* bad) {
   const int64_t r = k / 2;
   if (w == nullptr) {
     std::fill(acc, acc + len, 0.0);
-    std::fill(bad, bad + len, int64_t(0));
-    auto add = [&](int64_t h, double sign) {
-      const double* src = in + h * len;
-      for (int64_t x = 0; x < len; ++x) {
-        const double v = src[x];
-        const bool fin = is_finite(v);
-        acc[x] += fin ? sign * v : 0.0;
-        bad[x] += fin ? 0 : static_cast<int64_t>(sign);
-      }
-    };
+    std::fill(bad, bad + len, 0.0);
+    auto add = [&](int64_t h, double sign) { accumulate(acc, bad, in + h * len, len, sign); };
     for (int64_t j = 0; j < r && j < rows; ++j) add(j, 1.0);
     for (int64_t h = 0; h < rows; ++h) {
       if (h + r < rows) add(h + r, 1.0);
       double* dst = out + h * len;
-      for (int64_t x = 0; x < len; ++x) dst[x] = bad[x] > 0 ? NAN : acc[x];
+      for (int64_t x = 0; x < len; ++x) dst[x] = bad[x] > 0.0 ? NAN : acc[x];
       if (h - r >= 0) add(h - r, -1.0);
     }
     return;
@@ -67,99 +94,83 @@ void filter_rows(const double* in, double* out, int64_t rows, int64_t len, int64
 // produce(p, dest) must write plane p (nq * P values) into dest.
 class Stream {
  public:
-  Stream(int64_t nq, int64_t P, int64_t n0, int64_t k0, const double* w0)
-      : nq_(nq), P_(P), n0_(n0), k0_(k0), r_(k0 / 2), w0_(w0), ring_(k0 * nq * P), out_(nq * P) {
-    if (w0_ == nullptr) {
-      acc_.resize(nq * P);
-      bad_.resize(nq * P);
-    }
-  }
+  static int64_t scratch(int64_t nq, int64_t P, int64_t k0) { return (k0 + 3) * nq * P; }
+
+  Stream(int64_t nq, int64_t P, int64_t n0, int64_t k0, const double* w0, Arena& arena)
+      : nq_(nq), P_(P), n0_(n0), k0_(k0), r_(k0 / 2), w0_(w0), ring_(arena.take(k0 * nq * P)),
+        out_(arena.take(nq * P)), acc_(arena.take(nq * P)), bad_(arena.take(nq * P)) {}
 
   template <typename Produce>
   void start(int64_t e0, Produce& produce) {
     e_ = e0;
     e0_ = e0;
-    if (w0_ == nullptr) {
-      std::fill(acc_.begin(), acc_.end(), 0.0);
-      std::fill(bad_.begin(), bad_.end(), int64_t(0));
-    }
+    std::fill(acc_, acc_ + nq_ * P_, 0.0);
+    std::fill(bad_, bad_ + nq_ * P_, 0.0);
     for (int64_t p = std::max<int64_t>(0, e0 - r_); p < std::min(n0_, e0 + r_); ++p) take(p, produce);
   }
 
   template <typename Produce>
   const double* next(Produce& produce) {
     const int64_t e = e_++;
+    const int64_t m = nq_ * P_;
     if (w0_ == nullptr) {
-      if (e - r_ - 1 >= 0 && e > e0_) accumulate(slot(e - r_ - 1), -1.0);  // left the window
+      if (e - r_ - 1 >= 0 && e > e0_) accumulate(acc_, bad_, slot(e - r_ - 1), m, -1.0);  // left the window
       if (e + r_ < n0_) take(e + r_, produce);
-      const int64_t m = nq_ * P_;
-      for (int64_t i = 0; i < m; ++i) out_[i] = bad_[i] > 0 ? NAN : acc_[i];
-      return out_.data();
+      for (int64_t i = 0; i < m; ++i) out_[i] = bad_[i] > 0.0 ? NAN : acc_[i];
+      return out_;
     }
     if (e + r_ < n0_) take(e + r_, produce);
-    std::fill(out_.begin(), out_.end(), 0.0);
-    const int64_t m = nq_ * P_;
+    std::fill(out_, out_ + m, 0.0);
     for (int64_t j = std::max<int64_t>(0, r_ - e); j <= 2 * r_ && e + j - r_ < n0_; ++j) {
       const double* src = slot(e + j - r_);
       const double wj = w0_[j];
       for (int64_t i = 0; i < m; ++i) out_[i] += wj * src[i];
     }
-    return out_.data();
+    return out_;
   }
 
  private:
-  double* slot(int64_t p) { return ring_.data() + (p % k0_) * nq_ * P_; }
+  double* slot(int64_t p) { return ring_ + (p % k0_) * nq_ * P_; }
 
   template <typename Produce>
   void take(int64_t p, Produce& produce) {
     produce(p, slot(p));
-    if (w0_ == nullptr) accumulate(slot(p), 1.0);
-  }
-
-  void accumulate(const double* src, double sign) {
-    const int64_t m = nq_ * P_;
-    double* acc = acc_.data();
-    int64_t* bad = bad_.data();
-    for (int64_t i = 0; i < m; ++i) {
-      const double v = src[i];
-      const bool fin = is_finite(v);
-      acc[i] += fin ? sign * v : 0.0;
-      bad[i] += fin ? 0 : static_cast<int64_t>(sign);
-    }
+    if (w0_ == nullptr) accumulate(acc_, bad_, slot(p), nq_ * P_, 1.0);
   }
 
   int64_t nq_, P_, n0_, k0_, r_;
   const double* w0_;
-  std::vector<double> ring_, out_, acc_;
-  std::vector<int64_t> bad_;
+  double *ring_, *out_, *acc_, *bad_;
   int64_t e_ = 0, e0_ = 0;
 };
 
 // In-plane filtering: per-voxel values of one plane, row by row (fill(h, rowbuf) writes nq
 // rows of n2 values), filtered along the rows then across them into dest (nq * P values).
 struct PlaneFilter {
+  static int64_t scratch(int64_t nq, const Geometry& g) { return nq * g.n2 + nq * g.n1 * g.n2 + 2 * g.n2; }
+
   const Geometry& g;
   int64_t nq;
-  std::vector<double> rowbuf, y, acc;
-  std::vector<int64_t> bad;
+  double *rowbuf, *y, *acc, *bad;
 
-  PlaneFilter(const Geometry& geo, int64_t nq_)
-      : g(geo), nq(nq_), rowbuf(nq_ * geo.n2), y(nq_ * geo.n1 * geo.n2), acc(geo.n2), bad(geo.n2) {}
+  PlaneFilter(const Geometry& geo, int64_t nq_, Arena& arena)
+      : g(geo), nq(nq_), rowbuf(arena.take(nq_ * geo.n2)), y(arena.take(nq_ * geo.n1 * geo.n2)),
+        acc(arena.take(geo.n2)), bad(arena.take(geo.n2)) {}
 
   template <typename Fill>
   void run(Fill& fill, double* dest) {
     const int64_t P = g.n1 * g.n2;
     const bool across = !(g.k1 == 1 && g.w1 == nullptr);
-    double* rows_out = across ? y.data() : dest;
+    double* rows_out = across ? y : dest;
     for (int64_t h = 0; h < g.n1; ++h) {
-      fill(h, rowbuf.data());
+      fill(h, rowbuf);
       for (int64_t q = 0; q < nq; ++q) {
-        filter_line(rowbuf.data() + q * g.n2, 1, rows_out + q * P + h * g.n2, 1, g.n2, g.k2, g.w2);
+        filter_line(rowbuf + q * g.n2, 1, rows_out + q * P + h * g.n2, 1, g.n2, g.k2, g.w2);
       }
     }
     if (!across) return;
     for (int64_t q = 0; q < nq; ++q) {
-      filter_rows(y.data() + q * P, dest + q * P, g.n1, g.n2, g.k1, g.w1, acc.data(), bad.data());
+      filter_rows(y + q * P, dest + q * P, g.n1, g.n2, g.k1, g.w1, acc, bad);
     }
   }
 };
@@ -169,8 +180,12 @@ void forward_kernel(const scalar_t* a, const scalar_t* b, scalar_t* out, const G
                     const Params& prm) {
   const int64_t P = g.n1 * g.n2, N = g.n0 * P;
   const Tasks t = split_tasks(g);
+  const int64_t per_thread = PlaneFilter::scratch(kMoments, g) + Stream::scratch(kMoments, P, g.k0);
+  at::Tensor scratch = thread_scratch(per_thread);
   at::parallel_for(0, t.count(), 1, [&](int64_t t0, int64_t t1) {
-    PlaneFilter filt(g, kMoments);
+    Arena arena(thread_slice(scratch, per_thread));
+    PlaneFilter filt(g, kMoments, arena);
+    Stream sums(kMoments, P, g.n0, g.k0, g.w0, arena);
     for (int64_t ti = t0; ti < t1; ++ti) {
       int64_t slice, d0, d1;
       t.range(ti, g.n0, slice, d0, d1);
@@ -190,7 +205,6 @@ void forward_kernel(const scalar_t* a, const scalar_t* b, scalar_t* out, const G
         plane = p;
         filt.run(fill, dest);
       };
-      Stream sums(kMoments, P, g.n0, g.k0, g.w0);
       sums.start(d0, produce);
       for (int64_t d = d0; d < d1; ++d) {
         const double* S = sums.next(produce);
@@ -214,9 +228,15 @@ void backward_kernel(const scalar_t* gout, const scalar_t* a, const scalar_t* b,
   const int64_t q1 = gb != nullptr ? kGrads : kAlpha + 1;
   const int64_t nq = q1 - q0;
   const Tasks t = split_tasks(g);
+  const int64_t per_thread = PlaneFilter::scratch(kMoments, g) + PlaneFilter::scratch(nq, g) +
+                             Stream::scratch(kMoments, P, g.k0) + Stream::scratch(nq, P, g.k0);
+  at::Tensor scratch = thread_scratch(per_thread);
   at::parallel_for(0, t.count(), 1, [&](int64_t t0, int64_t t1) {
-    PlaneFilter moment_filter(g, kMoments);
-    PlaneFilter grad_filter(g, nq);
+    Arena arena(thread_slice(scratch, per_thread));
+    PlaneFilter moment_filter(g, kMoments, arena);
+    PlaneFilter grad_filter(g, nq, arena);
+    Stream sums(kMoments, P, g.n0, g.k0, g.w0, arena);
+    Stream filtered(nq, P, g.n0, g.k0, g.w0, arena);
     for (int64_t ti = t0; ti < t1; ++ti) {
       int64_t slice, d0, d1;
       t.range(ti, g.n0, slice, d0, d1);
@@ -237,7 +257,6 @@ void backward_kernel(const scalar_t* gout, const scalar_t* a, const scalar_t* b,
         plane = p;
         moment_filter.run(fill_moments, dest);
       };
-      Stream sums(kMoments, P, g.n0, g.k0, g.w0);
       sums.start(std::max<int64_t>(0, d0 - g.k0 / 2), produce_moments);
 
       const double* S = nullptr;
@@ -257,7 +276,6 @@ void backward_kernel(const scalar_t* gout, const scalar_t* a, const scalar_t* b,
         gplane = p;
         grad_filter.run(fill_grads, dest);
       };
-      Stream filtered(nq, P, g.n0, g.k0, g.w0);
       filtered.start(d0, produce_grads);
       for (int64_t d = d0; d < d1; ++d) {
         const double* F = filtered.next(produce_grads);
