@@ -17,7 +17,9 @@
 // fastreg.lncc uses floor = 0, smooth_nr = 0 (VoxelMorph: cc = cross^2 / (var_a var_b + eps),
 // with the variances clamped at 0 so that rounding cannot push |cc| above 1); MONAI's
 // loss uses floor = smooth_dr, eps = 0. The clamp passes the gradient where the variance
-// is >= floor (torch.clamp's convention); NaN inputs propagate to NaN outputs.
+// is >= floor (torch.clamp's convention). A NaN or inf input makes NaN exactly the outputs
+// whose window holds it, as a convolution would (running sums count non-finite values
+// instead of adding them, so they do not spread along the line).
 // Gradients: with g = d loss / d cc at each voxel,
 //   alpha = g dcc/dcross, beta = g dcc/dvar_a, gamma = g dcc/dvar_b,
 //   G_a = -(alpha S_b + 2 beta S_a) / n,  G_b = -(alpha S_a + 2 gamma S_b) / n
