@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
+from fastreg.compat._lncc import LocalNormalizedCrossCorrelationLoss  # noqa: F401  (re-exported)
 from fastreg.ops.warp import MODES, PADDINGS, warp
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from fastreg import _validate as check
 from fastreg.ops.warp import MODES, PADDINGS, warp
+from fastreg.compat._lncc import NCC  # noqa: F401  (re-exported: voxelmorph.torch.losses.NCC)
 from fastreg.reference.warp import identity_grid
 
 

@@ -24,4 +24,5 @@ def check_sizes(sizes: str) -> str:
 REGISTRY = {
     "warp": import_module("fastreg.bench.cases.warp"),
     "jacobian": import_module("fastreg.bench.cases.jacobian"),
+    "lncc": import_module("fastreg.bench.cases.lncc"),
 }
