@@ -2,6 +2,8 @@
 
 ``Warp(mode, padding_mode)``: same constructor and ``forward(image, ddf)`` as MONAI 1.6.1's
 ``Warp`` with PyTorch's grid_sample path (default padding "border"), run as one fastreg kernel.
+``LocalNormalizedCrossCorrelationLoss``: MONAI's LNCC loss (``monai.losses``), computed by
+``fastreg.lncc``.
 """
 from __future__ import annotations
 
