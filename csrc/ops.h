@@ -44,6 +44,27 @@ at::Tensor jacobian_stats_cuda(const at::Tensor& disp, int64_t mode, c10::ArrayR
 
 }  // namespace jacobian
 
+namespace lncc {
+
+at::Tensor lncc_forward_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef window,
+                            at::ArrayRef<double> taps, double norm, double smooth_nr, double floor, double eps);
+std::tuple<at::Tensor, at::Tensor> lncc_backward_cpu(const at::Tensor& grad_out, const at::Tensor& a,
+                                                     const at::Tensor& b, at::IntArrayRef window,
+                                                     at::ArrayRef<double> taps, double norm, double smooth_nr,
+                                                     double floor, double eps,
+                                                     std::array<bool, 2> output_mask);
+#ifdef FASTREG_WITH_CUDA
+at::Tensor lncc_forward_cuda(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef window,
+                             at::ArrayRef<double> taps, double norm, double smooth_nr, double floor, double eps);
+std::tuple<at::Tensor, at::Tensor> lncc_backward_cuda(const at::Tensor& grad_out, const at::Tensor& a,
+                                                      const at::Tensor& b, at::IntArrayRef window,
+                                                      at::ArrayRef<double> taps, double norm, double smooth_nr,
+                                                      double floor, double eps,
+                                                      std::array<bool, 2> output_mask);
+#endif
+
+}  // namespace lncc
+
 namespace correlation {
 
 // Contract: csrc/correlation/correlation.h. padding: 0 zeros, 1 border.

@@ -82,3 +82,13 @@ def spacing(value, name: str, ndim: int) -> tuple[float, ...]:
     if not all(v > 0 and v != float("inf") for v in values):
         raise ValueError(f"{name}: expected positive finite voxel sizes, got {values}")
     return values
+
+
+def per_axis(value, name: str, ndim: int) -> tuple[int, ...]:
+    """An int, or a sequence of `ndim` ints (one per spatial axis), as a tuple of `ndim` ints."""
+    items = [value] * ndim if isinstance(value, int) else value
+    if not isinstance(items, (list, tuple)) or len(items) != ndim:
+        raise ValueError(f"{name}: expected an int or {ndim} ints (one per spatial axis), got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise TypeError(f"{name}: expected integers, got {value!r}")
+    return tuple(items)

@@ -1,5 +1,6 @@
 """nn.Modules over the ops: transformers, integrators, losses."""
 from fastreg.nn.jacobian import JacobianLoss
+from fastreg.nn.lncc import LNCCLoss
 from fastreg.nn.warp import SpatialTransformer
 
-__all__ = ["SpatialTransformer", "JacobianLoss"]
+__all__ = ["SpatialTransformer", "LNCCLoss", "JacobianLoss"]

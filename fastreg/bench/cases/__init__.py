@@ -24,5 +24,6 @@ def check_sizes(sizes: str) -> str:
 REGISTRY = {
     "warp": import_module("fastreg.bench.cases.warp"),
     "jacobian": import_module("fastreg.bench.cases.jacobian"),
+    "lncc": import_module("fastreg.bench.cases.lncc"),
     "correlation": import_module("fastreg.bench.cases.correlation"),
 }
