@@ -206,6 +206,50 @@ void dispatch_mode_padding(int mode, int padding, F&& f) {
   }
 }
 
+// Fast path of linear interpolation for a position whose 2^NDIM corners all lie inside the
+// image (the common case): the cell's first corner and the fractional offsets per axis.
+template <typename T, int NDIM>
+struct Cell {
+  int64_t base;
+  T t[NDIM];
+};
+
+// Fills `cell` and returns true when every corner of pos is inside the image (false for NaN,
+// size-1 axes and cells touching the border, which take the general stencil path).
+template <int PADDING, typename T, int NDIM>
+FASTREG_HOST_DEVICE bool interior_cell(const T* pos, const Geometry<NDIM>& geo, Cell<T, NDIM>& cell) {
+  int64_t base = 0;
+  for (int a = 0; a < NDIM; ++a) {
+    T g;
+    const T s = source_coordinate<PADDING>(pos[a], geo.size[a], g);
+    const T f = floor(s);
+    if (!(f >= T(0) && f <= static_cast<T>(geo.size[a] - 2))) return false;
+    cell.t[a] = s - f;
+    base += static_cast<int64_t>(f) * geo.stride[a];
+  }
+  cell.base = base;
+  return true;
+}
+
+template <typename T>
+FASTREG_HOST_DEVICE T lerp(T a, T b, T t) {
+  return a + t * (b - a);
+}
+
+// Linear interpolation of one channel in an interior cell by nested lerps along the last,
+// middle, then first axis (equal to the stencil sum up to rounding).
+template <typename scalar_t, typename T, int NDIM>
+FASTREG_HOST_DEVICE T interpolate_cell(const scalar_t* img, const Cell<T, NDIM>& c, const Geometry<NDIM>& geo) {
+  const scalar_t* p = img + c.base;
+  auto row = [&](int64_t o) { return lerp(static_cast<T>(p[o]), static_cast<T>(p[o + 1]), c.t[NDIM - 1]); };
+  if constexpr (NDIM == 2) {
+    return lerp(row(0), row(geo.stride[0]), c.t[0]);
+  } else {
+    const int64_t s0 = geo.stride[0], s1 = geo.stride[1];
+    return lerp(lerp(row(0), row(s1), c.t[1]), lerp(row(s0), row(s0 + s1), c.t[1]), c.t[0]);
+  }
+}
+
 // Splits a flat index of the output grid into per-axis indices.
 template <int NDIM>
 FASTREG_HOST_DEVICE void unravel(int64_t v, const int64_t* size, int64_t* idx) {

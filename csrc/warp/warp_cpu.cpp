@@ -61,9 +61,22 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
     for (int64_t i = begin; i < end; ++i, cur.next(s.n_out, out_size)) {
       load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx,
                                        displacement, pos);
-      build_stencil<MODE, PADDING>(pos, geo, false, st);
       const int64_t b0 = broadcast ? 0 : cur.bl;
       const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
+      if constexpr (MODE == kBilinear) {
+        Cell<T, NDIM> cell;
+        if (interior_cell<PADDING>(pos, geo, cell)) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const scalar_t* src = img + b * s.channels * s.n_in;
+            scalar_t* dst = out_ptr + b * s.channels * s.n_out + cur.v;
+            for (int64_t c = 0; c < s.channels; ++c) {
+              dst[c * s.n_out] = static_cast<scalar_t>(interpolate_cell<scalar_t, T, NDIM>(src + c * s.n_in, cell, geo));
+            }
+          }
+          continue;
+        }
+      }
+      build_stencil<MODE, PADDING>(pos, geo, false, st);
       for (int64_t b = b0; b < b1; ++b) {
         sample_channels<scalar_t, T, NDIM>(st, img + b * s.channels * s.n_in, s.channels, s.n_in,
                                            out_ptr + b * s.channels * s.n_out + cur.v, s.n_out);
