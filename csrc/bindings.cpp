@@ -31,16 +31,25 @@ TORCH_LIBRARY(fastreg, m) {
   m.def(
       "warp_backward(Tensor grad_out, Tensor image, Tensor loc, int mode, int padding, "
       "bool displacement, bool[2] output_mask) -> (Tensor, Tensor)");
+  // Scaling and squaring of v (B, ndim, *S): returns (u, saved), saved = the steps - 1
+  // intermediate fields when save, else empty (the backward recomputes them).
+  // padding as for warp. Contract: csrc/integrate/integrate.h, integrate_loop.h.
+  m.def("integrate_svf_forward(Tensor v, int steps, int padding, bool save) -> (Tensor, Tensor)");
+  m.def("integrate_svf_backward(Tensor grad_out, Tensor v, Tensor saved, int steps, int padding) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cpu);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
+  m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cpu);
+  m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cpu);
 }
 
 #ifdef FASTREG_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cuda);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
+  m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cuda);
+  m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cuda);
 }
 #endif

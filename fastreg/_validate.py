@@ -2,6 +2,7 @@
 was expected (TypeError for a wrong type or dtype, ValueError for a wrong value/shape)."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -62,3 +63,12 @@ def choice(value, name: str, options: Sequence[str]) -> int:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name}: expected one of {tuple(options)}, got {value!r}")
     return list(options).index(value)
+
+
+def non_negative_int(value, name: str) -> int:
+    """`value` is an int >= 0 (bools and floats are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a non-negative int, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value}")
+    return int(value)
