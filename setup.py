@@ -25,7 +25,7 @@ def _want_cuda() -> bool:
 
 def _extension():
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*_cpu.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
     if os.environ.get("FASTREG_NATIVE") == "1":
         cxx.append("-march=native")
     link = ["-fopenmp"] if sys.platform != "darwin" else []
@@ -35,7 +35,7 @@ def _extension():
             "fastreg._C",
             cpu_sources + cuda_sources,
             define_macros=[("FASTREG_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
             extra_link_args=link,
         )
     return CppExtension("fastreg._C", cpu_sources, extra_compile_args=cxx, extra_link_args=link)

@@ -7,6 +7,7 @@ Backends: reference (torch), cpu (C++/OpenMP), cuda, triton; see set_backend/use
 Conventions: fields are (B, ndim, *S) in voxels, ij channel order, align_corners=True.
 """
 from fastreg._backend import available_backends, get_backend, set_backend, use_backend
+from fastreg import data, nn
 from fastreg.ops import compose, sample, warp
 from fastreg.ops import integrate_svf, resize_field
 

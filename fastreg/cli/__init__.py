@@ -1,0 +1,1 @@
+"""Command-line tools (thin: parse arguments, call the library, print)."""

@@ -1,0 +1,95 @@
+"""``fastreg-bench``: time the fastreg ops against their peers and print a table (or JSON).
+
+Example::
+
+    fastreg-bench                                   # every op, default sizes, input-device backend
+    fastreg-bench --ops warp --sizes large --device cuda --backends cuda,triton --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from fastreg import _backend
+from fastreg.bench import format_table, load_cases, run
+from fastreg.bench.cases import REGISTRY, SIZES
+from fastreg.bench.runner import check_backends
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastreg-bench", description=__doc__.splitlines()[0].strip("`"))
+    p.add_argument("--ops", type=_choices(REGISTRY, "op family"), default=list(REGISTRY),
+                   help=f"comma-separated op families (default: all: {','.join(REGISTRY)})")
+    p.add_argument("--sizes", choices=SIZES, default="default", help="input sizes (default: default)")
+    p.add_argument("--dtype", type=_choices(DTYPES, "dtype"), default=["float32"],
+                   help=f"comma-separated dtypes among {','.join(DTYPES)} (default: float32)")
+    p.add_argument("--backends", type=_choices(_backend.BACKENDS, "backend"), default=[None],
+                   help=f"comma-separated fastreg backends among {','.join(_backend.BACKENDS)} "
+                        "(default: the one the input device picks); the first is the baseline of the ratios")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="device of the inputs (default: cuda when available, else cpu)")
+    p.add_argument("--repeat", type=_count(1), default=None, help="timed calls per measurement (default: 20 on cuda, 3 on cpu)")
+    p.add_argument("--warmup", type=_count(0), default=None, help="untimed calls first, at least 1 (default: 3 on cuda, 1 on cpu)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
+    p.add_argument("--no-peers", action="store_true", help="time fastreg only")
+    p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device: cuda requested but no CUDA device is available")
+    try:
+        check_backends(args.backends, device)
+    except ValueError as exc:
+        p.error(f"--backends: {exc}")
+    gpu = device.type == "cuda"
+    rows = run(
+        load_cases(args.ops, args.sizes, quick=args.sizes in ("tiny", "quick")),
+        device=device,
+        dtypes=[DTYPES[d] for d in args.dtype],
+        backends=args.backends,
+        repeat=args.repeat or (20 if gpu else 3),
+        warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
+        peers=not args.no_peers,
+        backward=not args.no_backward,
+        log=None if args.json else lambda msg: print(f"... {msg}", file=sys.stderr, flush=True),
+    )
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 1 if any(r["error"] and r["impl"] == "fastreg" for r in rows) else 0
+
+
+def _choices(options, what: str):
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [n for n in names if n not in options]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(f"unknown {what} {bad or text!r}; expected a comma list of {', '.join(options)}")
+        return names
+
+    return parse
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Smoke tests of fastreg.bench (timing, runner, warp cases) and the fastreg-bench CLI,
+on tiny sizes: the JSON parses and holds positive times and consistent ratios, the
+table prints, bad arguments name the option, peers compute what fastreg computes."""
+import contextlib
+import io
+import json
+
+import pytest
+import torch
+
+import fastreg
+from fastreg.bench import Case, format_table, io_bytes, load_cases, run, shape_name, timing
+from fastreg.bench.cases import warp as warp_cases
+from fastreg.cli.bench import main
+
+TINY = ["--ops", "warp", "--sizes", "tiny", "--device", "cpu", "--repeat", "2", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def json_rows():
+    """One CLI run with every installed peer, forward and backward, as parsed JSON."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([*TINY, "--json"])
+    return code, json.loads(out.getvalue())
+
+
+def test_json_has_times_ratios_and_bytes(json_rows):
+    code, rows = json_rows
+    assert code == 0
+    assert {r["case"] for r in rows} == {c.name for c in warp_cases.cases("tiny", quick=True)}
+    assert {r["impl"] for r in rows} >= {"fastreg", "vxm-grid_sample"}
+    for r in rows:
+        assert r["error"] is None, r
+        assert r["op"] == "warp" and r["dtype"] == "float32" and r["device"].startswith("cpu")
+        for phase in ("fwd", "fwd_bwd"):
+            assert r[f"{phase}_ms"] > 0 and r[f"ratio_{phase}"] > 0
+            assert r[f"{phase}_gbps"] == pytest.approx(r[f"{phase}_bytes"] / r[f"{phase}_ms"] / 1e6)
+            assert isinstance(r[f"{phase}_peak_bytes"], int)
+    for case in {r["case"] for r in rows}:
+        group = [r for r in rows if r["case"] == case]
+        ours = next(r for r in group if r["impl"] == "fastreg")
+        assert ours["backend"] == "cpu" and ours["ratio_fwd"] == 1.0 and ours["ratio_fwd_bwd"] == 1.0
+        for peer in group:
+            assert peer["baseline"] == "fastreg[cpu]"
+            assert peer["ratio_fwd"] == pytest.approx(peer["fwd_ms"] / ours["fwd_ms"])
+            assert peer["ratio_fwd_bwd"] == pytest.approx(peer["fwd_bwd_ms"] / ours["fwd_bwd_ms"])
+
+
+def test_json_bytes_and_memory_of_warp(json_rows):
+    _, rows = json_rows
+    for r in rows:
+        b, c, *spatial = r["dims"]
+        image = b * c * torch.Size(spatial).numel() * 4
+        disp = len(spatial) * torch.Size(spatial).numel() * 4
+        assert r["fwd_bytes"] == 2 * image + disp  # image and disp read, output written
+        assert r["fwd_bwd_bytes"] == r["fwd_bytes"] + 2 * image + disp  # grad in, two grads out
+        assert r["fwd_peak_bytes"] >= image  # at least the output is allocated
+
+
+def test_table_prints(capsys):
+    assert main([*TINY, "--no-peers", "--no-backward"]) == 0
+    out = capsys.readouterr().out
+    header, titles, rule, *lines = out.strip().splitlines()
+    assert "ratio = time / time of fastreg[cpu]" in header
+    assert titles.split()[:4] == ["op", "case", "dtype", "impl"] and "ratio f+b" in titles
+    assert set(rule) == {"-", " "}
+    assert len(lines) == 2 and all(line.startswith("warp") and "fastreg[cpu]" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["--ops", "nope"], "--ops"),
+        (["--ops", ""], "--ops"),
+        (["--dtype", "int8"], "--dtype"),
+        (["--sizes", "huge"], "--sizes"),
+        (["--backends", "fast"], "--backends"),
+        (["--repeat", "0"], "--repeat"),
+        (["--warmup", "x"], "--warmup"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_arguments_name_the_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_backend_that_cannot_run_is_refused(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--device", "cpu", "--backends", "cuda"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--backends" in err and "'cuda'" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the refusal without a GPU")
+def test_cuda_device_without_gpu_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda"])
+    assert "--device" in capsys.readouterr().err
+
+
+def test_runner_backends_and_no_backward():
+    cases = load_cases(["warp"], "tiny", quick=True)
+    rows = run(cases, backends=["cpu", "reference"], peers=False, backward=False, repeat=1, warmup=0)
+    assert [r["backend"] for r in rows] == ["cpu", "reference"] * len(cases)
+    for cpu, ref in zip(rows[::2], rows[1::2]):
+        assert ref["baseline"] == "fastreg[cpu]"
+        assert ref["ratio_fwd"] == pytest.approx(ref["fwd_ms"] / cpu["fwd_ms"])
+        assert ref["fwd_bwd_ms"] is None and ref["ratio_fwd_bwd"] is None and ref["fwd_bwd_peak_bytes"] is None
+    assert "-" in format_table(rows).splitlines()[-1].split()
+
+
+def test_runner_rejects_bad_values():
+    with pytest.raises(ValueError, match="ops"):
+        load_cases(["nope"])
+    with pytest.raises(ValueError, match="sizes"):
+        load_cases(["warp"], "huge")
+    cases = load_cases(["warp"], "tiny", quick=True)
+    with pytest.raises(ValueError, match="'cuda'"):
+        run(cases, backends=["cuda"])
+    with pytest.raises(ValueError, match="repeat"):
+        run(cases, repeat=0)
+
+
+def test_failing_peer_is_reported_not_fatal():
+    def broken(x):
+        raise RuntimeError("peer exploded")
+
+    case = Case(
+        op="warp",
+        name="synthetic",
+        make_inputs=lambda device, dtype: {"x": torch.randn(50, device=device, dtype=dtype)},
+        ours=lambda x: x.exp(),
+        peers={"broken": broken},
+        grad_inputs=("x",),
+        bytes_moved=lambda inputs: io_bytes(inputs, inputs["x"].nbytes, ("x",)),
+    )
+    ours, peer = run([case], repeat=1, warmup=0)
+    assert ours["error"] is None and ours["fwd_ms"] > 0 and ours["fwd_bytes"] == 400
+    assert peer["error"] == "RuntimeError: peer exploded" and peer["fwd_ms"] is None and peer["ratio_fwd"] is None
+    assert "error: warp synthetic float32 broken: RuntimeError: peer exploded" in format_table([ours, peer])
+
+
+@pytest.mark.parametrize("case", warp_cases.cases("tiny", quick=False), ids=lambda c: c.name)
+def test_warp_peers_compute_what_fastreg_computes(case):
+    """A ratio is fair only if the peer does the same work: outputs and grads agree."""
+    inputs = case.make_inputs(torch.device("cpu"), torch.float64)
+    results = {}
+    for name, fn in {"fastreg": case.ours, **case.peers}.items():
+        leaves = {k: v.clone().requires_grad_(k in case.grad_inputs) for k, v in inputs.items()}
+        out = fn(**leaves)
+        grads = torch.autograd.grad(out, [leaves[k] for k in case.grad_inputs], torch.ones_like(out) * 0.5)
+        results[name] = (out, *grads)
+    ours = results.pop("fastreg")
+    assert results, "at least the formula peer vxm-grid_sample is always there"
+    for name, theirs in results.items():
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_peak_memory_cpu_counts_live_bytes():
+    def allocate():
+        a = torch.empty(8_000_000, dtype=torch.uint8)
+        b = torch.empty(2_000_000, dtype=torch.uint8)
+        del a
+        c = torch.empty(4_000_000, dtype=torch.uint8)
+        return b, c
+
+    assert timing.peak_memory(allocate, lambda: None, torch.device("cpu")) == 10_000_000
+    x = torch.randn(1_000_000)
+    assert timing.peak_memory(lambda: x.mul_(2), lambda: None, torch.device("cpu")) < 64  # the wrapped scalar at most
+
+
+def test_backward_call_resets_grads_and_keeps_the_gradient_fixed():
+    seen = []
+
+    def fn(x):
+        seen.append(x)
+        return x * x
+
+    x = torch.randn(7, dtype=torch.float64)
+    call, reset = timing.backward_call(fn, {"x": x}, ("x",))
+    call()
+    leaf = seen[-1]
+    first = leaf.grad.clone()
+    assert leaf is not x and leaf.requires_grad and not x.requires_grad
+    reset()
+    assert leaf.grad is None
+    call()
+    torch.testing.assert_close(leaf.grad, first)  # same fixed gradient, not accumulated
+    assert timing.median_time(call, reset, torch.device("cpu"), repeat=3, warmup=0) > 0
+
+
+def test_shape_name():
+    assert shape_name((1, 1, 96, 96, 96)) == "1x1x96^3"
+    assert shape_name((1, 1, 160, 192, 224)) == "1x1x160x192x224"
+    assert shape_name((1, 3, 1024, 1024)) == "1x3x1024^2"
+    assert fastreg.warp is warp_cases.cases("tiny", quick=True)[0].ours.func

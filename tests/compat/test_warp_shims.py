@@ -1,0 +1,114 @@
+"""The warp shims equal VoxelMorph's and MONAI's transformers to 1e-6 (values and gradients)."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastreg
+from fastreg.compat import monai as fr_monai
+from fastreg.compat import voxelmorph as fr_vxm
+from fastreg.data import random_smooth_field
+
+
+class LegacyVxmTransformer(nn.Module):
+    """Test-local implementation of the published VoxelMorph SpatialTransformer formula
+    (peers.md): ij grid buffer + flow, per-axis 2*(loc/(size-1) - 0.5), channels last and
+    reversed to (x, y, z), grid_sample(align_corners=True, padding 'zeros')."""
+
+    def __init__(self, size, mode="bilinear"):
+        super().__init__()
+        self.mode = mode
+        axes = [torch.arange(0, s) for s in size]
+        self.register_buffer("grid", torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0).float())
+
+    def forward(self, src, flow):
+        locs = self.grid + flow
+        shape = flow.shape[2:]
+        locs = torch.stack([2 * (locs[:, i] / (shape[i] - 1) - 0.5) for i in range(len(shape))], dim=1)
+        locs = locs.movedim(1, -1).flip(-1)
+        return F.grid_sample(src, locs, align_corners=True, mode=self.mode)
+
+
+def pair(shape, batch=2, channels=2):
+    image = torch.rand(batch, channels, *shape)
+    flow = random_smooth_field(shape, batch=batch, magnitude=2.0, spacing=3) + 0.3 * torch.randn(batch, len(shape), *shape)
+    return image, flow
+
+
+def compare(make_ours, make_theirs, image, flow):
+    """Equal to 1e-6 in float64; in float32 the originals' normalise-and-unnormalise round
+    trip of the coordinates costs about size * eps, so 1e-5 there."""
+    _compare(make_ours().double(), make_theirs().double(), image.double(), flow.double(), 1e-6)
+    _compare(make_ours(), make_theirs(), image, flow, 1e-5)
+
+
+def _compare(ours, theirs, image, flow, tol):
+    a = image.clone().requires_grad_(True)
+    b = flow.clone().requires_grad_(True)
+    out = ours(a, b)
+    weight = torch.randn_like(out)
+    g = torch.autograd.grad((out * weight).sum(), (a, b))
+    a2 = image.clone().requires_grad_(True)
+    b2 = flow.clone().requires_grad_(True)
+    expected = theirs(a2, b2)
+    g2 = torch.autograd.grad((expected * weight).sum(), (a2, b2))
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(g[0], g2[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(g[1], g2[1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (6, 7, 8)])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_voxelmorph_spatial_transformer_matches_published_formula(shape, mode):
+    image, flow = pair(shape)
+    ours, theirs = fr_vxm.SpatialTransformer(shape, mode), LegacyVxmTransformer(shape, mode)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["grid"]
+    torch.testing.assert_close(ours.state_dict()["grid"], theirs.state_dict()["grid"], rtol=0, atol=0)
+    ours.load_state_dict(theirs.state_dict())
+    compare(lambda: fr_vxm.SpatialTransformer(shape, mode), lambda: LegacyVxmTransformer(shape, mode), image, flow)
+
+
+def test_voxelmorph_package_spatial_transformer():
+    vxm_modules = pytest.importorskip("voxelmorph.nn.modules")
+    shape = (6, 7, 8)
+    image, flow = pair(shape)
+    compare(
+        lambda: fr_vxm.SpatialTransformer(shape),
+        lambda: vxm_modules.SpatialTransformer(interpolation_mode="linear"),
+        image,
+        flow,
+    )
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (6, 7, 8)])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
+def test_monai_warp(shape, mode, padding_mode):
+    blocks = pytest.importorskip("monai.networks.blocks")
+
+    def theirs():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return blocks.Warp(mode=mode, padding_mode=padding_mode)
+
+    image, flow = pair(shape)
+    compare(lambda: fr_monai.Warp(mode, padding_mode), theirs, image, flow)
+
+
+def test_defaults_follow_the_originals():
+    assert fr_monai.Warp().padding_mode == "border"
+    assert fr_vxm.SpatialTransformer((4, 4)).mode == "bilinear"
+    assert fastreg.nn.SpatialTransformer().padding_mode == "zeros"
+
+
+def test_shims_reject_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        fr_monai.Warp(mode="bicubic")
+    with pytest.raises(ValueError, match="jitter"):
+        fr_monai.Warp(jitter=True)
+    with pytest.raises(ValueError, match="ddf"):
+        fr_monai.Warp()(torch.rand(2, 1, 5, 5), torch.rand(1, 2, 5, 5))
+    with pytest.raises(ValueError, match="flow"):
+        fr_vxm.SpatialTransformer((5, 5))(torch.rand(1, 1, 6, 6), torch.rand(1, 2, 6, 6))

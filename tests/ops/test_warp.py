@@ -1,0 +1,337 @@
+"""warp / sample / compose on every backend against the grid_sample reference."""
+import itertools
+import os
+
+import pytest
+import torch
+
+import fastreg
+from fastreg.data import random_smooth_field
+from fastreg.reference import warp as ref
+
+MODES = ("bilinear", "nearest")
+PADDINGS = ("zeros", "border", "reflection")
+SHAPES = {2: (7, 9), 3: (5, 6, 4)}
+
+
+def inputs(ndim, device, dtype=torch.float64, batch=2, channels=3, field_batch=None, scale=3.0):
+    shape = SHAPES[ndim]
+    image = torch.randn(batch, channels, *shape, dtype=dtype, device=device)
+    disp = scale * torch.randn(field_batch or batch, ndim, *shape, dtype=dtype, device=device)
+    return image, disp
+
+
+def assert_close(actual, expected, rtol, atol=None):
+    scale = expected.abs().max().clamp_min(1.0).item()
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=(atol if atol is not None else rtol) * scale)
+
+
+# --- parity with the reference ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("mode,padding", list(itertools.product(MODES, PADDINGS)))
+@pytest.mark.parametrize("field_batch", (None, 1))
+def test_warp_matches_reference_float64(backend, device, ndim, mode, padding, field_batch):
+    image, disp = inputs(ndim, device, field_batch=field_batch)
+    out = fastreg.warp(image, disp, mode, padding)
+    assert out.shape == image.shape
+    assert_close(out, ref.warp(image, disp, mode, padding), rtol=1e-10)
+    image = image.requires_grad_(True)
+    disp = disp.requires_grad_(True)
+    weight = torch.randn_like(image)
+    g_ours = torch.autograd.grad((fastreg.warp(image, disp, mode, padding) * weight).sum(), (image, disp))
+    g_ref = torch.autograd.grad((ref.warp(image, disp, mode, padding) * weight).sum(), (image, disp))
+    assert_close(g_ours[0], g_ref[0], rtol=1e-10)
+    if mode == "bilinear":
+        assert_close(g_ours[1], g_ref[1], rtol=1e-10)
+    else:
+        assert torch.count_nonzero(g_ours[1]) == 0
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_warp_matches_reference_float32(backend, device, ndim, padding):
+    image, disp = inputs(ndim, device, dtype=torch.float32)
+    assert_close(fastreg.warp(image, disp, "bilinear", padding), ref.warp(image.double(), disp.double(), "bilinear", padding).float(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("mode", MODES)
+def test_sample_absolute_coordinates_other_output_size(backend, device, ndim, mode):
+    image = torch.randn(2, 2, *SHAPES[ndim], dtype=torch.float64, device=device)
+    out_shape = (3, 4, 5)[:ndim] if ndim == 3 else (11, 3)
+    sizes = torch.tensor(SHAPES[ndim], dtype=torch.float64, device=device).view(1, ndim, *([1] * ndim))
+    coords = torch.rand(1, ndim, *out_shape, dtype=torch.float64, device=device) * (sizes + 2) - 1
+    out = fastreg.sample(image, coords, mode, "zeros")
+    assert out.shape == (2, 2, *out_shape)
+    assert_close(out, ref.sample(image, coords, mode, "zeros"), rtol=1e-10)
+
+
+def test_compose_matches_reference(backend, device):
+    u, v = (1.5 * torch.randn(2, 3, *SHAPES[3], dtype=torch.float64, device=device) for _ in range(2))
+    assert_close(fastreg.compose(u, v), ref.compose(u, v), rtol=1e-10)
+    assert_close(fastreg.compose(u[:1], v, "zeros"), ref.compose(u[:1], v, "zeros"), rtol=1e-10)
+
+
+# --- gradients ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_gradcheck_bilinear(backend, device, ndim, padding):
+    if backend == "triton" and device.type == "cpu" and (ndim == 3 or padding != "zeros"):
+        pytest.skip("interpreter: one gradcheck; the other cases compare gradients with the reference")
+    shape = (4, 5) if ndim == 2 else (3, 4, 3)
+    image = torch.randn(2, 2, *shape, dtype=torch.float64, device=device, requires_grad=True)
+    disp = (2 * torch.randn(1, ndim, *shape, dtype=torch.float64, device=device)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda i, d: fastreg.warp(i, d, "bilinear", padding), (image, disp))
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_gradcheck_nearest_image(backend, device, padding):
+    if backend == "triton" and device.type == "cpu" and padding != "zeros":
+        pytest.skip("interpreter: one gradcheck; the other cases compare gradients with the reference")
+    image = torch.randn(1, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    disp = 2 * torch.randn(1, 2, 4, 5, dtype=torch.float64, device=device)
+    assert torch.autograd.gradcheck(lambda i: fastreg.warp(i, disp, "nearest", padding), (image,))
+
+
+def test_gradcheck_sample_and_compose(backend, device):
+    if backend == "triton" and device.type == "cpu":
+        pytest.skip("interpreter: gradients compared with the reference in the parity tests")
+    image = torch.randn(1, 2, 4, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    coords = (torch.rand(2, 3, 2, 3, 2, dtype=torch.float64, device=device) * 5 - 1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda i, c: fastreg.sample(i.expand(2, -1, -1, -1, -1), c), (image, coords))
+    u = torch.randn(1, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    v = torch.randn(2, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(fastreg.compose, (u, v))
+
+
+def test_opcheck_cpu_ops():
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+    for ndim, mode, padding in [(2, 0, 0), (3, 0, 2), (3, 1, 1)]:
+        image, disp = inputs(ndim, "cpu", field_batch=1)
+        image.requires_grad_(True)
+        disp.requires_grad_(True)
+        torch.library.opcheck(torch.ops.fastreg.warp_forward.default, (image, disp, mode, padding, True))
+        grad = torch.randn_like(image)
+        torch.library.opcheck(
+            torch.ops.fastreg.warp_backward.default, (grad, image.detach(), disp.detach(), mode, padding, True, [True, True])
+        )
+
+
+@pytest.mark.parametrize("compile_backend", ("aot_eager", "inductor"))
+def test_torch_compile_fullgraph(backend, device, compile_backend):
+    if compile_backend == "inductor" and backend != "cpu":
+        pytest.skip("one inductor build is enough")
+
+    def step(image, disp):
+        return (fastreg.warp(image, disp, "bilinear", "border") - image).square().mean()
+
+    image, disp = inputs(3, device, dtype=torch.float32)
+    disp.requires_grad_(True)
+    compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
+    loss = compiled(image, disp)
+    (g,) = torch.autograd.grad(loss, disp)
+    disp2 = disp.detach().clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(step(image, disp2), disp2)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+# --- edge cases ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_size_one_axes(backend, device, mode, padding):
+    image = torch.randn(2, 2, 1, 6, 5, dtype=torch.float64, device=device, requires_grad=True)
+    disp = (1.5 * torch.randn(2, 3, 1, 6, 5, dtype=torch.float64, device=device)).requires_grad_(True)
+    out = fastreg.warp(image, disp, mode, padding)
+    assert_close(out, ref.warp(image, disp, mode, padding), rtol=1e-10)
+    weight = torch.randn_like(out)
+    g = torch.autograd.grad((out * weight).sum(), (image, disp))
+    g_ref = torch.autograd.grad((ref.warp(image, disp, mode, padding) * weight).sum(), (image, disp))
+    assert_close(g[0], g_ref[0], rtol=1e-10)
+    assert_close(g[1], g_ref[1], rtol=1e-10)
+    assert torch.count_nonzero(g[1][:, 0]) == 0  # moving along a size-1 axis changes nothing
+
+
+def test_non_contiguous_and_channels_last(backend, device):
+    base = torch.randn(2, 3, 6, 5, 8, dtype=torch.float64, device=device)
+    image = base.transpose(2, 4)  # (2, 3, 8, 5, 6), non-contiguous
+    disp = torch.randn(2, 6, 8, 5, 6, dtype=torch.float64, device=device)[:, ::2]
+    assert not image.is_contiguous() and not disp.is_contiguous()
+    assert_close(fastreg.warp(image, disp), ref.warp(image.contiguous(), disp.contiguous()), rtol=1e-10)
+    image_cl = image.contiguous(memory_format=torch.channels_last_3d)
+    disp_cl = disp.contiguous(memory_format=torch.channels_last_3d)
+    assert_close(fastreg.warp(image_cl, disp_cl, "bilinear", "border"), ref.warp(image, disp, "bilinear", "border"), rtol=1e-10)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_far_out_of_bounds(backend, device, padding):
+    image, disp = inputs(3, device)
+    disp = disp.sign() * 1e6 + disp  # far outside in every direction
+    out = fastreg.warp(image, disp, "bilinear", padding)
+    assert torch.isfinite(out).all()
+    # The reference normalises 1e6-voxel coordinates to [-1, 1] and back: 1e6 * eps of error,
+    # which reflection turns into an error of the sampled value.
+    assert_close(out, ref.warp(image, disp, "bilinear", padding), rtol=1e-10 if padding != "reflection" else 1e-7)
+    if padding == "zeros":
+        assert torch.count_nonzero(out) == 0
+
+
+def test_nan_propagates(backend, device):
+    image, disp = inputs(3, device, dtype=torch.float32)
+    disp[0, 1, 2, 3, 1] = float("nan")
+    image = image.requires_grad_(True)
+    disp = disp.requires_grad_(True)
+    out = fastreg.warp(image, disp)
+    assert torch.isnan(out[0, :, 2, 3, 1]).all()
+    assert torch.isfinite(out[1]).all()
+    assert torch.isnan(out).sum() == out.shape[1]
+    g_image, g_disp = torch.autograd.grad(out.nansum(), (image, disp))
+    assert torch.isnan(g_disp[0, :, 2, 3, 1]).all()
+    assert torch.isfinite(g_image).all()
+    image2 = image.detach().clone()
+    image2[1, 0, 1, 1, 1] = float("nan")
+    out2 = fastreg.warp(image2, disp.detach())
+    assert torch.isnan(out2[1, 0]).any() and not torch.isnan(out2[1, 1]).any()
+
+
+def test_half_precision_accumulates_in_float32(backend, device):
+    if device.type == "cpu" and backend == "triton":
+        pytest.skip("interpreter: float16 arithmetic is emulated slowly; covered on GPU")
+    image, disp = inputs(3, device, dtype=torch.float32)
+    for dtype in (torch.float16, torch.bfloat16):
+        out = fastreg.warp(image.to(dtype), disp.to(dtype))
+        assert out.dtype == dtype
+        expected = ref.warp(image.to(dtype).double(), disp.to(dtype).double())
+        tol = 1e-2 if dtype == torch.float16 else 4e-2
+        assert_close(out.double(), expected, rtol=tol)
+
+
+def test_multithreaded_chunks_match_reference():
+    """Backward on the CPU splits the output over threads; chunks crossing batch items and
+    overlapping image ranges must sum exactly like the reference."""
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3, 8):
+            torch.set_num_threads(n)
+            for field_batch in (3, 1):
+                image = torch.randn(3, 2, 14, 15, 16, dtype=torch.float64, requires_grad=True)
+                disp = random_smooth_field((14, 15, 16), batch=field_batch, magnitude=3, spacing=4, dtype=torch.float64)
+                disp.requires_grad_(True)
+                weight = torch.randn(3, 2, 14, 15, 16, dtype=torch.float64)
+                with fastreg.use_backend("cpu"):
+                    g = torch.autograd.grad((fastreg.warp(image, disp) * weight).sum(), (image, disp))
+                g_ref = torch.autograd.grad((ref.warp(image, disp) * weight).sum(), (image, disp))
+                assert_close(g[0], g_ref[0], rtol=1e-10)
+                assert_close(g[1], g_ref[1], rtol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_deterministic_gradients(backend, device):
+    image, disp = inputs(3, device, dtype=torch.float32, field_batch=1)
+    image.requires_grad_(True)
+    disp.requires_grad_(True)
+    weight = torch.randn_like(image)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [torch.autograd.grad((fastreg.warp(image, disp) * weight).sum(), (image, disp)) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    g_ref = torch.autograd.grad((ref.warp(image.double(), disp.double()) * weight.double()).sum(), (image, disp))
+    assert_close(runs[0][0].double(), g_ref[0].double(), rtol=1e-5)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_named_errors():
+    image = torch.randn(2, 1, 6, 7, 8)
+    disp = torch.randn(2, 3, 6, 7, 8)
+    cases = [
+        ((torch.randn(6, 7, 8), disp), ValueError, "image"),
+        ((image, torch.randn(2, 2, 6, 7, 8)), ValueError, "disp"),
+        ((image, torch.randn(2, 3, 6, 7)), ValueError, "disp"),
+        ((image, torch.randn(2, 3, 6, 7, 9)), ValueError, "disp"),
+        ((image, torch.randn(3, 3, 6, 7, 8)), ValueError, "disp"),
+        ((image.long(), disp), TypeError, "image"),
+        ((image, disp.int()), TypeError, "disp"),
+        ((image, disp.double()), TypeError, "disp"),
+        ((image, disp.to("meta")), ValueError, "disp"),
+        (([1.0], disp), TypeError, "image"),
+    ]
+    for args, error, name in cases:
+        with pytest.raises(error, match=name):
+            fastreg.warp(*args)
+    with pytest.raises(ValueError, match="mode"):
+        fastreg.warp(image, disp, mode="bicubic")
+    with pytest.raises(ValueError, match="padding_mode"):
+        fastreg.warp(image, disp, padding_mode="wrap")
+    with pytest.raises(ValueError, match="coords"):
+        fastreg.sample(image, torch.randn(2, 2, 3, 3, 3))
+    with pytest.raises(ValueError, match="v"):
+        fastreg.compose(disp, torch.randn(2, 3, 6, 7, 9))
+
+
+# --- backend selection -----------------------------------------------------------------------
+
+
+def test_backend_selection_and_overrides():
+    assert "reference" in fastreg.available_backends()
+    assert fastreg.get_backend() is None
+    with fastreg.use_backend("reference"):
+        assert fastreg.get_backend() == "reference"
+        image, disp = inputs(2, "cpu")
+        assert_close(fastreg.warp(image, disp), ref.warp(image, disp), rtol=1e-12)
+    assert fastreg.get_backend() is None
+    fastreg.set_backend("reference")
+    try:
+        assert fastreg.get_backend() == "reference"
+    finally:
+        fastreg.set_backend(None)
+    with pytest.raises(ValueError, match="backend"):
+        fastreg.set_backend("opencl")
+    if not torch.cuda.is_available():
+        with fastreg.use_backend("cuda"), pytest.raises(ValueError, match="cuda"):
+            fastreg.warp(*inputs(2, "cpu"))
+
+
+def test_backend_environment_variable():
+    import subprocess
+    import sys
+
+    code = "import fastreg; print(fastreg.get_backend())"
+    env = dict(os.environ, FASTREG_BACKEND="reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "reference"
+    env["FASTREG_BACKEND"] = "bogus"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "backend" in bad.stderr
+
+
+def test_extension_is_built_when_required():
+    """CI sets FASTREG_REQUIRE_EXTENSION=1 so a failed build cannot hide behind the fallback."""
+    if os.environ.get("FASTREG_REQUIRE_EXTENSION") != "1":
+        pytest.skip("FASTREG_REQUIRE_EXTENSION not set")
+    assert "cpu" in fastreg.available_backends()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_large_tensor_uses_64bit_indexing():
+    image = torch.randn(1, 2, 1100, 1100, 1000, device="cuda", dtype=torch.float16)  # > 2^31 elements
+    disp = torch.zeros(1, 3, 1100, 1100, 1000, device="cuda", dtype=torch.float16)
+    disp[:, :, -2:, -2:, -2:] = 0.5
+    with fastreg.use_backend("cuda"):
+        out = fastreg.warp(image, disp)
+    assert torch.equal(out[..., :-2, :-2, :-2], image[..., :-2, :-2, :-2])
+    tail_ref = ref.warp(image[..., -4:, -4:, -4:].float(), disp[..., -4:, -4:, -4:].float())
+    torch.testing.assert_close(out[..., -2:, -2:, -2:].float(), tail_ref[..., -2:, -2:, -2:], rtol=1e-2, atol=1e-2)
