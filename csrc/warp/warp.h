@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <math.h>
+#include <type_traits>
 
 #include "../common/host_device.h"
 
@@ -54,44 +55,46 @@ struct Stencil {
   T dweight[NDIM][kMaxCorners];
 };
 
-// Maps a position along one axis to the coordinate actually sampled, per padding mode,
-// and its derivative d(coordinate)/d(position) in `grad`.
-template <typename T>
-FASTREG_HOST_DEVICE T source_coordinate(T p, int64_t size, int padding, T& grad) {
+// Maps a position along one axis to the coordinate actually sampled, per padding mode
+// (PADDING: kZeros, kBorder or kReflection), and its derivative d(coordinate)/d(position)
+// in `grad`.
+template <int PADDING, typename T>
+FASTREG_HOST_DEVICE T source_coordinate(T p, int64_t size, T& grad) {
   if (size == 1) {  // grid_sample maps every finite coordinate of a size-1 axis to 0
     grad = T(0);
     return p * T(0);
   }
-  if (padding == kZeros) {
+  if constexpr (PADDING == kZeros) {
     grad = T(1);
     return p;
-  }
-  const T hi = static_cast<T>(size - 1);
-  T g = T(1);
-  if (padding == kReflection) {
-    if (p < T(0)) {
-      p = -p;
-      g = -g;
+  } else {
+    const T hi = static_cast<T>(size - 1);
+    T g = T(1);
+    if constexpr (PADDING == kReflection) {
+      if (p < T(0)) {
+        p = -p;
+        g = -g;
+      }
+      const T flips = floor(p / hi);
+      const T extra = fmod(p, hi);
+      if (fmod(flips, T(2)) == T(0)) {
+        p = extra;
+      } else {
+        p = hi - extra;
+        g = -g;
+      }
     }
-    const T flips = floor(p / hi);
-    const T extra = fmod(p, hi);
-    if (fmod(flips, T(2)) == T(0)) {
-      p = extra;
-    } else {
-      p = hi - extra;
-      g = -g;
+    if (p <= T(0)) {
+      grad = T(0);
+      return T(0);
     }
+    if (p >= hi) {
+      grad = T(0);
+      return hi;
+    }
+    grad = g;
+    return p;  // NaN falls through unchanged
   }
-  if (p <= T(0)) {
-    grad = T(0);
-    return T(0);
-  }
-  if (p >= hi) {
-    grad = T(0);
-    return hi;
-  }
-  grad = g;
-  return p;  // NaN falls through unchanged
 }
 
 // Round half to even, as grid_sample's nearest mode (std::nearbyint in the default mode).
@@ -102,28 +105,28 @@ FASTREG_HOST_DEVICE T round_half_even(T x) {
   return r;
 }
 
-// Builds the stencil of `pos` (NDIM voxel coordinates). dweight is filled when with_grad.
-template <typename T, int NDIM>
-FASTREG_HOST_DEVICE void build_stencil(const T* pos, const Geometry<NDIM>& geo, int mode,
-                                       int padding, bool with_grad, Stencil<T, NDIM>& st) {
+// Builds the stencil of `pos` (NDIM voxel coordinates) for MODE (kBilinear, kNearest) and
+// PADDING known at compile time. dweight is filled when with_grad.
+template <int MODE, int PADDING, typename T, int NDIM>
+FASTREG_HOST_DEVICE void build_stencil(const T* pos, const Geometry<NDIM>& geo, bool with_grad,
+                                       Stencil<T, NDIM>& st) {
   st.nan = false;
   for (int a = 0; a < NDIM; ++a) st.nan = st.nan || (pos[a] != pos[a]);
-  if (mode == kNearest) {
+  if constexpr (MODE == kNearest) {
     st.count = 1;
     st.weight[0] = T(1);
     bool valid = !st.nan;
     int64_t offset = 0;
     for (int a = 0; a < NDIM; ++a) {
       T g;
-      const T r = round_half_even(source_coordinate(pos[a], geo.size[a], padding, g));
+      const T r = round_half_even(source_coordinate<PADDING>(pos[a], geo.size[a], g));
       valid = valid && r >= T(0) && r <= static_cast<T>(geo.size[a] - 1);
       if (valid) offset += static_cast<int64_t>(r) * geo.stride[a];
       if (with_grad) st.dweight[a][0] = T(0);
     }
     st.valid[0] = valid;
     st.offset[0] = valid ? offset : 0;
-    return;
-  }
+  } else {
   // Linear: per axis the two neighbours i0 = floor(s) and i0 + 1 with weights 1 - t, t.
   int64_t index[NDIM];
   bool valid_axis[NDIM][2];
@@ -131,7 +134,7 @@ FASTREG_HOST_DEVICE void build_stencil(const T* pos, const Geometry<NDIM>& geo, 
   T dw[NDIM][2];
   for (int a = 0; a < NDIM; ++a) {
     T g;
-    const T s = source_coordinate(pos[a], geo.size[a], padding, g);
+    const T s = source_coordinate<PADDING>(pos[a], geo.size[a], g);
     const T f = floor(s);
     const T last = static_cast<T>(geo.size[a] - 1);
     // Compare in floating point before any integer cast: far-away or NaN positions stay safe.
@@ -167,6 +170,39 @@ FASTREG_HOST_DEVICE void build_stencil(const T* pos, const Geometry<NDIM>& geo, 
         st.dweight[a][k] = d;
       }
     }
+  }
+  }
+}
+
+// The same with mode and padding chosen at run time.
+template <typename T, int NDIM>
+FASTREG_HOST_DEVICE void build_stencil(const T* pos, const Geometry<NDIM>& geo, int mode,
+                                       int padding, bool with_grad, Stencil<T, NDIM>& st) {
+  if (mode == kNearest) {
+    if (padding == kBorder) return build_stencil<kNearest, kBorder>(pos, geo, with_grad, st);
+    if (padding == kReflection) return build_stencil<kNearest, kReflection>(pos, geo, with_grad, st);
+    return build_stencil<kNearest, kZeros>(pos, geo, with_grad, st);
+  }
+  if (padding == kBorder) return build_stencil<kBilinear, kBorder>(pos, geo, with_grad, st);
+  if (padding == kReflection) return build_stencil<kBilinear, kReflection>(pos, geo, with_grad, st);
+  return build_stencil<kBilinear, kZeros>(pos, geo, with_grad, st);
+}
+
+// Calls f(std::integral_constant<int, MODE>, std::integral_constant<int, PADDING>) for runtime
+// mode and padding values, so launchers instantiate one specialised loop per combination.
+template <typename F>
+void dispatch_mode_padding(int mode, int padding, F&& f) {
+  auto with_padding = [&](auto m) {
+    switch (padding) {
+      case kBorder: f(m, std::integral_constant<int, kBorder>()); break;
+      case kReflection: f(m, std::integral_constant<int, kReflection>()); break;
+      default: f(m, std::integral_constant<int, kZeros>()); break;
+    }
+  };
+  if (mode == kNearest) {
+    with_padding(std::integral_constant<int, kNearest>());
+  } else {
+    with_padding(std::integral_constant<int, kBilinear>());
   }
 }
 

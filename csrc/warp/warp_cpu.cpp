@@ -42,9 +42,9 @@ struct Cursor {
   }
 };
 
-template <typename scalar_t, int NDIM>
+template <typename scalar_t, int NDIM, int MODE, int PADDING>
 void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& out,
-                    const Shapes& s, int mode, int padding, bool displacement) {
+                    const Shapes& s, bool displacement) {
   using T = at::opmath_type<scalar_t>;
   const Geometry<NDIM> geo = image_geometry<NDIM>(image);
   int64_t out_size[NDIM];
@@ -60,7 +60,7 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
     for (int64_t i = begin; i < end; ++i, cur.next(s.n_out, out_size)) {
       load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx,
                                        displacement, pos);
-      build_stencil<T, NDIM>(pos, geo, mode, padding, false, st);
+      build_stencil<MODE, PADDING>(pos, geo, false, st);
       const int64_t b0 = broadcast ? 0 : cur.bl;
       const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
       for (int64_t b = b0; b < b1; ++b) {
@@ -78,10 +78,10 @@ struct Chunk {
   int64_t len() const { return hi >= lo ? hi - lo + 1 : 0; }
 };
 
-template <typename scalar_t, int NDIM>
+template <typename scalar_t, int NDIM, int MODE, int PADDING>
 void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::Tensor& loc,
-                     at::Tensor& gimage, at::Tensor& gloc, const Shapes& s, int mode, int padding,
-                     bool displacement, bool need_image, bool need_loc) {
+                     at::Tensor& gimage, at::Tensor& gloc, const Shapes& s, bool displacement,
+                     bool need_image, bool need_loc) {
   using T = at::opmath_type<scalar_t>;
   const Geometry<NDIM> geo = image_geometry<NDIM>(image);
   int64_t out_size[NDIM];
@@ -119,7 +119,7 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
         for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
           load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v,
                                            cur.idx, displacement, pos);
-          build_stencil<T, NDIM>(pos, geo, mode, padding, false, st);
+          build_stencil<MODE, PADDING>(pos, geo, false, st);
           if (st.nan) continue;
           for (int k = 0; k < st.count; ++k) {
             if (!st.valid[k]) continue;
@@ -153,7 +153,7 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
       for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
         load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v,
                                          cur.idx, displacement, pos);
-        build_stencil<T, NDIM>(pos, geo, mode, padding, need_loc, st);
+        build_stencil<MODE, PADDING>(pos, geo, need_loc, st);
         for (int a = 0; a < NDIM; ++a) gpos[a] = T(0);
         const int64_t b0 = broadcast ? 0 : cur.bl;
         const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
@@ -212,11 +212,13 @@ at::Tensor warp_forward_cpu(const at::Tensor& image_, const at::Tensor& loc_, in
   at::Tensor out = at::empty(s.out_sizes, image.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "warp_forward_cpu", [&] {
-    if (s.ndim == 2) {
-      forward_kernel<scalar_t, 2>(image, loc, out, s, mode, padding, displacement);
-    } else {
-      forward_kernel<scalar_t, 3>(image, loc, out, s, mode, padding, displacement);
-    }
+    dispatch_mode_padding(mode, padding, [&](auto m, auto p) {
+      if (s.ndim == 2) {
+        forward_kernel<scalar_t, 2, m.value, p.value>(image, loc, out, s, displacement);
+      } else {
+        forward_kernel<scalar_t, 3, m.value, p.value>(image, loc, out, s, displacement);
+      }
+    });
   });
   return out;
 }
@@ -240,13 +242,15 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_
     return {gimage, gloc};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "warp_backward_cpu", [&] {
-    if (s.ndim == 2) {
-      backward_kernel<scalar_t, 2>(grad_out, image, loc, gimage, gloc, s, mode, padding,
-                                   displacement, need_image, need_loc);
-    } else {
-      backward_kernel<scalar_t, 3>(grad_out, image, loc, gimage, gloc, s, mode, padding,
-                                   displacement, need_image, need_loc);
-    }
+    dispatch_mode_padding(mode, padding, [&](auto m, auto p) {
+      if (s.ndim == 2) {
+        backward_kernel<scalar_t, 2, m.value, p.value>(grad_out, image, loc, gimage, gloc, s,
+                                                      displacement, need_image, need_loc);
+      } else {
+        backward_kernel<scalar_t, 3, m.value, p.value>(grad_out, image, loc, gimage, gloc, s,
+                                                      displacement, need_image, need_loc);
+      }
+    });
   });
   return {gimage, gloc};
 }

@@ -159,7 +159,9 @@ def format_table(rows: Sequence[dict]) -> str:
 
     cells = [[title for title, _ in columns]] + [[get(r) for _, get in columns] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in cells]
+    lines = [
+        "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in rows:
         if r["error"]:

@@ -13,12 +13,18 @@ Peak memory, in bytes above what was allocated when the call started:
   * CUDA: ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()`` before the
     call, after ``reset_peak_memory_stats()``.
   * CPU: one call under ``torch.profiler.profile(profile_memory=True)``; the profiler's
-    memory events (every allocation +n bytes, every free -n bytes, from every thread)
-    are summed in time order and the maximum of the running sum is the peak. The CPU
-    allocator has no cache, so this counts exactly the bytes of the tensors allocated
-    during the call and alive at once (checked against known allocation sequences in
-    tests/cli/test_bench.py); frees of blocks allocated before the call are not seen.
-    ``None`` ("n/a") if the profiler does not expose its events.
+    memory events (every allocation by torch's CPU allocator +n bytes, every free -n
+    bytes) are summed in time order and the maximum of the running sum is the peak. The
+    CPU allocator has no cache, so this counts exactly the bytes of the tensors
+    allocated during the call and alive at once (checked against known allocation
+    sequences in tests/cli/test_bench.py, and by hand for warp and the VoxelMorph peer).
+    Not seen: memory that does not come from torch's allocator (e.g. std::vector scratch
+    inside a C++ kernel), allocations made on other threads (the profiler's state is
+    thread-local; autograd runs CPU backward on the calling thread, so backward is
+    seen), and frees of blocks allocated before the call. Resident-set growth
+    (/proc VmHWM) was tried and rejected: glibc keeps freed memory resident and the
+    counts drifted by several MiB. ``None`` ("n/a") if the profiler does not expose
+    its events.
 """
 from __future__ import annotations
 

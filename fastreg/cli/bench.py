@@ -22,19 +22,24 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastreg-bench", description=__doc__.splitlines()[0].strip("`"))
+    p = argparse.ArgumentParser(
+        prog="fastreg-bench",
+        description="Time the fastreg ops against their peers (median times, GB/s, peak memory, ratios).",
+    )
     p.add_argument("--ops", type=_choices(REGISTRY, "op family"), default=list(REGISTRY),
                    help=f"comma-separated op families (default: all: {','.join(REGISTRY)})")
     p.add_argument("--sizes", choices=SIZES, default="default", help="input sizes (default: default)")
     p.add_argument("--dtype", type=_choices(DTYPES, "dtype"), default=["float32"],
                    help=f"comma-separated dtypes among {','.join(DTYPES)} (default: float32)")
-    p.add_argument("--backends", type=_choices(_backend.BACKENDS, "backend"), default=[None],
-                   help=f"comma-separated fastreg backends among {','.join(_backend.BACKENDS)} "
-                        "(default: the one the input device picks); the first is the baseline of the ratios")
+    p.add_argument("--backends", type=_choices(("auto", *_backend.BACKENDS), "backend"), default=["auto"],
+                   help=f"comma-separated fastreg backends among auto,{','.join(_backend.BACKENDS)} (default: "
+                        "auto, the one the input device picks); the first is the baseline of the ratios")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="device of the inputs (default: cuda when available, else cpu)")
-    p.add_argument("--repeat", type=_count(1), default=None, help="timed calls per measurement (default: 20 on cuda, 3 on cpu)")
-    p.add_argument("--warmup", type=_count(0), default=None, help="untimed calls first, at least 1 (default: 3 on cuda, 1 on cpu)")
+    p.add_argument("--repeat", type=_count(1), default=None,
+                   help="timed calls per measurement (default: 20 on cuda, 3 on cpu)")
+    p.add_argument("--warmup", type=_count(0), default=None,
+                   help="untimed calls first, at least 1 (default: 3 on cuda, 1 on cpu)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
     p.add_argument("--no-peers", action="store_true", help="time fastreg only")
     p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
@@ -47,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda requested but no CUDA device is available")
+    backends = [None if b == "auto" else b for b in args.backends]
     try:
-        check_backends(args.backends, device)
+        check_backends(backends, device)
     except ValueError as exc:
         p.error(f"--backends: {exc}")
     gpu = device.type == "cuda"
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         load_cases(args.ops, args.sizes, quick=args.sizes in ("tiny", "quick")),
         device=device,
         dtypes=[DTYPES[d] for d in args.dtype],
-        backends=args.backends,
+        backends=backends,
         repeat=args.repeat or (20 if gpu else 3),
         warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
         peers=not args.no_peers,
@@ -72,7 +78,8 @@ def _choices(options, what: str):
         names = [t.strip() for t in text.split(",") if t.strip()]
         bad = [n for n in names if n not in options]
         if not names or bad:
-            raise argparse.ArgumentTypeError(f"unknown {what} {bad or text!r}; expected a comma list of {', '.join(options)}")
+            expected = ", ".join(options)
+            raise argparse.ArgumentTypeError(f"unknown {what} {bad or text!r}; expected a comma list of {expected}")
         return names
 
     return parse

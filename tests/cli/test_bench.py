@@ -68,6 +68,15 @@ def test_table_prints(capsys):
     assert len(lines) == 2 and all(line.startswith("warp") and "fastreg[cpu]" in line for line in lines)
 
 
+def test_dtype_and_backend_lists(capsys):
+    lists = ["--dtype", "float64,float32", "--backends", "auto,reference"]
+    assert main([*TINY, "--no-peers", "--no-backward", "--json", *lists]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    expected = [("float64", "cpu"), ("float64", "reference"), ("float32", "cpu"), ("float32", "reference")]
+    assert [(r["dtype"], r["backend"]) for r in rows] == expected * 2
+    assert all(r["fwd_ms"] > 0 and r["baseline"] == "fastreg[cpu]" for r in rows)
+
+
 @pytest.mark.parametrize(
     "argv, option",
     [
@@ -199,4 +208,22 @@ def test_shape_name():
     assert shape_name((1, 1, 96, 96, 96)) == "1x1x96^3"
     assert shape_name((1, 1, 160, 192, 224)) == "1x1x160x192x224"
     assert shape_name((1, 3, 1024, 1024)) == "1x3x1024^2"
-    assert fastreg.warp is warp_cases.cases("tiny", quick=True)[0].ours.func
+
+
+def test_warp_cases_time_the_public_op_on_the_listed_shapes():
+    assert all(c.ours.func is fastreg.warp and c.op == "warp" for c in warp_cases.cases("tiny", quick=False))
+    assert [c.dims for c in warp_cases.cases("large", quick=False)] == [
+        (1, 1, 96, 96, 96), (1, 3, 1024, 1024), (1, 1, 160, 192, 224)
+    ]
+    assert [c.name for c in warp_cases.cases("default", quick=False)] == [
+        "3d 1x1x96^3 trilinear", "2d 1x3x1024^2 bilinear"
+    ]
+
+
+def test_peers_hold_one_module_per_dtype():
+    """A peer module keeps buffers of the dtype it first saw: switching dtypes in one
+    run must not turn into a peer error (VoxelMorph 0.3.4 caches its meshgrid)."""
+    rows = run(load_cases(["warp"], "tiny", quick=True), dtypes=[torch.float16, torch.bfloat16, torch.float64],
+               backward=False, repeat=1, warmup=0)
+    assert len(rows) == 3 * 2 * (1 + len(warp_cases.cases("tiny", quick=True)[0].peers))
+    assert [r["error"] for r in rows] == [None] * len(rows)

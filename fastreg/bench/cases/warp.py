@@ -107,15 +107,17 @@ class VxmLegacyTransformer:
 
 
 class _LazyModule:
-    """A peer nn.Module built at its first call (importing its package then), held after."""
+    """A peer nn.Module built at its first call on a device and dtype (importing its
+    package then) and held after, one instance per (device, dtype) as a user would."""
 
     def __init__(self, module: str, cls: str, **kwargs):
         self.module, self.cls, self.kwargs = module, cls, kwargs
-        self.instance = None
+        self.instances: dict = {}
 
     def __call__(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
-        if self.instance is None:
+        key = (image.device, image.dtype)
+        if key not in self.instances:
             with warnings.catch_warnings():  # MONAI announces its native grid_sample path
                 warnings.simplefilter("ignore", UserWarning)
-                self.instance = getattr(importlib.import_module(self.module), self.cls)(**self.kwargs)
-        return self.instance(image, disp)
+                self.instances[key] = getattr(importlib.import_module(self.module), self.cls)(**self.kwargs)
+        return self.instances[key](image, disp)
