@@ -24,15 +24,14 @@ namespace integrate {
 
 // One output voxel p of one batch item: v and out point at the item (NDIM, n), idx holds
 // the spatial indices of p.
-template <typename scalar_t, typename T, int NDIM>
+template <typename scalar_t, typename T, int NDIM, int PADDING>
 FASTREG_HOST_DEVICE void step_voxel(const scalar_t* v, scalar_t* out, int64_t n, int64_t p,
-                                    const int64_t* idx, T scale,
-                                    const warp::Geometry<NDIM>& geo, int padding) {
+                                    const int64_t* idx, T scale, const warp::Geometry<NDIM>& geo) {
   T pos[NDIM];
   warp::load_position<scalar_t, T, NDIM>(v, n, p, idx, false, pos);
   for (int a = 0; a < NDIM; ++a) pos[a] = static_cast<T>(idx[a]) + scale * pos[a];
   warp::Stencil<T, NDIM> st;
-  warp::build_stencil<T, NDIM>(pos, geo, warp::kBilinear, padding, false, st);
+  warp::build_stencil<warp::kBilinear, PADDING>(pos, geo, false, st);
   // out <- v sampled at pos (rounded to scalar_t like the warp it replaces), then
   // out <- scale * (v(p) + out).
   warp::sample_channels<scalar_t, T, NDIM>(st, v, NDIM, n, out + p, n);
@@ -45,16 +44,15 @@ FASTREG_HOST_DEVICE void step_voxel(const scalar_t* v, scalar_t* out, int64_t n,
 // Gradient contributions of one output voxel p of batch item b: v and g point at the item
 // (NDIM, n). Every contribution to dL/dv goes to scatter(b, c, q, value): at q = p itself
 // and at the corners q of p's stencil.
-template <typename scalar_t, typename T, int NDIM, typename Scatter>
+template <typename scalar_t, typename T, int NDIM, int PADDING, typename Scatter>
 FASTREG_HOST_DEVICE void step_backward_voxel(const scalar_t* v, const scalar_t* g, int64_t b,
                                              int64_t n, int64_t p, const int64_t* idx, T scale,
-                                             const warp::Geometry<NDIM>& geo, int padding,
-                                             Scatter& scatter) {
+                                             const warp::Geometry<NDIM>& geo, Scatter& scatter) {
   T pos[NDIM];
   warp::load_position<scalar_t, T, NDIM>(v, n, p, idx, false, pos);
   for (int a = 0; a < NDIM; ++a) pos[a] = static_cast<T>(idx[a]) + scale * pos[a];
   warp::Stencil<T, NDIM> st;
-  warp::build_stencil<T, NDIM>(pos, geo, warp::kBilinear, padding, true, st);
+  warp::build_stencil<warp::kBilinear, PADDING>(pos, geo, true, st);
   // The image is u = scale * v: its gradient scales by `scale` (chain rule into v), the
   // position gradient by scale twice (sampled values and the position both carry it).
   auto to_v = [&](int64_t bb, int64_t c, int64_t q, T value) { scatter(bb, c, q, scale * value); };

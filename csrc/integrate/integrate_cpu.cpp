@@ -33,8 +33,8 @@ namespace {
 
 constexpr int64_t kGrain = 4096;
 
-template <typename scalar_t, int NDIM>
-void step_kernel(const at::Tensor& v, at::Tensor& out, double scale, int padding) {
+template <typename scalar_t, int NDIM, int PADDING>
+void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
   using T = at::opmath_type<scalar_t>;
   const warp::Geometry<NDIM> geo = warp::image_geometry<NDIM>(v);
   int64_t n = 1;
@@ -47,8 +47,8 @@ void step_kernel(const at::Tensor& v, at::Tensor& out, double scale, int padding
     int64_t idx[NDIM];
     warp::unravel<NDIM>(p, geo.size, idx);
     for (int64_t i = begin; i < end; ++i) {
-      step_voxel<scalar_t, T, NDIM>(src + b * NDIM * n, dst + b * NDIM * n, n, p, idx,
-                                    static_cast<T>(scale), geo, padding);
+      step_voxel<scalar_t, T, NDIM, PADDING>(src + b * NDIM * n, dst + b * NDIM * n, n, p, idx,
+                                             static_cast<T>(scale), geo);
       if (++p == n) {
         p = 0;
         ++b;
@@ -63,11 +63,14 @@ void step_kernel(const at::Tensor& v, at::Tensor& out, double scale, int padding
 void step_cpu(const at::Tensor& v, at::Tensor& out, double scale, int64_t padding) {
   if (v.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_cpu", [&] {
-    if (v.dim() == 4) {
-      step_kernel<scalar_t, 2>(v, out, scale, static_cast<int>(padding));
-    } else {
-      step_kernel<scalar_t, 3>(v, out, scale, static_cast<int>(padding));
-    }
+    warp::dispatch_mode_padding(warp::kBilinear, static_cast<int>(padding), [&](auto, auto pad) {
+      constexpr int PADDING = decltype(pad)::value;
+      if (v.dim() == 4) {
+        step_kernel<scalar_t, 2, PADDING>(v, out, scale);
+      } else {
+        step_kernel<scalar_t, 3, PADDING>(v, out, scale);
+      }
+    });
   });
 }
 
@@ -142,9 +145,8 @@ void bound_chunk(const scalar_t* v, int64_t n, int64_t total, T scale,
   ch.hi = std::min<int64_t>(total, ch.end + dhi);
 }
 
-template <typename scalar_t, int NDIM>
-void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& grad, double scale_,
-                          int padding) {
+template <typename scalar_t, int NDIM, int PADDING>
+void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& grad, double scale_) {
   using T = at::opmath_type<scalar_t>;
   const T scale = static_cast<T>(scale_);
   const warp::Geometry<NDIM> geo = warp::image_geometry<NDIM>(v);
@@ -163,7 +165,7 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
       Chunk<T>& ch = chunks[ci];
       ch.begin = total * ci / nchunks;
       ch.end = total * (ci + 1) / nchunks;
-      bound_chunk<scalar_t, T, NDIM>(vp, n, total, scale, geo, padding, ch);
+      bound_chunk<scalar_t, T, NDIM>(vp, n, total, scale, geo, PADDING, ch);
       ch.left.assign(NDIM * (ch.begin - ch.lo), T(0));
       ch.right.assign(NDIM * (ch.hi - ch.end), T(0));
       for_runs(ch.begin, ch.end, n, [&](int64_t b, int64_t q0, int64_t q1) {
@@ -175,8 +177,8 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
       int64_t idx[NDIM];
       warp::unravel<NDIM>(p, geo.size, idx);
       for (int64_t i = ch.begin; i < ch.end; ++i) {
-        step_backward_voxel<scalar_t, T, NDIM>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p, idx,
-                                               scale, geo, padding, router);
+        step_backward_voxel<scalar_t, T, NDIM, PADDING>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p,
+                                                        idx, scale, geo, router);
         if (++p == n) {
           p = 0;
           ++b;
@@ -218,11 +220,14 @@ at::Tensor step_backward_cpu(const at::Tensor& g, const at::Tensor& v, double sc
   at::Tensor grad = at::empty(v.sizes(), v.options().dtype(acc_type));
   if (v.numel() == 0) return grad.to(v.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_backward_cpu", [&] {
-    if (v.dim() == 4) {
-      step_backward_kernel<scalar_t, 2>(g, v, grad, scale, static_cast<int>(padding));
-    } else {
-      step_backward_kernel<scalar_t, 3>(g, v, grad, scale, static_cast<int>(padding));
-    }
+    warp::dispatch_mode_padding(warp::kBilinear, static_cast<int>(padding), [&](auto, auto pad) {
+      constexpr int PADDING = decltype(pad)::value;
+      if (v.dim() == 4) {
+        step_backward_kernel<scalar_t, 2, PADDING>(g, v, grad, scale);
+      } else {
+        step_backward_kernel<scalar_t, 3, PADDING>(g, v, grad, scale);
+      }
+    });
   });
   return grad.to(v.scalar_type());
 }

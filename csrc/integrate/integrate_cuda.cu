@@ -33,15 +33,15 @@ int blocks_for(int64_t total) {  // grid-stride loops cover the rest
   return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 20));
 }
 
-template <typename scalar_t, typename T, int NDIM, typename index_t>
+template <typename scalar_t, typename T, int NDIM, int PADDING, typename index_t>
 __global__ void step_kernel(const scalar_t* __restrict__ v, scalar_t* __restrict__ out, index_t n,
-                            index_t total, T scale, warp::Geometry<NDIM> geo, int padding) {
+                            index_t total, T scale, warp::Geometry<NDIM> geo) {
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     const index_t b = i / n, p = i % n;
     int64_t idx[NDIM];
     warp::unravel<NDIM>(p, geo.size, idx);
-    step_voxel<scalar_t, T, NDIM>(v + b * NDIM * n, out + b * NDIM * n, n, p, idx, scale, geo, padding);
+    step_voxel<scalar_t, T, NDIM, PADDING>(v + b * NDIM * n, out + b * NDIM * n, n, p, idx, scale, geo);
   }
 }
 
@@ -55,31 +55,33 @@ struct AtomicScatter {
   }
 };
 
-template <typename scalar_t, typename T, int NDIM, typename index_t>
+template <typename scalar_t, typename T, int NDIM, int PADDING, typename index_t>
 __global__ void step_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
                                      T* grad, index_t n, index_t total, T scale,
-                                     warp::Geometry<NDIM> geo, int padding) {
+                                     warp::Geometry<NDIM> geo) {
   AtomicScatter<T, NDIM> scatter{grad, n};
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     const index_t b = i / n, p = i % n;
     int64_t idx[NDIM];
     warp::unravel<NDIM>(p, geo.size, idx);
-    step_backward_voxel<scalar_t, T, NDIM>(v + b * NDIM * n, g + b * NDIM * n, b, n, p, idx, scale,
-                                           geo, padding, scatter);
+    step_backward_voxel<scalar_t, T, NDIM, PADDING>(v + b * NDIM * n, g + b * NDIM * n, b, n, p, idx,
+                                                    scale, geo, scatter);
   }
 }
 
-// Calls fn(std::integral_constant<int, NDIM>, index_t{}) for the spatial rank of v and the
-// narrowest index type that addresses it.
+// Calls fn(std::integral_constant<int, NDIM>, std::integral_constant<int, PADDING>, index_t{})
+// for the spatial rank of v, the padding and the narrowest index type that addresses v.
 template <typename Fn>
-void with_rank_and_index(const at::Tensor& v, const Fn& fn) {
+void with_rank_padding_index(const at::Tensor& v, int64_t padding, const Fn& fn) {
   const bool narrow = v.numel() <= std::numeric_limits<int32_t>::max();
-  if (v.dim() == 4) {
-    narrow ? fn(std::integral_constant<int, 2>{}, int32_t{}) : fn(std::integral_constant<int, 2>{}, int64_t{});
-  } else {
-    narrow ? fn(std::integral_constant<int, 3>{}, int32_t{}) : fn(std::integral_constant<int, 3>{}, int64_t{});
-  }
+  warp::dispatch_mode_padding(warp::kBilinear, static_cast<int>(padding), [&](auto, auto pad) {
+    if (v.dim() == 4) {
+      narrow ? fn(std::integral_constant<int, 2>{}, pad, int32_t{}) : fn(std::integral_constant<int, 2>{}, pad, int64_t{});
+    } else {
+      narrow ? fn(std::integral_constant<int, 3>{}, pad, int32_t{}) : fn(std::integral_constant<int, 3>{}, pad, int64_t{});
+    }
+  });
 }
 
 void step_cuda(const at::Tensor& v, at::Tensor& out, double scale, int64_t padding) {
@@ -90,13 +92,13 @@ void step_cuda(const at::Tensor& v, at::Tensor& out, double scale, int64_t paddi
   const int64_t total = v.size(0) * n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    with_rank_and_index(v, [&](auto rank, auto index) {
+    with_rank_padding_index(v, padding, [&](auto rank, auto pad, auto index) {
       constexpr int NDIM = decltype(rank)::value;
+      constexpr int PADDING = decltype(pad)::value;
       using index_t = decltype(index);
-      step_kernel<scalar_t, T, NDIM, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      step_kernel<scalar_t, T, NDIM, PADDING, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
           v.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<index_t>(n),
-          static_cast<index_t>(total), static_cast<T>(scale), warp::image_geometry<NDIM>(v),
-          static_cast<int>(padding));
+          static_cast<index_t>(total), static_cast<T>(scale), warp::image_geometry<NDIM>(v));
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -112,13 +114,14 @@ at::Tensor step_backward_cuda(const at::Tensor& g, const at::Tensor& v, double s
   const int64_t total = v.size(0) * n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    with_rank_and_index(v, [&](auto rank, auto index) {
+    with_rank_padding_index(v, padding, [&](auto rank, auto pad, auto index) {
       constexpr int NDIM = decltype(rank)::value;
+      constexpr int PADDING = decltype(pad)::value;
       using index_t = decltype(index);
-      step_backward_kernel<scalar_t, T, NDIM, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      step_backward_kernel<scalar_t, T, NDIM, PADDING, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
           g.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<T>(),
           static_cast<index_t>(n), static_cast<index_t>(total), static_cast<T>(scale),
-          warp::image_geometry<NDIM>(v), static_cast<int>(padding));
+          warp::image_geometry<NDIM>(v));
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
