@@ -23,4 +23,5 @@ def check_sizes(sizes: str) -> str:
 # Case modules import check_sizes from here: keep the registry last.
 REGISTRY = {
     "warp": import_module("fastreg.bench.cases.warp"),
+    "integrate": import_module("fastreg.bench.cases.integrate"),
 }
