@@ -36,6 +36,30 @@ TORCH_LIBRARY(fastreg, m) {
   // padding as for warp. Contract: csrc/integrate/integrate.h, integrate_loop.h.
   m.def("integrate_svf_forward(Tensor v, int steps, int padding, bool save) -> (Tensor, Tensor)");
   m.def("integrate_svf_backward(Tensor grad_out, Tensor v, Tensor saved, int steps, int padding) -> Tensor");
+  // mode: 0 central (Learn2Reg), 1 forward, 2 gradient (np.gradient); spacing: ndim voxel
+  // sizes; crop: voxels left out at every border. Contract: csrc/jacobian/jacobian.h.
+  m.def("jacobian_det_forward(Tensor disp, int mode, float[] spacing) -> Tensor");
+  m.def("jacobian_det_backward(Tensor grad_out, Tensor disp, int mode, float[] spacing) -> Tensor");
+  m.def("jacobian_stats(Tensor disp, int mode, float[] spacing, int crop) -> Tensor");
+  // Local normalized cross-correlation map (B, C, *S); taps empty: box window, else the
+  // per-axis weights concatenated; norm: the n of the formula (0: the sum of the weights).
+  // Contract: csrc/lncc/lncc.h.
+  m.def(
+      "lncc_forward(Tensor a, Tensor b, int[] window, float[] taps, float norm, float smooth_nr, "
+      "float floor, float eps) -> Tensor");
+  m.def(
+      "lncc_backward(Tensor grad_out, Tensor a, Tensor b, int[] window, float[] taps, "
+      "float norm, float smooth_nr, float floor, float eps, bool[2] output_mask) -> (Tensor, Tensor)");
+  // padding: 0 zeros, 1 border. vfa_attention returns (displacement, log-sum-exp).
+  // Contract: csrc/correlation/correlation.h.
+  m.def("local_correlation_forward(Tensor f, Tensor m, int radius, float scale, int padding) -> Tensor");
+  m.def(
+      "local_correlation_backward(Tensor grad_out, Tensor f, Tensor m, int radius, float scale, "
+      "int padding, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def("vfa_attention_forward(Tensor q, Tensor k, int radius, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "vfa_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor out, Tensor lse, "
+      "int radius, float scale, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
@@ -43,6 +67,15 @@ TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
   m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
   m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cpu);
   m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cpu);
+  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cpu);
+  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cpu);
+  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cpu);
+  m.impl("lncc_forward", &fastreg::lncc::lncc_forward_cpu);
+  m.impl("lncc_backward", &fastreg::lncc::lncc_backward_cpu);
+  m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cpu);
+  m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cpu);
+  m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cpu);
+  m.impl("vfa_attention_backward", &fastreg::correlation::vfa_attention_backward_cpu);
 }
 
 #ifdef FASTREG_WITH_CUDA
@@ -51,5 +84,14 @@ TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
   m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
   m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cuda);
   m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cuda);
+  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cuda);
+  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cuda);
+  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cuda);
+  m.impl("lncc_forward", &fastreg::lncc::lncc_forward_cuda);
+  m.impl("lncc_backward", &fastreg::lncc::lncc_backward_cuda);
+  m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cuda);
+  m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cuda);
+  m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cuda);
+  m.impl("vfa_attention_backward", &fastreg::correlation::vfa_attention_backward_cuda);
 }
 #endif

@@ -65,6 +65,36 @@ def choice(value, name: str, options: Sequence[str]) -> int:
     return list(options).index(value)
 
 
+def spacing(value, name: str, ndim: int) -> tuple[float, ...]:
+    """Voxel size per spatial axis: None (1 everywhere), one positive number for every axis,
+    or a sequence of `ndim` positive numbers."""
+    if value is None:
+        return (1.0,) * ndim
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,) * ndim
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected None, a number or {ndim} numbers, got {value!r}") from None
+    if len(values) != ndim:
+        raise ValueError(f"{name}: expected {ndim} values (one per spatial axis), got {len(values)}")
+    if not all(v > 0 and v != float("inf") for v in values):
+        raise ValueError(f"{name}: expected positive finite voxel sizes, got {values}")
+    return values
+
+
+def per_axis(value, name: str, ndim: int) -> tuple[int, ...]:
+    """An int, or a sequence of `ndim` ints (one per spatial axis), as a tuple of `ndim` ints."""
+    items = [value] * ndim if isinstance(value, int) else value
+    if not isinstance(items, (list, tuple)) or len(items) != ndim:
+        raise ValueError(f"{name}: expected an int or {ndim} ints (one per spatial axis), got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise TypeError(f"{name}: expected integers, got {value!r}")
+    return tuple(items)
+
+
 def non_negative_int(value, name: str) -> int:
     """`value` is an int >= 0 (bools and floats are rejected)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

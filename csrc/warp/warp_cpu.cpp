@@ -1,6 +1,6 @@
 // CPU launcher of warp (contract in warp.h). Parallel over output voxels with
-// at::parallel_for; the image gradient is scattered into per-chunk slabs that cover only
-// the image range a chunk touches, then summed in a fixed order (deterministic, race-free).
+// at::parallel_for; the image gradient is scattered race-free and deterministically
+// (see backward_kernel: alternating chunks, or per-chunk slabs summed in a fixed order).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -12,6 +12,7 @@
 #include <array>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
@@ -71,13 +72,35 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
   });
 }
 
-// One chunk of the output loop and the slab of image gradient it writes:
-// batch items [b0, b1) and flat spatial offsets [lo, hi] of the image.
+// One chunk of the output loop and the image region its gradient can reach: batch items
+// [b0, b1) and flat spatial offsets [lo, hi] (empty when hi < lo).
 struct Chunk {
   int64_t begin, end, b0, b1, lo, hi;
   int64_t len() const { return hi >= lo ? hi - lo + 1 : 0; }
+  bool overlaps(const Chunk& o) const {
+    return len() > 0 && o.len() > 0 && b0 < o.b1 && o.b0 < b1 && lo <= o.hi && o.lo <= hi;
+  }
 };
 
+// Rows [r0, r1] of the first spatial axis that a position p0 along it can touch.
+template <int PADDING, typename T>
+bool touched_rows(T p0, int64_t size0, int64_t& r0, int64_t& r1) {
+  T g;
+  const T c = source_coordinate<PADDING>(p0, size0, g);
+  const T f = floor(c);
+  if (!(f >= T(-1) && f <= static_cast<T>(size0 - 1))) return false;  // outside (zeros) or NaN
+  const int64_t i = static_cast<int64_t>(f);
+  r0 = std::max<int64_t>(i, 0);
+  r1 = std::min<int64_t>(i + 1, size0 - 1);
+  return true;
+}
+
+// Backward. The output loop is cut into 2 * threads chunks. A cheap first pass bounds the
+// image rows each chunk can scatter into. When chunks of the same parity never overlap (the
+// normal case for smooth fields), even chunks run in parallel scattering straight into the
+// gradient, then odd chunks: no scratch, no reduction. Otherwise each chunk scatters into a
+// private slab over its region and the slabs are summed in chunk order. Both are
+// deterministic for a given thread count.
 template <typename scalar_t, int NDIM, int MODE, int PADDING>
 void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::Tensor& loc,
                      at::Tensor& gimage, at::Tensor& gloc, const Shapes& s, bool displacement,
@@ -94,9 +117,8 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
   const int64_t total = s.loc_batch * s.n_out;
   const int64_t stride_b = s.channels * s.n_in;
 
-  // Chunks of the output loop: one per thread (fewer for small problems).
   const int64_t nchunks = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), (total + kGrain - 1) / kGrain));
+      1, std::min<int64_t>(2 * at::get_num_threads(), (total + kGrain - 1) / kGrain));
   std::vector<Chunk> chunks(nchunks);
   for (int64_t i = 0; i < nchunks; ++i) {
     Chunk& ch = chunks[i];
@@ -108,98 +130,115 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
     ch.hi = -1;
   }
 
-  // Pass 1 (image gradient only): the image range each chunk touches.
-  if (need_image) {
-    at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-      T pos[NDIM];
-      Stencil<T, NDIM> st;
-      for (int64_t ci = c0; ci < c1; ++ci) {
-        Chunk& ch = chunks[ci];
-        Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
-        for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
-          load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v,
-                                           cur.idx, displacement, pos);
-          build_stencil<MODE, PADDING>(pos, geo, false, st);
-          if (st.nan) continue;
-          for (int k = 0; k < st.count; ++k) {
-            if (!st.valid[k]) continue;
-            ch.lo = std::min(ch.lo, st.offset[k]);
-            ch.hi = std::max(ch.hi, st.offset[k]);
-          }
-        }
-      }
-    });
-  }
-
-  // Slabs (b1 - b0, C, hi - lo + 1) per chunk, in the accumulation type.
-  std::vector<std::vector<T>> slabs(nchunks);
-  for (int64_t i = 0; i < nchunks; ++i) {
-    if (need_image) slabs[i].assign((chunks[i].b1 - chunks[i].b0) * s.channels * chunks[i].len(), T(0));
-  }
-
-  // Pass 2: gradients.
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+  // Runs the output voxels of one chunk, handing image-gradient contributions to scatter.
+  auto run_chunk = [&](const Chunk& ch, auto& scatter) {
     T pos[NDIM];
     T gpos[NDIM];
     Stencil<T, NDIM> st;
+    Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
+    for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
+      load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx,
+                                       displacement, pos);
+      build_stencil<MODE, PADDING>(pos, geo, need_loc, st);
+      for (int a = 0; a < NDIM; ++a) gpos[a] = T(0);
+      const int64_t b0 = broadcast ? 0 : cur.bl;
+      const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
+      for (int64_t b = b0; b < b1; ++b) {
+        backward_channels<scalar_t, T, NDIM>(st, img + b * stride_b, go + b * s.channels * s.n_out + cur.v,
+                                             b, s.channels, s.n_in, s.n_out, need_image, need_loc,
+                                             gpos, scatter);
+      }
+      if (need_loc) {
+        for (int a = 0; a < NDIM; ++a) gl[(cur.bl * NDIM + a) * s.n_out + cur.v] = static_cast<scalar_t>(gpos[a]);
+      }
+    }
+  };
+
+  if (!need_image) {
+    auto none = [](int64_t, int64_t, int64_t, T) {};
+    at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ci = c0; ci < c1; ++ci) run_chunk(chunks[ci], none);
+    });
+    return;
+  }
+
+  // Pass 1: the image rows each chunk can reach (first axis only: reads one channel of loc).
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ci = c0; ci < c1; ++ci) {
-      const Chunk& ch = chunks[ci];
-      T* slab = slabs[ci].data();
-      const int64_t len = ch.len();
-      auto scatter = [&](int64_t b, int64_t c, int64_t offset, T value) {
-        slab[((b - ch.b0) * s.channels + c) * len + (offset - ch.lo)] += value;
-      };
+      Chunk& ch = chunks[ci];
       Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
       for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
-        load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v,
-                                         cur.idx, displacement, pos);
-        build_stencil<MODE, PADDING>(pos, geo, need_loc, st);
-        for (int a = 0; a < NDIM; ++a) gpos[a] = T(0);
-        const int64_t b0 = broadcast ? 0 : cur.bl;
-        const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
-        for (int64_t b = b0; b < b1; ++b) {
-          backward_channels<scalar_t, T, NDIM>(st, img + b * stride_b,
-                                               go + b * s.channels * s.n_out + cur.v, b,
-                                               s.channels, s.n_in, s.n_out, need_image, need_loc,
-                                               gpos, scatter);
-        }
-        if (need_loc) {
-          for (int a = 0; a < NDIM; ++a) {
-            gl[(cur.bl * NDIM + a) * s.n_out + cur.v] = static_cast<scalar_t>(gpos[a]);
-          }
-        }
+        T p0 = static_cast<T>(pos_ptr[cur.bl * NDIM * s.n_out + cur.v]);
+        if (displacement) p0 += static_cast<T>(cur.idx[0]);
+        int64_t r0, r1;
+        if (!touched_rows<PADDING>(p0, geo.size[0], r0, r1)) continue;
+        ch.lo = std::min(ch.lo, r0 * geo.stride[0]);
+        ch.hi = std::max(ch.hi, (r1 + 1) * geo.stride[0] - 1);
       }
     }
   });
 
-  // Pass 3: sum the slabs into the image gradient, chunk by chunk in a fixed order,
-  // parallel over blocks of (batch, channel, spatial range).
-  if (need_image) {
-    scalar_t* gi = gimage.mutable_data_ptr<scalar_t>();
-    constexpr int64_t kBlock = 1 << 15;
-    const int64_t nblocks = (s.n_in + kBlock - 1) / kBlock;
-    at::parallel_for(0, s.batch * s.channels * nblocks, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<T> acc(kBlock);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t row = r / nblocks;
-        const int64_t b = row / s.channels;
-        const int64_t c = row % s.channels;
-        const int64_t j0 = (r % nblocks) * kBlock;
-        const int64_t j1 = std::min(j0 + kBlock, s.n_in);
-        std::fill(acc.begin(), acc.begin() + (j1 - j0), T(0));
-        for (int64_t ci = 0; ci < nchunks; ++ci) {
-          const Chunk& ch = chunks[ci];
-          if (b < ch.b0 || b >= ch.b1) continue;
-          const int64_t lo = std::max(j0, ch.lo);
-          const int64_t hi = std::min(j1 - 1, ch.hi);
-          const T* src = slabs[ci].data() + ((b - ch.b0) * s.channels + c) * ch.len() - ch.lo;
-          for (int64_t j = lo; j <= hi; ++j) acc[j - j0] += src[j];
-        }
-        scalar_t* dst = gi + row * s.n_in;
-        for (int64_t j = j0; j < j1; ++j) dst[j] = static_cast<scalar_t>(acc[j - j0]);
-      }
-    });
+  bool direct = true;
+  for (int64_t i = 0; i < nchunks && direct; ++i) {
+    for (int64_t j = i + 2; j < nchunks && direct; j += 2) direct = !chunks[i].overlaps(chunks[j]);
   }
+
+  if (direct) {
+    constexpr bool same = std::is_same_v<T, scalar_t>;
+    at::Tensor acc = same ? gimage.zero_() : at::zeros(image.sizes(), image.options().dtype(c10::CppTypeToScalarType<T>::value));
+    T* a = acc.mutable_data_ptr<T>();
+    auto scatter = [&](int64_t b, int64_t c, int64_t offset, T value) { a[(b * s.channels + c) * s.n_in + offset] += value; };
+    for (int64_t phase = 0; phase < 2; ++phase) {
+      at::parallel_for(0, (nchunks - phase + 1) / 2, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t ci = c0; ci < c1; ++ci) run_chunk(chunks[2 * ci + phase], scatter);
+      });
+    }
+    if (!same) gimage.copy_(acc);
+    return;
+  }
+
+  // Fallback: private slabs (b1 - b0, C, hi - lo + 1) per chunk, summed in chunk order.
+  std::vector<int64_t> slab_start(nchunks + 1, 0);
+  for (int64_t i = 0; i < nchunks; ++i) {
+    slab_start[i + 1] = slab_start[i] + (chunks[i].b1 - chunks[i].b0) * s.channels * chunks[i].len();
+  }
+  at::Tensor slabs = at::zeros({slab_start[nchunks]}, image.options().dtype(c10::CppTypeToScalarType<T>::value));
+  T* slab_ptr = slabs.mutable_data_ptr<T>();
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      const Chunk& ch = chunks[ci];
+      T* slab = slab_ptr + slab_start[ci];
+      const int64_t len = ch.len();
+      auto scatter = [&](int64_t b, int64_t c, int64_t offset, T value) {
+        slab[((b - ch.b0) * s.channels + c) * len + (offset - ch.lo)] += value;
+      };
+      run_chunk(ch, scatter);
+    }
+  });
+  scalar_t* gi = gimage.mutable_data_ptr<scalar_t>();
+  constexpr int64_t kBlock = 1 << 15;
+  const int64_t nblocks = (s.n_in + kBlock - 1) / kBlock;
+  at::parallel_for(0, s.batch * s.channels * nblocks, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<T> acc(kBlock);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t row = r / nblocks;
+      const int64_t b = row / s.channels;
+      const int64_t c = row % s.channels;
+      const int64_t j0 = (r % nblocks) * kBlock;
+      const int64_t j1 = std::min(j0 + kBlock, s.n_in);
+      std::fill(acc.begin(), acc.begin() + (j1 - j0), T(0));
+      for (int64_t ci = 0; ci < nchunks; ++ci) {
+        const Chunk& ch = chunks[ci];
+        if (b < ch.b0 || b >= ch.b1) continue;
+        const int64_t lo = std::max(j0, ch.lo);
+        const int64_t hi = std::min(j1 - 1, ch.hi);
+        const T* src = slab_ptr + slab_start[ci] + ((b - ch.b0) * s.channels + c) * ch.len() - ch.lo;
+        for (int64_t j = lo; j <= hi; ++j) acc[j - j0] += src[j];
+      }
+      scalar_t* dst = gi + row * s.n_in;
+      for (int64_t j = j0; j < j1; ++j) dst[j] = static_cast<scalar_t>(acc[j - j0]);
+    }
+  });
 }
 
 }  // namespace
@@ -236,9 +275,13 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_
   const bool need_image = output_mask[0];
   const bool need_loc = output_mask[1] && mode == kBilinear;
   at::Tensor gimage = need_image ? at::empty(image.sizes(), image.options()) : at::empty({0}, image.options());
-  at::Tensor gloc = output_mask[1] ? at::zeros(loc.sizes(), loc.options()) : at::empty({0}, loc.options());
+  // Every element of gloc is written when need_loc; nearest mode has a zero position gradient.
+  at::Tensor gloc = !output_mask[1] ? at::empty({0}, loc.options())
+                    : need_loc      ? at::empty(loc.sizes(), loc.options())
+                                    : at::zeros(loc.sizes(), loc.options());
   if ((!need_image && !need_loc) || grad_out.numel() == 0) {
     if (need_image) gimage.zero_();
+    if (need_loc) gloc.zero_();
     return {gimage, gloc};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "warp_backward_cpu", [&] {

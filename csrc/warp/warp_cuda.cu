@@ -39,11 +39,11 @@ inline int blocks_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>(b, 65535LL * 32));
 }
 
-template <typename scalar_t, int NDIM, typename index_t>
+template <typename scalar_t, int NDIM, int MODE, int PADDING, typename index_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ image, const scalar_t* __restrict__ loc,
                                scalar_t* __restrict__ out, Geometry<NDIM> geo, OutGrid<NDIM> og,
                                index_t batch, index_t loc_batch, index_t channels, index_t n_in,
-                               index_t n_out, int mode, int padding, bool displacement) {
+                               index_t n_out, bool displacement) {
   using T = at::opmath_type<scalar_t>;
   const index_t total = loc_batch * n_out;
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
@@ -55,7 +55,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ image, const scalar_
     T pos[NDIM];
     load_position<scalar_t, T, NDIM>(loc + bl * NDIM * n_out, n_out, v, idx, displacement, pos);
     Stencil<T, NDIM> st;
-    build_stencil<T, NDIM>(pos, geo, mode, padding, false, st);
+    build_stencil<MODE, PADDING>(pos, geo, false, st);
     const index_t b0 = loc_batch == batch ? bl : 0;
     const index_t b1 = loc_batch == batch ? bl + 1 : batch;
     for (index_t b = b0; b < b1; ++b) {
@@ -100,13 +100,12 @@ struct CountScatter {
   }
 };
 
-template <typename scalar_t, int NDIM, typename index_t, typename Scatter>
+template <typename scalar_t, int NDIM, int MODE, int PADDING, typename index_t, typename Scatter>
 __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ image,
                                 const scalar_t* __restrict__ loc, scalar_t* __restrict__ gloc,
                                 Scatter scatter, Geometry<NDIM> geo, OutGrid<NDIM> og,
                                 index_t batch, index_t loc_batch, index_t channels, index_t n_in,
-                                index_t n_out, int mode, int padding, bool displacement,
-                                bool need_image, bool need_loc) {
+                                index_t n_out, bool displacement, bool need_image, bool need_loc) {
   using T = at::opmath_type<scalar_t>;
   const index_t total = loc_batch * n_out;
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
@@ -118,7 +117,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_
     T pos[NDIM];
     load_position<scalar_t, T, NDIM>(loc + bl * NDIM * n_out, n_out, v, idx, displacement, pos);
     Stencil<T, NDIM> st;
-    build_stencil<T, NDIM>(pos, geo, mode, padding, need_loc, st);
+    build_stencil<MODE, PADDING>(pos, geo, need_loc, st);
     T gpos[NDIM];
     for (int a = 0; a < NDIM; ++a) gpos[a] = T(0);
     const index_t b0 = loc_batch == batch ? bl : 0;
@@ -152,11 +151,14 @@ template <typename scalar_t, int NDIM, typename index_t>
 void launch_forward(const at::Tensor& image, const at::Tensor& loc, at::Tensor& out, const Shapes& s,
                     int mode, int padding, bool displacement) {
   const int64_t total = s.loc_batch * s.n_out;
-  forward_kernel<scalar_t, NDIM, index_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      image.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-      image_geometry<NDIM>(image), out_grid<NDIM>(loc), s.batch, s.loc_batch, s.channels, s.n_in,
-      s.n_out, mode, padding, displacement);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dispatch_mode_padding(mode, padding, [&](auto m, auto p) {
+    forward_kernel<scalar_t, NDIM, m.value, p.value, index_t>
+        <<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            image.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+            image_geometry<NDIM>(image), out_grid<NDIM>(loc), s.batch, s.loc_batch, s.channels, s.n_in,
+            s.n_out, displacement);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 template <typename scalar_t, int NDIM, typename index_t, typename Scatter>
@@ -164,13 +166,15 @@ void launch_backward(const at::Tensor& gout, const at::Tensor& image, const at::
                      at::Tensor& gloc, Scatter scatter, const Shapes& s, int mode, int padding,
                      bool displacement, bool need_image, bool need_loc) {
   const int64_t total = s.loc_batch * s.n_out;
-  backward_kernel<scalar_t, NDIM, index_t, Scatter>
-      <<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          gout.const_data_ptr<scalar_t>(), image.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(),
-          need_loc ? gloc.mutable_data_ptr<scalar_t>() : nullptr, scatter, image_geometry<NDIM>(image),
-          out_grid<NDIM>(loc), s.batch, s.loc_batch, s.channels, s.n_in, s.n_out, mode, padding,
-          displacement, need_image, need_loc);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dispatch_mode_padding(mode, padding, [&](auto m, auto p) {
+    backward_kernel<scalar_t, NDIM, m.value, p.value, index_t, Scatter>
+        <<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            gout.const_data_ptr<scalar_t>(), image.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(),
+            need_loc ? gloc.mutable_data_ptr<scalar_t>() : nullptr, scatter, image_geometry<NDIM>(image),
+            out_grid<NDIM>(loc), s.batch, s.loc_batch, s.channels, s.n_in, s.n_out, displacement,
+            need_image, need_loc);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 template <typename scalar_t, int NDIM, typename index_t>

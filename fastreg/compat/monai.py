@@ -2,6 +2,8 @@
 
 ``Warp(mode, padding_mode)``: same constructor and ``forward(image, ddf)`` as MONAI 1.6.1's
 ``Warp`` with PyTorch's grid_sample path (default padding "border"), run as one fastreg kernel.
+``LocalNormalizedCrossCorrelationLoss``: MONAI's LNCC loss (``monai.losses``), computed by
+``fastreg.lncc``.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
+from fastreg.compat._lncc import LocalNormalizedCrossCorrelationLoss  # noqa: F401  (re-exported)
 from fastreg.ops.warp import MODES, PADDINGS, warp
 
 

@@ -3,6 +3,7 @@
 ``SpatialTransformer(size, mode)``: same constructor, same ``forward(src, flow)``, same
 state_dict (the float32 ``grid`` buffer (1, ndim, *size) that the original registers), but
 the warp runs as one fastreg kernel without building the normalised sampling grid.
+``NCC(win).loss(y_true, y_pred)``: the windowed NCC loss, computed by ``fastreg.lncc``.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
+from fastreg.compat._lncc import NCC  # noqa: F401  (re-exported: voxelmorph.torch.losses.NCC)
 from fastreg.ops.warp import MODES, PADDINGS, warp
 from fastreg.reference.warp import identity_grid
 

@@ -1,1 +1,1 @@
-"""Triton kernels of the fastreg ops, one module per op family (registered as fastreg::triton_* ops)."""
+"""Triton kernels of the op families (one module per family, same names as fastreg/ops)."""

@@ -25,44 +25,13 @@ import triton.language as tl
 
 from fastreg._backend import triton_interpret
 from fastreg.ops.integrate import register_autograd, register_fakes
+from fastreg.triton.warp import _linear_axis  # warp's per-axis interpolation and padding
 
 BLOCK = 128
 
 # torch.compile traces into a triton_op; under TRITON_INTERPRET=1 the kernels are interpreted
 # Python that cannot be traced, so there the ops are opaque custom ops with fake kernels.
 _define_op = torch.library.custom_op if triton_interpret() else torch.library.triton_op
-
-
-@triton.jit
-def _axis(p, size, PADDING: tl.constexpr):
-    """Linear interpolation along one axis at positions p: lower index i, validity of i and
-    i + 1, their weights, and d(sampled coordinate)/dp, with warp's padding semantics."""
-    hi = (size - 1).to(p.dtype)
-    s = p
-    g = p * 0.0 + 1.0
-    if PADDING == 2:  # reflection about the border voxel centres, then clamped
-        g = tl.where(s < 0, -g, g)
-        s = tl.abs(s)
-        span = tl.maximum(hi, 1.0) + s * 0.0
-        if p.dtype == tl.float32:
-            flips = tl.floor(tl.math.div_rn(s, span))
-        else:
-            flips = tl.floor(s / span)
-        odd = (flips % 2.0) != 0
-        s = tl.where(odd, span - s % span, s % span)
-        g = tl.where(odd, -g, g)
-    if PADDING != 0:
-        clamped = (s <= 0) | (s >= hi)
-        s = tl.where(s <= 0, 0.0, tl.where(s >= hi, hi, s))
-        g = tl.where(clamped, 0.0, g)
-    s = tl.where(size == 1, p * 0.0, s)  # a size-1 axis samples index 0
-    g = tl.where(size == 1, 0.0, g)
-    f = tl.floor(s)
-    ok0 = (f >= 0) & (f <= hi)
-    ok1 = (f >= -1) & (f < hi)
-    i = tl.where((f >= -1) & (f <= hi), f, 0.0).to(tl.int64)
-    t = s - f
-    return i, ok0, ok1, 1.0 - t, t, g
 
 
 @triton.jit
@@ -92,9 +61,9 @@ def _step_kernel(v, out, n, S0, S1, S2, scale, NDIM: tl.constexpr, PADDING: tl.c
     py = y.to(ACC) + uy
     px = x.to(ACC) + ux
     nan = (pz != pz) | (py != py) | (px != px)
-    iz, okz0, okz1, wz0, wz1, gz = _axis(pz, S0, PADDING)
-    iy, oky0, oky1, wy0, wy1, gy = _axis(py, S1, PADDING)
-    ix, okx0, okx1, wx0, wx1, gx = _axis(px, S2, PADDING)
+    iz, okz0, okz1, wz0, wz1, dz0, dz1 = _linear_axis(pz, S0, PADDING, tl.int64)
+    iy, oky0, oky1, wy0, wy1, dy0, dy1 = _linear_axis(py, S1, PADDING, tl.int64)
+    ix, okx0, okx1, wx0, wx1, dx0, dx1 = _linear_axis(px, S2, PADDING, tl.int64)
     a0 = ux * 0.0
     a1 = a0
     a2 = a0
@@ -148,9 +117,9 @@ def _step_backward_kernel(g, v, grad, n, S0, S1, S2, scale, NDIM: tl.constexpr,
     py = y.to(ACC) + uy
     px = x.to(ACC) + ux
     nan = (pz != pz) | (py != py) | (px != px)
-    iz, okz0, okz1, wz0, wz1, gz = _axis(pz, S0, PADDING)
-    iy, oky0, oky1, wy0, wy1, gy = _axis(py, S1, PADDING)
-    ix, okx0, okx1, wx0, wx1, gx = _axis(px, S2, PADDING)
+    iz, okz0, okz1, wz0, wz1, dz0, dz1 = _linear_axis(pz, S0, PADDING, tl.int64)
+    iy, oky0, oky1, wy0, wy1, dy0, dy1 = _linear_axis(py, S1, PADDING, tl.int64)
+    ix, okx0, okx1, wx0, wx1, dx0, dx1 = _linear_axis(px, S2, PADDING, tl.int64)
     g0 = tl.load(g + p, mask=mask, other=0.0).to(ACC)
     g1 = tl.load(g + n + p, mask=mask, other=0.0).to(ACC)
     g2 = g0 * 0.0
@@ -163,17 +132,17 @@ def _step_backward_kernel(g, v, grad, n, S0, S1, S2, scale, NDIM: tl.constexpr,
         for by in tl.static_range(2):
             for bx in tl.static_range(2):
                 if bz == 0:
-                    wz, okz, sz = wz0, okz0, -gz
+                    wz, okz, sz = wz0, okz0, dz0
                 else:
-                    wz, okz, sz = wz1, okz1, gz
+                    wz, okz, sz = wz1, okz1, dz1
                 if by == 0:
-                    wy, oky, sy = wy0, oky0, -gy
+                    wy, oky, sy = wy0, oky0, dy0
                 else:
-                    wy, oky, sy = wy1, oky1, gy
+                    wy, oky, sy = wy1, oky1, dy1
                 if bx == 0:
-                    wx, okx, sx = wx0, okx0, -gx
+                    wx, okx, sx = wx0, okx0, dx0
                 else:
-                    wx, okx, sx = wx1, okx1, gx
+                    wx, okx, sx = wx1, okx1, dx1
                 ok = okz & oky & okx & mask & ~nan
                 w = wz * wy * wx
                 off = ((iz + bz) * S1 + iy + by) * S2 + ix + bx

@@ -24,4 +24,7 @@ def check_sizes(sizes: str) -> str:
 REGISTRY = {
     "warp": import_module("fastreg.bench.cases.warp"),
     "integrate": import_module("fastreg.bench.cases.integrate"),
+    "jacobian": import_module("fastreg.bench.cases.jacobian"),
+    "lncc": import_module("fastreg.bench.cases.lncc"),
+    "correlation": import_module("fastreg.bench.cases.correlation"),
 }

@@ -1,0 +1,337 @@
+// CPU launcher of lncc (contract in lncc.h). One streaming pipeline per (slice, range of
+// the first spatial axis): planes orthogonal to that axis are filtered in-plane (running sums
+// along the rows, then across the rows, vectorised over a row), and the windowed sums along
+// the first axis are running sums over a ring of the last k_0 planes. Every intermediate is
+// double, so float32 inputs keep float64 accuracy; no full-volume buffer is allocated
+// besides the outputs. The backward chains two such pipelines (windowed sums -> d loss / d
+// sums -> their windowed sums) and writes both input gradients plane by plane.
+// 2-D inputs (H, W) run as 3-D with a middle axis of size 1. The scratch of every thread is
+// one torch allocation (so memory profilers see it), about (2 k_0 + 4) * 5 planes of doubles
+// per thread in the forward and twice that in the backward.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <tuple>
+
+#include "../ops.h"
+#include "lncc.h"
+#include "lncc_shapes.h"
+
+namespace fastreg {
+namespace lncc {
+namespace {
+
+// Scratch carved from one block of doubles.
+class Arena {
+ public:
+  explicit Arena(double* base) : next_(base) {}
+  double* take(int64_t n) {
+    double* p = next_;
+    next_ += n;
+    return p;
+  }
+
+ private:
+  double* next_;
+};
+
+// One row of `per_thread` doubles per thread of at::parallel_for, and the calling thread's row.
+at::Tensor thread_scratch(int64_t per_thread) {
+  return at::empty({at::get_num_threads(), per_thread}, at::TensorOptions().dtype(at::kDouble));
+}
+double* thread_slice(at::Tensor& scratch, int64_t per_thread) {
+  const int64_t tid = at::get_thread_num();
+  TORCH_CHECK(tid < scratch.size(0), "fastreg lncc: thread id ", tid, " beyond the scratch rows");
+  return scratch.mutable_data_ptr<double>() + tid * per_thread;
+}
+
+// acc[i] += sign * src[i] for finite values; bad[i] counts the others (+sign each).
+inline void accumulate(double* acc, double* bad, const double* src, int64_t len, double sign) {
+  for (int64_t x = 0; x < len; ++x) {
+    const double v = src[x];
+    const bool fin = is_finite(v);
+    acc[x] += fin ? sign * v : 0.0;
+    bad[x] += fin ? 0.0 : sign;
+  }
+}
+
+// Box (w == nullptr) or weighted windowed sums across the rows of `rows` rows of `len`
+// values: out[h] = sum_j w[j] in[h + j - r]. acc and bad are scratch of `len` each.
+void filter_rows(const double* in, double* out, int64_t rows, int64_t len, int64_t k, const double* w,
+                 double* acc, double* bad) {
+  const int64_t r = k / 2;
+  if (w == nullptr) {
+    std::fill(acc, acc + len, 0.0);
+    std::fill(bad, bad + len, 0.0);
+    auto add = [&](int64_t h, double sign) { accumulate(acc, bad, in + h * len, len, sign); };
+    for (int64_t j = 0; j < r && j < rows; ++j) add(j, 1.0);
+    for (int64_t h = 0; h < rows; ++h) {
+      if (h + r < rows) add(h + r, 1.0);
+      double* dst = out + h * len;
+      for (int64_t x = 0; x < len; ++x) dst[x] = bad[x] > 0.0 ? NAN : acc[x];
+      if (h - r >= 0) add(h - r, -1.0);
+    }
+    return;
+  }
+  for (int64_t h = 0; h < rows; ++h) {
+    double* dst = out + h * len;
+    std::fill(dst, dst + len, 0.0);
+    for (int64_t j = std::max<int64_t>(0, r - h); j <= 2 * r && h + j - r < rows; ++j) {
+      const double* src = in + (h + j - r) * len;
+      const double wj = w[j];
+      for (int64_t x = 0; x < len; ++x) dst[x] += wj * src[x];
+    }
+  }
+}
+
+// The windowed sums along axis 0 of planes produced one by one in increasing order:
+// next() returns the sums at e0, e0 + 1, ... (nq quantities of P values each).
+// produce(p, dest) must write plane p (nq * P values) into dest.
+class Stream {
+ public:
+  static int64_t scratch(int64_t nq, int64_t P, int64_t k0) { return (k0 + 3) * nq * P; }
+
+  Stream(int64_t nq, int64_t P, int64_t n0, int64_t k0, const double* w0, Arena& arena)
+      : nq_(nq), P_(P), n0_(n0), k0_(k0), r_(k0 / 2), w0_(w0), ring_(arena.take(k0 * nq * P)),
+        out_(arena.take(nq * P)), acc_(arena.take(nq * P)), bad_(arena.take(nq * P)) {}
+
+  template <typename Produce>
+  void start(int64_t e0, Produce& produce) {
+    e_ = e0;
+    e0_ = e0;
+    std::fill(acc_, acc_ + nq_ * P_, 0.0);
+    std::fill(bad_, bad_ + nq_ * P_, 0.0);
+    for (int64_t p = std::max<int64_t>(0, e0 - r_); p < std::min(n0_, e0 + r_); ++p) take(p, produce);
+  }
+
+  template <typename Produce>
+  const double* next(Produce& produce) {
+    const int64_t e = e_++;
+    const int64_t m = nq_ * P_;
+    if (w0_ == nullptr) {
+      if (e - r_ - 1 >= 0 && e > e0_) accumulate(acc_, bad_, slot(e - r_ - 1), m, -1.0);  // left the window
+      if (e + r_ < n0_) take(e + r_, produce);
+      for (int64_t i = 0; i < m; ++i) out_[i] = bad_[i] > 0.0 ? NAN : acc_[i];
+      return out_;
+    }
+    if (e + r_ < n0_) take(e + r_, produce);
+    std::fill(out_, out_ + m, 0.0);
+    for (int64_t j = std::max<int64_t>(0, r_ - e); j <= 2 * r_ && e + j - r_ < n0_; ++j) {
+      const double* src = slot(e + j - r_);
+      const double wj = w0_[j];
+      for (int64_t i = 0; i < m; ++i) out_[i] += wj * src[i];
+    }
+    return out_;
+  }
+
+ private:
+  double* slot(int64_t p) { return ring_ + (p % k0_) * nq_ * P_; }
+
+  template <typename Produce>
+  void take(int64_t p, Produce& produce) {
+    produce(p, slot(p));
+    if (w0_ == nullptr) accumulate(acc_, bad_, slot(p), nq_ * P_, 1.0);
+  }
+
+  int64_t nq_, P_, n0_, k0_, r_;
+  const double* w0_;
+  double *ring_, *out_, *acc_, *bad_;
+  int64_t e_ = 0, e0_ = 0;
+};
+
+// In-plane filtering: per-voxel values of one plane, row by row (fill(h, rowbuf) writes nq
+// rows of n2 values), filtered along the rows then across them into dest (nq * P values).
+struct PlaneFilter {
+  static int64_t scratch(int64_t nq, const Geometry& g) { return nq * g.n2 + nq * g.n1 * g.n2 + 2 * g.n2; }
+
+  const Geometry& g;
+  int64_t nq;
+  double *rowbuf, *y, *acc, *bad;
+
+  PlaneFilter(const Geometry& geo, int64_t nq_, Arena& arena)
+      : g(geo), nq(nq_), rowbuf(arena.take(nq_ * geo.n2)), y(arena.take(nq_ * geo.n1 * geo.n2)),
+        acc(arena.take(geo.n2)), bad(arena.take(geo.n2)) {}
+
+  template <typename Fill>
+  void run(Fill& fill, double* dest) {
+    const int64_t P = g.n1 * g.n2;
+    const bool across = !(g.k1 == 1 && g.w1 == nullptr);
+    double* rows_out = across ? y : dest;
+    for (int64_t h = 0; h < g.n1; ++h) {
+      fill(h, rowbuf);
+      for (int64_t q = 0; q < nq; ++q) {
+        filter_line(rowbuf + q * g.n2, 1, rows_out + q * P + h * g.n2, 1, g.n2, g.k2, g.w2);
+      }
+    }
+    if (!across) return;
+    for (int64_t q = 0; q < nq; ++q) {
+      filter_rows(y + q * P, dest + q * P, g.n1, g.n2, g.k1, g.w1, acc, bad);
+    }
+  }
+};
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* a, const scalar_t* b, scalar_t* out, const Geometry& g,
+                    const Params& prm) {
+  const int64_t P = g.n1 * g.n2, N = g.n0 * P;
+  const Tasks t = split_tasks(g);
+  const int64_t per_thread = PlaneFilter::scratch(kMoments, g) + Stream::scratch(kMoments, P, g.k0);
+  at::Tensor scratch = thread_scratch(per_thread);
+  at::parallel_for(0, t.count(), 1, [&](int64_t t0, int64_t t1) {
+    Arena arena(thread_slice(scratch, per_thread));
+    PlaneFilter filt(g, kMoments, arena);
+    Stream sums(kMoments, P, g.n0, g.k0, g.w0, arena);
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      int64_t slice, d0, d1;
+      t.range(ti, g.n0, slice, d0, d1);
+      const scalar_t* as = a + slice * N;
+      const scalar_t* bs = b + slice * N;
+      int64_t plane = 0;
+      auto fill = [&](int64_t h, double* row) {
+        const scalar_t* ar = as + plane * P + h * g.n2;
+        const scalar_t* br = bs + plane * P + h * g.n2;
+        double m[kMoments];
+        for (int64_t x = 0; x < g.n2; ++x) {
+          moments(static_cast<double>(ar[x]), static_cast<double>(br[x]), m);
+          for (int q = 0; q < kMoments; ++q) row[q * g.n2 + x] = m[q];
+        }
+      };
+      auto produce = [&](int64_t p, double* dest) {
+        plane = p;
+        filt.run(fill, dest);
+      };
+      sums.start(d0, produce);
+      for (int64_t d = d0; d < d1; ++d) {
+        const double* S = sums.next(produce);
+        scalar_t* o = out + slice * N + d * P;
+        double s[kMoments];
+        for (int64_t v = 0; v < P; ++v) {
+          for (int q = 0; q < kMoments; ++q) s[q] = S[q * P + v];
+          o[v] = static_cast<scalar_t>(cc_value(s, prm));
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* gout, const scalar_t* a, const scalar_t* b, scalar_t* ga,
+                     scalar_t* gb, const Geometry& g, const Params& prm) {
+  const int64_t P = g.n1 * g.n2, N = g.n0 * P;
+  // The filtered maps needed: [G_a, beta, alpha] for grad_a, [alpha, G_b, gamma] for grad_b.
+  const int64_t q0 = ga != nullptr ? kGA : kAlpha;
+  const int64_t q1 = gb != nullptr ? kGrads : kAlpha + 1;
+  const int64_t nq = q1 - q0;
+  const Tasks t = split_tasks(g);
+  const int64_t per_thread = PlaneFilter::scratch(kMoments, g) + PlaneFilter::scratch(nq, g) +
+                             Stream::scratch(kMoments, P, g.k0) + Stream::scratch(nq, P, g.k0);
+  at::Tensor scratch = thread_scratch(per_thread);
+  at::parallel_for(0, t.count(), 1, [&](int64_t t0, int64_t t1) {
+    Arena arena(thread_slice(scratch, per_thread));
+    PlaneFilter moment_filter(g, kMoments, arena);
+    PlaneFilter grad_filter(g, nq, arena);
+    Stream sums(kMoments, P, g.n0, g.k0, g.w0, arena);
+    Stream filtered(nq, P, g.n0, g.k0, g.w0, arena);
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      int64_t slice, d0, d1;
+      t.range(ti, g.n0, slice, d0, d1);
+      const scalar_t* as = a + slice * N;
+      const scalar_t* bs = b + slice * N;
+      const scalar_t* gs = gout + slice * N;
+      int64_t plane = 0;
+      auto fill_moments = [&](int64_t h, double* row) {
+        const scalar_t* ar = as + plane * P + h * g.n2;
+        const scalar_t* br = bs + plane * P + h * g.n2;
+        double m[kMoments];
+        for (int64_t x = 0; x < g.n2; ++x) {
+          moments(static_cast<double>(ar[x]), static_cast<double>(br[x]), m);
+          for (int q = 0; q < kMoments; ++q) row[q * g.n2 + x] = m[q];
+        }
+      };
+      auto produce_moments = [&](int64_t p, double* dest) {
+        plane = p;
+        moment_filter.run(fill_moments, dest);
+      };
+      sums.start(std::max<int64_t>(0, d0 - g.k0 / 2), produce_moments);
+
+      const double* S = nullptr;
+      int64_t gplane = 0;
+      auto fill_grads = [&](int64_t h, double* row) {
+        const scalar_t* gr = gs + gplane * P + h * g.n2;
+        double s[kMoments], G[kGrads];
+        for (int64_t x = 0; x < g.n2; ++x) {
+          const int64_t v = h * g.n2 + x;
+          for (int q = 0; q < kMoments; ++q) s[q] = S[q * P + v];
+          sum_gradients(s, static_cast<double>(gr[x]), prm, G);
+          for (int64_t q = q0; q < q1; ++q) row[(q - q0) * g.n2 + x] = G[q];
+        }
+      };
+      auto produce_grads = [&](int64_t p, double* dest) {
+        S = sums.next(produce_moments);  // the sums at plane p (planes come in order)
+        gplane = p;
+        grad_filter.run(fill_grads, dest);
+      };
+      filtered.start(d0, produce_grads);
+      for (int64_t d = d0; d < d1; ++d) {
+        const double* F = filtered.next(produce_grads);
+        const int64_t base = slice * N + d * P;
+        double f[kGrads];
+        for (int64_t v = 0; v < P; ++v) {
+          for (int64_t q = q0; q < q1; ++q) f[q] = F[(q - q0) * P + v];
+          const double av = static_cast<double>(a[base + v]);
+          const double bv = static_cast<double>(b[base + v]);
+          if (ga != nullptr) ga[base + v] = static_cast<scalar_t>(grad_a_value(f, av, bv));
+          if (gb != nullptr) gb[base + v] = static_cast<scalar_t>(grad_b_value(f, av, bv));
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor lncc_forward_cpu(const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef window,
+                            at::ArrayRef<double> taps, double norm, double smooth_nr, double floor, double eps) {
+  const Geometry g = check_shapes(a_, b_, window, taps);
+  const at::Tensor a = a_.contiguous();
+  const at::Tensor b = b_.contiguous();
+  at::Tensor out = at::empty(a.sizes(), a.options());
+  if (out.numel() == 0) return out;
+  const Params prm = params(g, norm, smooth_nr, floor, eps);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lncc_forward_cpu", [&] {
+    forward_kernel<scalar_t>(a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>(), g, prm);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> lncc_backward_cpu(const at::Tensor& grad_out_, const at::Tensor& a_,
+                                                     const at::Tensor& b_, at::IntArrayRef window,
+                                                     at::ArrayRef<double> taps, double norm, double smooth_nr,
+                                                     double floor, double eps,
+                                                     std::array<bool, 2> output_mask) {
+  const Geometry g = check_shapes(a_, b_, window, taps);
+  TORCH_CHECK(grad_out_.sizes() == a_.sizes(), "fastreg lncc: grad_out must have the shape of a");
+  const at::Tensor a = a_.contiguous();
+  const at::Tensor b = b_.contiguous();
+  const at::Tensor gout = grad_out_.contiguous().to(a.scalar_type());
+  at::Tensor ga = output_mask[0] ? at::empty(a.sizes(), a.options()) : at::empty({0}, a.options());
+  at::Tensor gb = output_mask[1] ? at::empty(b.sizes(), b.options()) : at::empty({0}, b.options());
+  if ((!output_mask[0] && !output_mask[1]) || a.numel() == 0) return {ga, gb};
+  const Params prm = params(g, norm, smooth_nr, floor, eps);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lncc_backward_cpu", [&] {
+    backward_kernel<scalar_t>(gout.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
+                              b.const_data_ptr<scalar_t>(),
+                              output_mask[0] ? ga.mutable_data_ptr<scalar_t>() : nullptr,
+                              output_mask[1] ? gb.mutable_data_ptr<scalar_t>() : nullptr, g, prm);
+  });
+  return {ga, gb};
+}
+
+}  // namespace lncc
+}  // namespace fastreg

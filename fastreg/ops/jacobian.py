@@ -1,0 +1,170 @@
+"""jacobian_det and jacobian_stats: the Jacobian determinant of x -> x + disp(x) and the
+numbers registration papers report about it.
+
+Contract (every backend; per-element math in csrc/jacobian/jacobian.h):
+  disp  (B, ndim, *S)   2-D (H, W) or 3-D (D, H, W); channel a moves along spatial axis a
+                        (ij order), in voxels. With ``spacing`` (ndim voxel sizes, e.g. mm)
+                        disp is in the same physical units and derivatives are physical;
+                        the determinant equals that of disp / spacing in voxels.
+  det   (B, *S)         det(I + d disp / dx), same dtype as disp.
+Modes (derivative of u along an axis of size n at index i):
+  "central"  Learn2Reg's evaluation: (u[i+1] - u[i-1]) / 2 with zero padding, exactly
+             scipy.ndimage.correlate(u, [-0.5, 0, 0.5], mode='constant'), identity added.
+  "forward"  u[i+1] - u[i]; 0 at the last index (the field is extended by replication, as
+             the D+ differences of Liu et al. 2024).
+  "gradient" VoxelMorph's jacobian_determinant: np.gradient of (disp + grid), central inside,
+             one-sided at both ends; every spatial size must be >= 2.
+A NaN gives NaN at exactly the voxels whose stencil reads it. Gradients flow to disp (first
+order), so the determinant serves as a folding penalty (fastreg.nn.JacobianLoss).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from fastreg import _backend, _extension
+from fastreg import _validate as check
+from fastreg.reference import jacobian as reference
+
+MODES = ("central", "forward", "gradient")
+
+# Order of the float64 sums returned by the jacobian_stats kernels (enum Stats in jacobian.h).
+(NAN, FOLDS, LOG3_SUM, LOG3_SQ, POSITIVE, LOG_SUM, LOG_SQ, DET_SUM, DET_SQ, NDV) = range(10)
+N_STATS = 10
+
+
+def jacobian_det(disp: torch.Tensor, mode: str = "central", spacing: float | Sequence[float] | None = None) -> torch.Tensor:
+    """Jacobian determinant (B, *S) of x -> x + disp(x), disp (B, ndim, *S).
+
+    Example::
+
+        det = fastreg.jacobian_det(flow)                    # Learn2Reg (central, zero padding)
+        det = fastreg.jacobian_det(flow, mode="gradient")   # VoxelMorph (np.gradient)
+        folds = (det <= 0).float().mean()
+    """
+    ndim, mode_index, sp = _check(disp, mode, spacing)
+    del ndim
+    backend = _backend.select("jacobian", disp.device)
+    if backend == "reference":
+        return reference.jacobian_det(disp, mode, sp)
+    if backend == "triton":
+        from fastreg.triton import jacobian as triton_jacobian
+
+        return triton_jacobian.jacobian_det_forward(disp, mode_index, list(sp))
+    return torch.ops.fastreg.jacobian_det_forward(disp, mode_index, list(sp))
+
+
+def jacobian_stats(
+    disp: torch.Tensor,
+    mode: str = "central",
+    spacing: float | Sequence[float] | None = None,
+    crop: int = 2,
+) -> dict[str, torch.Tensor]:
+    """Folding and smoothness statistics of disp (B, ndim, *S): a dict of (B,) float64 tensors.
+
+    Over the voxels at least ``crop`` voxels from every border (default 2, Learn2Reg's crop;
+    0 = the whole field), with the determinant of ``mode``:
+      folding_percent  100 * share of det <= 0 (%|J| of the papers).
+      sdlogj           Learn2Reg's SDlogJ: std of log(clip(det + 3, 1e-9, 1e9)).
+      sdlogj_plain     std of log(det) over the voxels with det > 0.
+      ndv_percent      non-diffeomorphic volume of Liu et al. (IJCV 2024, "On finite difference
+                       Jacobian computation in deformable image registration") in % of the
+                       region: per voxel the 10 tetrahedra (3-D; 4 triangles in 2-D) of their
+                       digital-diffeomorphism criterion, field replicated across the border,
+                       sum of max(-det_t, 0) / 12 (2-D: / 4). Independent of ``mode``.
+      jdet_std         std of det.
+    Standard deviations are population ones (numpy's default). A batch item whose region
+    stencils read a NaN gets NaN everywhere. The kernels make one fused pass (no determinant
+    map) accumulating float64 sums; no gradient.
+    """
+    ndim, mode_index, sp = _check(disp, mode, spacing)
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
+        raise ValueError(f"crop: expected a non-negative integer, got {crop!r}")
+    if min(disp.shape[2:]) <= 2 * crop:
+        raise ValueError(f"crop: {crop} voxels from every border leave nothing of spatial size {tuple(disp.shape[2:])}")
+    disp = disp.detach()
+    backend = _backend.select("jacobian", disp.device)
+    if backend == "reference":
+        return reference.jacobian_stats(disp, mode, sp, crop)
+    if backend == "triton":
+        from fastreg.triton import jacobian as triton_jacobian
+
+        sums = triton_jacobian.jacobian_stats(disp, mode_index, list(sp), crop)
+    else:
+        sums = torch.ops.fastreg.jacobian_stats(disp, mode_index, list(sp), crop)
+    return finalize_stats(sums, math.prod(s - 2 * crop for s in disp.shape[2:]))
+
+
+def finalize_stats(sums: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """The statistics from the kernels' float64 sums (B, N_STATS) over n region voxels."""
+
+    def std(total, squares, count):
+        mean = total / count
+        return torch.sqrt(torch.clamp(squares / count - mean * mean, min=0.0))
+
+    positive = sums[:, POSITIVE]
+    out = {
+        "folding_percent": 100.0 * sums[:, FOLDS] / n,
+        "sdlogj": std(sums[:, LOG3_SUM], sums[:, LOG3_SQ], n),
+        "sdlogj_plain": std(sums[:, LOG_SUM], sums[:, LOG_SQ], positive),
+        "ndv_percent": 100.0 * sums[:, NDV] / n,
+        "jdet_std": std(sums[:, DET_SUM], sums[:, DET_SQ], n),
+    }
+    bad = sums[:, NAN] > 0
+    return {k: torch.where(bad, torch.full_like(v, math.nan), v) for k, v in out.items()}
+
+
+def _check(disp, mode, spacing) -> tuple[int, int, tuple[float, ...]]:
+    check.tensor(disp, "disp")
+    ndim = check.spatial_ndim(disp, "disp", "(B, 2, H, W) or (B, 3, D, H, W)")
+    check.field(disp, "disp", ndim)
+    mode_index = check.choice(mode, "mode", MODES)
+    sp = check.spacing(spacing, "spacing", ndim)
+    if mode == "gradient" and min(disp.shape[2:]) < 2:
+        raise ValueError(f"disp: mode 'gradient' (np.gradient) needs every spatial size >= 2, got {tuple(disp.shape[2:])}")
+    return ndim, mode_index, sp
+
+
+# --- torch.library registration: fake (meta) kernels and autograd -----------------------
+
+
+def _fake_forward(disp, mode, spacing):
+    return disp.new_empty((disp.shape[0], *disp.shape[2:]))
+
+
+def _fake_backward(grad_out, disp, mode, spacing):
+    return disp.new_empty(disp.shape)
+
+
+def _fake_stats(disp, mode, spacing, crop):
+    return disp.new_empty((disp.shape[0], N_STATS), dtype=torch.float64)
+
+
+def _setup_context(ctx, inputs, output):
+    disp, mode, spacing = inputs
+    ctx.save_for_backward(disp)
+    ctx.args = (mode, spacing)
+
+
+def register_autograd(forward_op: str, backward_op) -> None:
+    """Register ``backward_op`` (schema of fastreg::jacobian_det_backward) as the gradient of
+    ``forward_op`` (schema of fastreg::jacobian_det_forward)."""
+
+    def backward(ctx, grad):
+        (disp,) = ctx.saved_tensors
+        return backward_op(grad.contiguous(), disp, *ctx.args), None, None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+
+
+def register_fakes(forward_op: str, backward_op: str, stats_op: str) -> None:
+    torch.library.register_fake(forward_op)(_fake_forward)
+    torch.library.register_fake(backward_op)(_fake_backward)
+    torch.library.register_fake(stats_op)(_fake_stats)
+
+
+if _extension.AVAILABLE:
+    register_fakes("fastreg::jacobian_det_forward", "fastreg::jacobian_det_backward", "fastreg::jacobian_stats")
+    register_autograd("fastreg::jacobian_det_forward", torch.ops.fastreg.jacobian_det_backward)

@@ -1,0 +1,168 @@
+"""lncc: local normalized cross-correlation, O(N) whatever the window, exact gradients.
+
+Contract (every backend; per-voxel math in csrc/lncc/lncc.h):
+  a, b    (B, C, *S)    2-D (H, W) or 3-D (D, H, W), same shape, dtype and device; each
+                        channel is windowed on its own
+  window  odd int or one odd int per spatial axis, 1 <= window <= size of that axis
+  out     reduction "mean" / "sum": a 0-d tensor; "none": the cc map (B, C, *S)
+Semantics are VoxelMorph's NCC: windowed sums with zero padding over a window of volume n
+(n stays the full window volume at the borders), cross = S_ab - S_a S_b / n,
+var_x = S_xx - S_x^2 / n, cc = cross^2 / (var_a var_b + eps). The variances are clamped at
+0 before the product, so rounding cannot push cc above 1 or make it negative, and constant
+or all-zero windows give cc = 0 (no NaN or inf). kernel="gaussian" weights the sums by
+w(x) = exp(-x^2 / (2 sigma^2)) per axis (peak 1, truncated to the window) with
+n = the sum of the weights; sigma defaults to window / 3, MONAI's convention
+(monai.losses.LocalNormalizedCrossCorrelationLoss, make_gaussian_kernel). Box sums are
+running sums (cost independent of the window); Gaussian sums cost O(window) per axis.
+All sums accumulate in float64, so float32 inputs keep float64 accuracy (also on 0-4095
+intensities). NaN or inf inputs give NaN exactly where the window holds them.
+Gradients flow to both inputs (derived analytically: the backward is again windowed sums).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from fastreg import _backend, _extension
+from fastreg import _validate as check
+from fastreg.reference import lncc as reference
+
+KERNELS = ("box", "gaussian")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def lncc(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    window: int | Sequence[int] = 9,
+    kernel: str = "box",
+    sigma: float | Sequence[float] | None = None,
+    reduction: str = "mean",
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Local normalized (squared) cross-correlation of ``a`` and ``b`` (B, C, *S).
+
+    Returns the mean (or sum) of the per-voxel cc map, or the map (B, C, *S) itself with
+    ``reduction="none"``. Example::
+
+        loss = -fastreg.lncc(fixed, moved, window=9)        # VoxelMorph's NCC loss
+        cc = fastreg.lncc(a, b, 7, kernel="gaussian", reduction="none")
+    """
+    check.tensor(a, "a")
+    check.tensor(b, "b")
+    ndim = check.spatial_ndim(a, "a")
+    if tuple(b.shape) != tuple(a.shape):
+        raise ValueError(f"b: expected shape {tuple(a.shape)} (that of a), got {tuple(b.shape)}")
+    check.same_device([("a", a), ("b", b)])
+    check.same_dtype([("a", a), ("b", b)])
+    windows = window_sizes(window, a.shape[2:])
+    check.choice(kernel, "kernel", KERNELS)
+    check.choice(reduction, "reduction", REDUCTIONS)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    if kernel == "box":
+        if sigma is not None:
+            raise ValueError(f"sigma: only used by kernel='gaussian', got {sigma!r} with kernel='box'")
+        taps: list[float] = []
+    else:
+        taps = gaussian_taps(windows, sigma)
+    cc = lncc_map(a, b, windows, taps, 0.0, 0.0, 0.0, float(eps))
+    if reduction == "mean":
+        return cc.mean()
+    if reduction == "sum":
+        return cc.sum()
+    return cc
+
+
+def window_sizes(window, shape: Sequence[int]) -> tuple[int, ...]:
+    """Validated window sizes, one odd int per spatial axis in [1, size of the axis]."""
+    windows = check.per_axis(window, "window", len(shape))
+    for k, size in zip(windows, shape):
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"window: expected odd sizes >= 1, got {window!r}")
+        if k > max(size, 1):
+            raise ValueError(f"window: expected sizes no larger than the image {tuple(shape)}, got {window!r}")
+    return windows
+
+
+def gaussian_taps(windows: Sequence[int], sigma) -> list[float]:
+    """Per-axis Gaussian weights exp(-x^2 / (2 sigma^2)), x = -k//2..k//2, concatenated;
+    sigma defaults to k / 3 per axis (MONAI)."""
+    if sigma is None:
+        sigmas = [k / 3.0 for k in windows]
+    else:
+        sigmas = [sigma] * len(windows) if isinstance(sigma, (int, float)) else sigma
+        if not isinstance(sigmas, (list, tuple)) or len(sigmas) != len(windows):
+            raise ValueError(f"sigma: expected a number or {len(windows)} numbers, got {sigma!r}")
+        if any(isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 for s in sigmas):
+            raise ValueError(f"sigma: expected positive numbers, got {sigma!r}")
+    taps = []
+    for k, s in zip(windows, sigmas):
+        taps += [math.exp(-0.5 * (x / s) ** 2) for x in range(-(k // 2), k // 2 + 1)]
+    return taps
+
+
+def lncc_map(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    window: Sequence[int],
+    taps: Sequence[float],
+    norm: float,
+    smooth_nr: float,
+    floor: float,
+    eps: float,
+) -> torch.Tensor:
+    """The cc map (B, C, *S) with the general per-voxel formula of csrc/lncc/lncc.h
+    (``(cross^2 + smooth_nr) / (max(var_a, floor) max(var_b, floor) + eps)``; ``taps``
+    empty: box; ``norm`` > 0 replaces n, the sum of the weights). Inputs must be validated
+    by the caller (``lncc``, the compat shims)."""
+    window, taps = list(window), [float(t) for t in taps]
+    backend = _backend.select("lncc", a.device)
+    if backend == "reference":
+        return reference.lncc_map(a, b, window, taps, norm, smooth_nr, floor, eps)
+    if backend == "triton":
+        from fastreg.triton import lncc as triton_lncc
+
+        return triton_lncc.lncc_forward(a, b, window, taps, norm, smooth_nr, floor, eps)
+    return torch.ops.fastreg.lncc_forward(a, b, window, taps, norm, smooth_nr, floor, eps)
+
+
+# --- torch.library registration: fake (meta) kernels and autograd -----------------------
+
+
+def fake_forward(a, b, window, taps, norm, smooth_nr, floor, eps):
+    """Shapes of fastreg::lncc_forward (and of the Triton op with its schema)."""
+    return a.new_empty(a.shape)
+
+
+def fake_backward(grad_out, a, b, window, taps, norm, smooth_nr, floor, eps, output_mask):
+    grad_a = a.new_empty(a.shape) if output_mask[0] else a.new_empty((0,))
+    grad_b = b.new_empty(b.shape) if output_mask[1] else b.new_empty((0,))
+    return grad_a, grad_b
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, *args = inputs
+    ctx.save_for_backward(a, b)
+    ctx.args = args
+
+
+def register_autograd(forward_op, backward_op) -> None:
+    """Register ``backward_op`` (schema of fastreg::lncc_backward) as the gradient of
+    ``forward_op`` (schema of fastreg::lncc_forward). Only a and b are saved."""
+
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        grad_a, grad_b = backward_op(grad, a, b, *ctx.args, need)
+        return (grad_a if need[0] else None, grad_b if need[1] else None, *[None] * len(ctx.args))
+
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+
+
+if _extension.AVAILABLE:
+    torch.library.register_fake("fastreg::lncc_forward")(fake_forward)
+    torch.library.register_fake("fastreg::lncc_backward")(fake_backward)
+    register_autograd("fastreg::lncc_forward", torch.ops.fastreg.lncc_backward)

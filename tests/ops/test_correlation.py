@@ -1,0 +1,305 @@
+"""local_correlation and vfa_attention: every kernel backend against the plain-torch
+reference (float64 tight, float32, half), gradcheck of every differentiable input, opcheck,
+torch.compile, batch broadcast, non-contiguous inputs, NaN propagation, what is stored for
+backward, and readable errors for bad input. Shapes are small (the Triton interpreter runs them)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch.library import opcheck
+
+import fastreg
+from fastreg.bench.cases import correlation as bench_cases
+from fastreg.reference import correlation as reference
+
+SHAPES = {2: (2, 3, 5, 6), 3: (2, 3, 3, 4, 5)}
+PADDINGS = ("zeros", "border")
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+def _pair(shape, device, dtype=torch.float64, grad=False):
+    return [torch.randn(shape, device=device, dtype=dtype, requires_grad=grad) for _ in range(2)]
+
+
+def _op_names(backend):
+    suffix = "_triton" if backend == "triton" else ""
+    if backend == "triton":
+        import fastreg.triton.correlation  # noqa: F401  (registers the triton ops)
+    return (
+        getattr(torch.ops.fastreg, f"local_correlation_forward{suffix}").default,
+        getattr(torch.ops.fastreg, f"local_correlation_backward{suffix}").default,
+        getattr(torch.ops.fastreg, f"vfa_attention_forward{suffix}").default,
+        getattr(torch.ops.fastreg, f"vfa_attention_backward{suffix}").default,
+    )
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_local_correlation_matches_reference(backend, device, ndim, padding, dtype):
+    f, m = _pair(SHAPES[ndim], device, dtype)
+    for radius, scale in ((1, "rsqrt_channels"), (2, None), (3, 0.37)):
+        out = fastreg.local_correlation(f, m, radius, scale, padding)
+        s = {"rsqrt_channels": f.shape[1] ** -0.5, None: 1.0}.get(scale, scale)
+        expected = reference.local_correlation(f.double(), m.double(), radius, s, padding)
+        assert out.shape == (f.shape[0], (2 * radius + 1) ** ndim, *f.shape[2:])
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vfa_attention_matches_reference(backend, device, ndim, dtype):
+    q, k = _pair(SHAPES[ndim], device, dtype)
+    for radius, temperature in ((1, None), (2, 0.7), (3, None)):
+        out = fastreg.vfa_attention(q * 3, k, radius, temperature)  # sharp enough to matter
+        expected = reference.vfa_attention(q.double() * 3, k.double(), radius, temperature)
+        assert out.shape == (q.shape[0], ndim, *q.shape[2:])
+        torch.testing.assert_close(out.double(), expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types_accumulate_in_float32(backend, device, dtype):
+    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter has no bfloat16")
+    f, m = _pair(SHAPES[3], device, dtype)
+    tol = dict(rtol=2e-2, atol=2e-2)
+    out = fastreg.local_correlation(f, m, 1, None, "border")
+    torch.testing.assert_close(out.double(), reference.local_correlation(f.double(), m.double(), 1, 1.0, "border"), **tol)
+    out = fastreg.vfa_attention(f, m)
+    torch.testing.assert_close(out.double(), reference.vfa_attention(f.double(), m.double()), **tol)
+
+
+def test_unfold_forms_match_shifted_products():
+    for ndim in (2, 3):
+        f, m = _pair(SHAPES[ndim], "cpu")
+        for radius in (1, 2):
+            for padding in PADDINGS:
+                torch.testing.assert_close(
+                    reference.local_correlation_unfold(f, m, radius, 0.5, padding),
+                    reference.local_correlation(f, m, radius, 0.5, padding),
+                )
+            torch.testing.assert_close(
+                reference.vfa_attention_unfold(f, m, radius), reference.vfa_attention(f, m, radius)
+            )
+
+
+def test_offsets_are_ij_ordered_first_axis_outermost(backend, device):
+    # A moving map that is the fixed map shifted by +1 along H: channel (o_D, o_H, o_W) = (0, 1, 0),
+    # k = 9 * 1 + 3 * 2 + 1, equals sum_c f^2 wherever p + o is inside.
+    f = torch.randn(1, 4, 4, 6, 5, device=device, dtype=torch.float64)
+    m = torch.roll(f, shifts=1, dims=3)
+    corr = fastreg.local_correlation(f, m, 1, None)
+    torch.testing.assert_close(corr[:, 9 + 6 + 1, :, :-1], (f * f).sum(1)[:, :, :-1])
+    # vfa_attention: displacement channel a is the softmax-weighted offset along spatial axis a.
+    logits = fastreg.local_correlation(f, m, 1, 0.5, "border")
+    table = torch.tensor([(d, h, w) for d in (-1, 0, 1) for h in (-1, 0, 1) for w in (-1, 0, 1)], dtype=f.dtype, device=device)
+    expected = torch.einsum("bk...,ka->ba...", torch.softmax(logits, 1), table)
+    torch.testing.assert_close(fastreg.vfa_attention(f, m), expected)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_local_correlation_gradcheck(backend, device, ndim, padding):
+    shape = (2, 2, 4, 5) if ndim == 2 else (1, 2, 3, 4, 3)
+    f, m = _pair(shape, device, grad=True)
+    fast = backend == "triton"
+    assert gradcheck(lambda a, b: fastreg.local_correlation(a, b, 1, "rsqrt_channels", padding), (f, m), fast_mode=fast)
+    assert gradcheck(lambda a, b: fastreg.local_correlation(a, b, 2, 1.3, padding), (f, m), fast_mode=fast)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_vfa_attention_gradcheck(backend, device, ndim):
+    shape = (2, 2, 4, 5) if ndim == 2 else (1, 2, 3, 4, 3)
+    q, k = _pair(shape, device, grad=True)
+    fast = backend == "triton"
+    temperature = torch.tensor(0.8, device=device, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda a, b: fastreg.vfa_attention(a, b), (q, k), fast_mode=fast)
+    assert gradcheck(lambda a, b, t: fastreg.vfa_attention(a, b, 2, t), (q, k, temperature), fast_mode=fast)
+
+
+def test_opcheck(backend, device):
+    corr_fwd, corr_bwd, vfa_fwd, vfa_bwd = _op_names(backend)
+    f, m = _pair((1, 2, 3, 4, 3), device, grad=True)
+    g = torch.randn(1, 27, 3, 4, 3, device=device, dtype=torch.float64)
+    opcheck(corr_fwd, (f, m, 1, 0.5, 0))
+    opcheck(corr_bwd, (g, f.detach(), m.detach(), 1, 0.5, 1, [True, True]))
+    out, lse = vfa_fwd(f, m, 1, 0.5)
+    opcheck(vfa_fwd, (f, m, 1, 0.5))
+    gout = torch.randn_like(out)
+    opcheck(vfa_bwd, (gout, f.detach(), m.detach(), out.detach(), lse, 1, 0.5, [True, True]))
+
+
+def test_torch_compile_fullgraph(backend, device):
+    q, k = _pair((1, 2, 3, 4, 5), device, grad=True)
+
+    def fn(a, b):
+        return fastreg.vfa_attention(a, b).square().sum() + fastreg.local_correlation(a, b, 1).sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    value = compiled(q, k)
+    grads = torch.autograd.grad(value, (q, k))
+    expected = fn(q, k)
+    torch.testing.assert_close(value, expected)
+    for got, want in zip(grads, torch.autograd.grad(expected, (q, k))):
+        torch.testing.assert_close(got, want)
+
+
+def test_batch_broadcast(backend, device):
+    f = torch.randn(3, 2, 4, 5, device=device, dtype=torch.float64, requires_grad=True)
+    m = torch.randn(1, 2, 4, 5, device=device, dtype=torch.float64, requires_grad=True)
+    for op, ref in ((fastreg.local_correlation, reference.local_correlation), (fastreg.vfa_attention, reference.vfa_attention)):
+        for a, b in ((f, m), (m, f)):
+            out = op(a, b)
+            scale = (a.shape[1] ** -0.5,) if op is fastreg.local_correlation else ()
+            expected = ref(a.expand(3, -1, -1, -1), b.expand(3, -1, -1, -1), 1, *scale)
+            torch.testing.assert_close(out, expected)
+            g = torch.randn_like(out)
+            got = torch.autograd.grad(out, (a, b), g)
+            want = torch.autograd.grad(expected, (a, b), g)
+            for x, y in zip(got, want):
+                torch.testing.assert_close(x, y)
+
+
+def test_non_contiguous_inputs(backend, device):
+    base = torch.randn(2, 4, 6, 3, 5, device=device, dtype=torch.float64)
+    f = base.permute(0, 1, 3, 2, 4)[:, ::2].requires_grad_()  # (2, 2, 3, 6, 5), strided
+    m = torch.randn(2, 5, 6, 3, 2, device=device, dtype=torch.float64).permute(0, 4, 3, 2, 1).requires_grad_()
+    assert not f.is_contiguous() and not m.is_contiguous() and f.shape == m.shape
+    for op, ref, args in (
+        (fastreg.local_correlation, reference.local_correlation, (1, 0.5, "border")),
+        (fastreg.vfa_attention, reference.vfa_attention, (1,)),
+    ):
+        out = op(f, m, *args)
+        expected = ref(f, m, *args)
+        torch.testing.assert_close(out, expected)
+        g = torch.randn_like(out)
+        for x, y in zip(torch.autograd.grad(out, (f, m), g), torch.autograd.grad(expected, (f, m), g)):
+            torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the Triton interpreter
+def test_nan_propagates(backend, device, padding):
+    f, m = _pair((1, 2, 4, 5, 6), device)
+    f[0, 1, 0, 2, 3] = float("nan")  # on the border: zero padding still gives NaN * 0 = NaN
+    m[0, 0, 2, 4, 5] = float("nan")
+    out = fastreg.local_correlation(f, m, 1, None, padding)
+    expected = reference.local_correlation(f, m, 1, 1.0, padding)
+    assert torch.isnan(out).any()
+    torch.testing.assert_close(out, expected, equal_nan=True)
+    out = fastreg.vfa_attention(f, m)
+    expected = reference.vfa_attention(f, m)
+    assert torch.isnan(out).any() and not torch.isnan(out).all()
+    torch.testing.assert_close(out, expected, equal_nan=True)
+
+
+def test_vfa_attention_stores_no_logits(backend, device):
+    # Everything autograd keeps for backward is at most the size of one feature map:
+    # nothing with K = 27 channels (logits, weights) and no neighbourhood copy.
+    q, k = _pair((1, 4, 3, 4, 5), device, grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        out = fastreg.vfa_attention(q, k)
+    assert saved, "the op saved nothing for backward"
+    assert all(torch.Size(s).numel() <= q.numel() for s in saved), saved
+    assert all(len(s) < 2 or s[1] != 27 for s in saved), saved
+    out.sum().backward()
+    assert q.grad is not None and k.grad is not None
+
+
+def test_bad_input_raises_named_errors():
+    f, m = _pair((1, 2, 4, 5), "cpu")
+    cases = [
+        (ValueError, "radius", lambda: fastreg.local_correlation(f, m, 0)),
+        (TypeError, "radius", lambda: fastreg.local_correlation(f, m, 1.5)),
+        (TypeError, "radius", lambda: fastreg.vfa_attention(f, m, True)),
+        (ValueError, "radius", lambda: fastreg.vfa_attention(f, m, -1)),
+        (ValueError, "channels", lambda: fastreg.local_correlation(f, m[:, :1])),
+        (ValueError, "channels", lambda: fastreg.vfa_attention(f, m[:, :1])),
+        (ValueError, "spatial size", lambda: fastreg.local_correlation(f, m[:, :, :3])),
+        (ValueError, "spatial size", lambda: fastreg.vfa_attention(f, m[:, :, :, :4])),
+        (ValueError, "m:", lambda: fastreg.local_correlation(f, m[0])),
+        (ValueError, "f:", lambda: fastreg.local_correlation(f[0], m[0])),
+        (ValueError, "batch", lambda: fastreg.local_correlation(f.expand(2, -1, -1, -1), m.expand(3, -1, -1, -1))),
+        (TypeError, "dtype", lambda: fastreg.local_correlation(f, m.float())),
+        (TypeError, "f:", lambda: fastreg.local_correlation(f.long(), m.long())),
+        (ValueError, "padding_mode", lambda: fastreg.local_correlation(f, m, padding_mode="reflection")),
+        (ValueError, "scale", lambda: fastreg.local_correlation(f, m, scale="sqrt")),
+        (TypeError, "scale", lambda: fastreg.local_correlation(f, m, scale=[1.0])),
+        (ValueError, "temperature", lambda: fastreg.vfa_attention(f, m, temperature=0.0)),
+        (TypeError, "temperature", lambda: fastreg.vfa_attention(f, m, temperature="1")),
+        (ValueError, "temperature", lambda: fastreg.vfa_attention(f, m, temperature=torch.ones(2, dtype=f.dtype))),
+    ]
+    for error, name, call in cases:
+        with pytest.raises(error, match=name):
+            call()
+
+
+@pytest.mark.parametrize("case", bench_cases.cases("tiny", quick=False), ids=lambda c: c.name)
+def test_bench_peers_compute_what_fastreg_computes(case):
+    """A benchmark ratio is fair only if the peers do the same work: outputs and grads agree."""
+    inputs = case.make_inputs(torch.device("cpu"), torch.float64)
+    results = {}
+    for name, fn in {"fastreg": case.ours, **case.peers}.items():
+        leaves = {k: v.clone().requires_grad_(k in case.grad_inputs) for k, v in inputs.items()}
+        out = fn(**leaves)
+        grads = torch.autograd.grad(out, [leaves[k] for k in case.grad_inputs], torch.ones_like(out) * 0.5)
+        results[name] = (out, *grads)
+    ours = results.pop("fastreg")
+    assert set(results) == {"torch-shifted", "vfa-unfold"}
+    for name, theirs in results.items():
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+# Compiles the Triton kernels for an H100 (sm_90) down to cubin: code the interpreter accepts
+# but the compiler rejects fails here. Every kernel once (fp32, 3-D, border: the widest
+# source loops), the forward and source gather again in fp16 2-D with zero padding.
+_COMPILE_FOR_GPU = textwrap.dedent(
+    """
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from fastreg.triton import correlation as tc
+
+    def build(kernel, pointers, constants):
+        names = kernel.arg_names
+        signature = {n: pointers.get(n, "i32" if n in ("C", "N", "S0", "S1", "S2") else "constexpr") for n in names}
+        constexprs = {(names.index(k),): v for k, v in constants.items()}
+        src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm
+
+    for dt, ndim, padding, kernels in [("fp32", 3, 1, "fgsvd"), ("fp16", 2, 0, "fs")]:
+        p, acc = "*" + dt, "*fp32"
+        kp = triton.next_power_of_2(3 ** ndim)
+        meta = dict(R=1, NDIM=ndim, ACC=tl.float32, KP=kp, BV=max(16, min(128, 4096 // kp)))
+        ext = 2 if padding == 1 else 1
+        todo = {
+            "f": (tc._correlation_forward_kernel, dict(f_ptr=p, m_ptr=p, out_ptr=p), dict(PADDING=padding)),
+            "g": (tc._neighbour_gather_kernel, dict(g_ptr=acc, b_ptr=p, out_ptr=p), dict(PADDING=padding)),
+            "s": (tc._source_gather_kernel, dict(g_ptr=p, a_ptr=p, out_ptr=p),
+                  dict(PADDING=padding, EXT0=ext if ndim == 3 else 1, EXT=ext)),
+            "v": (tc._vfa_forward_kernel, dict(q_ptr=p, k_ptr=p, out_ptr=p, lse_ptr=acc), {}),
+            "d": (tc._vfa_dlogit_kernel, dict(g_ptr=p, q_ptr=p, k_ptr=p, out_ptr=p, lse_ptr=acc, dl_ptr=acc), {}),
+        }
+        for key in kernels:
+            kernel, pointers, extra = todo[key]
+            build(kernel, dict(pointers, scale_ptr=acc), dict(meta, **extra))
+    print("compiled")
+    """
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs the compiled kernels in the tests above")
+def test_triton_kernels_compile_for_gpu():
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_GPU], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
