@@ -31,6 +31,11 @@ TORCH_LIBRARY(fastreg, m) {
   m.def(
       "warp_backward(Tensor grad_out, Tensor image, Tensor loc, int mode, int padding, "
       "bool displacement, bool[2] output_mask) -> (Tensor, Tensor)");
+  // Scaling and squaring of v (B, ndim, *S): returns (u, saved), saved = the steps - 1
+  // intermediate fields when save, else empty (the backward recomputes them).
+  // padding as for warp. Contract: csrc/integrate/integrate.h, integrate_loop.h.
+  m.def("integrate_svf_forward(Tensor v, int steps, int padding, bool save) -> (Tensor, Tensor)");
+  m.def("integrate_svf_backward(Tensor grad_out, Tensor v, Tensor saved, int steps, int padding) -> Tensor");
   // mode: 0 central (Learn2Reg), 1 forward, 2 gradient (np.gradient); spacing: ndim voxel
   // sizes; crop: voxels left out at every border. Contract: csrc/jacobian/jacobian.h.
   m.def("jacobian_det_forward(Tensor disp, int mode, float[] spacing) -> Tensor");
@@ -60,6 +65,8 @@ TORCH_LIBRARY(fastreg, m) {
 TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cpu);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
+  m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cpu);
+  m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cpu);
   m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cpu);
   m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cpu);
   m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cpu);
@@ -75,6 +82,8 @@ TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
 TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
   m.impl("warp_forward", &fastreg::warp::warp_forward_cuda);
   m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
+  m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cuda);
+  m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cuda);
   m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cuda);
   m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cuda);
   m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cuda);

@@ -93,3 +93,20 @@ std::tuple<at::Tensor, at::Tensor> vfa_attention_backward_cuda(
 
 }  // namespace correlation
 }  // namespace fastreg
+
+namespace fastreg {
+namespace integrate {
+
+std::tuple<at::Tensor, at::Tensor> integrate_svf_forward_cpu(const at::Tensor& v, int64_t steps,
+                                                             int64_t padding, bool save);
+at::Tensor integrate_svf_backward_cpu(const at::Tensor& grad_out, const at::Tensor& v,
+                                      const at::Tensor& saved, int64_t steps, int64_t padding);
+#ifdef FASTREG_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> integrate_svf_forward_cuda(const at::Tensor& v, int64_t steps,
+                                                              int64_t padding, bool save);
+at::Tensor integrate_svf_backward_cuda(const at::Tensor& grad_out, const at::Tensor& v,
+                                       const at::Tensor& saved, int64_t steps, int64_t padding);
+#endif
+
+}  // namespace integrate
+}  // namespace fastreg

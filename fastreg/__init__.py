@@ -1,7 +1,8 @@
 """fastreg: fast, exact kernels and models for deep deformable image registration.
 
 Ops (2-D and 3-D, batched, autograd to every differentiable input):
-  warp, sample, compose, lncc, jacobian_det, local_correlation, vfa_attention
+  warp, sample, compose, lncc, jacobian_det, local_correlation, vfa_attention, integrate_svf,
+  resize_field
 Metrics: fastreg.metrics (jacobian_stats, cc, mutual_information, dice, hd95, tre, ssim)
 
 Backends: reference (torch), cpu (C++/OpenMP), cuda, triton; see set_backend/use_backend.
@@ -10,6 +11,7 @@ Conventions: fields are (B, ndim, *S) in voxels, ij channel order, align_corners
 from fastreg._backend import available_backends, get_backend, set_backend, use_backend
 from fastreg import data, metrics, nn
 from fastreg.ops import compose, jacobian_det, lncc, local_correlation, sample, vfa_attention, warp
+from fastreg.ops import integrate_svf, resize_field
 
 __version__ = "0.1.0"
 
@@ -21,6 +23,8 @@ __all__ = [
     "jacobian_det",
     "local_correlation",
     "vfa_attention",
+    "integrate_svf",
+    "resize_field",
     "available_backends",
     "get_backend",
     "set_backend",

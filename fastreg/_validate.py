@@ -2,6 +2,7 @@
 was expected (TypeError for a wrong type or dtype, ValueError for a wrong value/shape)."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -92,3 +93,12 @@ def per_axis(value, name: str, ndim: int) -> tuple[int, ...]:
     if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
         raise TypeError(f"{name}: expected integers, got {value!r}")
     return tuple(items)
+
+
+def non_negative_int(value, name: str) -> int:
+    """`value` is an int >= 0 (bools and floats are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a non-negative int, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value}")
+    return int(value)

@@ -6,5 +6,7 @@ from fastreg.ops.correlation import local_correlation, vfa_attention
 from fastreg.ops.jacobian import jacobian_det
 from fastreg.ops.lncc import lncc
 from fastreg.ops.warp import compose, sample, warp
+from fastreg.ops.integrate import integrate_svf, resize_field
 
 __all__ = ["warp", "sample", "compose", "lncc", "jacobian_det", "local_correlation", "vfa_attention"]
+__all__ += ["integrate_svf", "resize_field"]

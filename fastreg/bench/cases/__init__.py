@@ -23,6 +23,7 @@ def check_sizes(sizes: str) -> str:
 # Case modules import check_sizes from here: keep the registry last.
 REGISTRY = {
     "warp": import_module("fastreg.bench.cases.warp"),
+    "integrate": import_module("fastreg.bench.cases.integrate"),
     "jacobian": import_module("fastreg.bench.cases.jacobian"),
     "lncc": import_module("fastreg.bench.cases.lncc"),
     "correlation": import_module("fastreg.bench.cases.correlation"),

@@ -114,10 +114,11 @@ class _LazyModule:
         self.module, self.cls, self.kwargs = module, cls, kwargs
         self.instances: dict = {}
 
-    def __call__(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
-        key = (image.device, image.dtype)
+    def __call__(self, *args: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        tensors = (*args, *inputs.values())  # the case's inputs, in order, passed positionally
+        key = (tensors[0].device, tensors[0].dtype)
         if key not in self.instances:
             with warnings.catch_warnings():  # MONAI announces its native grid_sample path
                 warnings.simplefilter("ignore", UserWarning)
                 self.instances[key] = getattr(importlib.import_module(self.module), self.cls)(**self.kwargs)
-        return self.instances[key](image, disp)
+        return self.instances[key](*tensors)

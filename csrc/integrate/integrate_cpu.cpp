@@ -1,0 +1,248 @@
+// CPU launcher of integrate_svf (contract in integrate.h and integrate_loop.h). One fused
+// kernel per step, parallel over voxels with at::parallel_for: each output voxel reads v at
+// itself and at its interpolation stencil and is written once.
+//
+// The step backward scatters into the gradient deterministically and without races: the
+// flat voxel range over (B, *S) is cut into one chunk per thread; a chunk owns the gradient
+// over its own range and sends what lands outside it to two private halo buffers, then a
+// second pass adds the halos to their owners in chunk order. A halo's extent is bounded
+// before any scatter from the chunk's displacement range: along every axis a stencil corner
+// lies within [floor(lo) - 1, floor(hi) + 2] voxels of its source, where [lo, hi] contains
+// every displacement of the chunk and 0 (border padding clamps, 1-Lipschitz with the grid
+// fixed) or is [-max|d|, max|d|] (reflection folds); the extra voxel on each side absorbs
+// rounding. Smooth fields need halos of a few slices, far less than a field.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "../ops.h"
+#include "../warp/warp_shapes.h"
+#include "integrate.h"
+#include "integrate_loop.h"
+
+namespace fastreg {
+namespace integrate {
+namespace {
+
+constexpr int64_t kGrain = 4096;
+
+template <typename scalar_t, int NDIM, int PADDING>
+void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
+  using T = at::opmath_type<scalar_t>;
+  const warp::Geometry<NDIM> geo = warp::image_geometry<NDIM>(v);
+  int64_t n = 1;
+  for (int a = 0; a < NDIM; ++a) n *= geo.size[a];
+  const scalar_t* src = v.const_data_ptr<scalar_t>();
+  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, v.size(0) * n, kGrain, [&](int64_t begin, int64_t end) {
+    int64_t b = begin / n;
+    int64_t p = begin % n;
+    int64_t idx[NDIM];
+    warp::unravel<NDIM>(p, geo.size, idx);
+    for (int64_t i = begin; i < end; ++i) {
+      step_voxel<scalar_t, T, NDIM, PADDING>(src + b * NDIM * n, dst + b * NDIM * n, n, p, idx,
+                                             static_cast<T>(scale), geo);
+      if (++p == n) {
+        p = 0;
+        ++b;
+        for (int a = 0; a < NDIM; ++a) idx[a] = 0;
+      } else {
+        warp::advance<NDIM>(geo.size, idx);
+      }
+    }
+  });
+}
+
+void step_cpu(const at::Tensor& v, at::Tensor& out, double scale, int64_t padding) {
+  if (v.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_cpu", [&] {
+    warp::dispatch_mode_padding(warp::kBilinear, static_cast<int>(padding), [&](auto, auto pad) {
+      constexpr int PADDING = decltype(pad)::value;
+      if (v.dim() == 4) {
+        step_kernel<scalar_t, 2, PADDING>(v, out, scale);
+      } else {
+        step_kernel<scalar_t, 3, PADDING>(v, out, scale);
+      }
+    });
+  });
+}
+
+// Calls fn(b, q0, q1) for the runs of flat voxel indices [i0, i1) within each batch item.
+template <typename Fn>
+void for_runs(int64_t i0, int64_t i1, int64_t n, const Fn& fn) {
+  while (i0 < i1) {
+    const int64_t b = i0 / n, q0 = i0 % n, q1 = std::min(n, q0 + (i1 - i0));
+    fn(b, q0, q1);
+    i0 += q1 - q0;
+  }
+}
+
+// One chunk of the backward: its own flat voxel range [begin, end) over (B, *S), the range
+// [lo, hi) its scatters can reach, and the halos (NDIM, begin - lo) and (NDIM, hi - end).
+template <typename T>
+struct Chunk {
+  int64_t begin, end, lo, hi;
+  std::vector<T> left, right;
+};
+
+// Routes one contribution to the chunk's own part of the gradient or to a halo.
+// grad is (B, NDIM, n) in the accumulation type.
+template <typename T, int NDIM>
+struct Router {
+  T* grad;
+  int64_t n;
+  Chunk<T>* ch;
+  void operator()(int64_t b, int64_t c, int64_t q, T value) const {
+    const int64_t i = b * n + q;
+    if (i >= ch->end) {
+      ch->right[c * (ch->hi - ch->end) + (i - ch->end)] += value;
+    } else if (i >= ch->begin) {
+      grad[(b * NDIM + c) * n + q] += value;
+    } else {
+      ch->left[c * (ch->begin - ch->lo) + (i - ch->lo)] += value;
+    }
+  }
+};
+
+// Sets ch.lo, ch.hi from the displacements scale * v over the chunk's voxels (NaN skipped).
+template <typename scalar_t, typename T, int NDIM>
+void bound_chunk(const scalar_t* v, int64_t n, int64_t total, T scale,
+                 const warp::Geometry<NDIM>& geo, int padding, Chunk<T>& ch) {
+  T lo[NDIM], hi[NDIM];
+  for (int a = 0; a < NDIM; ++a) {
+    lo[a] = std::numeric_limits<T>::infinity();
+    hi[a] = -std::numeric_limits<T>::infinity();
+  }
+  for (int64_t i = ch.begin; i < ch.end; ++i) {
+    const scalar_t* item = v + (i / n) * NDIM * n + i % n;
+    for (int a = 0; a < NDIM; ++a) {
+      const T d = scale * static_cast<T>(item[a * n]);
+      lo[a] = d < lo[a] ? d : lo[a];  // comparisons skip NaN
+      hi[a] = d > hi[a] ? d : hi[a];
+    }
+  }
+  int64_t dlo = 0, dhi = 0;
+  for (int a = 0; a < NDIM; ++a) {
+    T l = std::min(lo[a], T(0)), h = std::max(hi[a], T(0));
+    if (padding == warp::kReflection) {
+      h = std::max(-l, h);
+      l = -h;
+    }
+    const T size = static_cast<T>(geo.size[a]);
+    l = std::max(l, -size);  // an index of the axis is never farther than its size
+    h = std::min(h, size);
+    dlo += (static_cast<int64_t>(std::floor(l)) - 1) * geo.stride[a];
+    dhi += (static_cast<int64_t>(std::floor(h)) + 2) * geo.stride[a];
+  }
+  ch.lo = std::max<int64_t>(0, ch.begin + dlo);
+  ch.hi = std::min<int64_t>(total, ch.end + dhi);
+}
+
+template <typename scalar_t, int NDIM, int PADDING>
+void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& grad, double scale_) {
+  using T = at::opmath_type<scalar_t>;
+  const T scale = static_cast<T>(scale_);
+  const warp::Geometry<NDIM> geo = warp::image_geometry<NDIM>(v);
+  const int64_t n = v.numel() / (v.size(0) * NDIM);
+  const int64_t total = v.size(0) * n;
+  const scalar_t* vp = v.const_data_ptr<scalar_t>();
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  T* out = grad.mutable_data_ptr<T>();
+  const int64_t nchunks = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), (total + kGrain - 1) / kGrain));
+  std::vector<Chunk<T>> chunks(nchunks);
+
+  // Pass 1, per chunk: bound and allocate its halos, zero its own range, scatter.
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      Chunk<T>& ch = chunks[ci];
+      ch.begin = total * ci / nchunks;
+      ch.end = total * (ci + 1) / nchunks;
+      bound_chunk<scalar_t, T, NDIM>(vp, n, total, scale, geo, PADDING, ch);
+      ch.left.assign(NDIM * (ch.begin - ch.lo), T(0));
+      ch.right.assign(NDIM * (ch.hi - ch.end), T(0));
+      for_runs(ch.begin, ch.end, n, [&](int64_t b, int64_t q0, int64_t q1) {
+        for (int c = 0; c < NDIM; ++c) std::fill(out + (b * NDIM + c) * n + q0, out + (b * NDIM + c) * n + q1, T(0));
+      });
+      Router<T, NDIM> router{out, n, &ch};
+      int64_t b = ch.begin / n;
+      int64_t p = ch.begin % n;
+      int64_t idx[NDIM];
+      warp::unravel<NDIM>(p, geo.size, idx);
+      for (int64_t i = ch.begin; i < ch.end; ++i) {
+        step_backward_voxel<scalar_t, T, NDIM, PADDING>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p,
+                                                        idx, scale, geo, router);
+        if (++p == n) {
+          p = 0;
+          ++b;
+          for (int a = 0; a < NDIM; ++a) idx[a] = 0;
+        } else {
+          warp::advance<NDIM>(geo.size, idx);
+        }
+      }
+    }
+  });
+
+  // Pass 2, per owner chunk: add every other chunk's halos over its range, in chunk order.
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t cj = c0; cj < c1; ++cj) {
+      const Chunk<T>& own = chunks[cj];
+      for (const Chunk<T>& ch : chunks) {
+        if (&ch == &own) continue;
+        const int64_t parts[2][3] = {{ch.lo, ch.begin, 0}, {ch.end, ch.hi, 1}};
+        for (const auto& part : parts) {
+          const int64_t i0 = std::max(part[0], own.begin), i1 = std::min(part[1], own.end);
+          const std::vector<T>& halo = part[2] == 0 ? ch.left : ch.right;
+          const int64_t len = part[1] - part[0];
+          for_runs(i0, i1, n, [&](int64_t b, int64_t q0, int64_t q1) {
+            for (int c = 0; c < NDIM; ++c) {
+              T* dst = out + (b * NDIM + c) * n;
+              const T* src = halo.data() + c * len + (b * n - part[0]);
+              for (int64_t q = q0; q < q1; ++q) dst[q] += src[q];
+            }
+          });
+        }
+      }
+    }
+  });
+}
+
+at::Tensor step_backward_cpu(const at::Tensor& g, const at::Tensor& v, double scale,
+                             int64_t padding) {
+  const at::ScalarType acc_type = at::toOpMathType(v.scalar_type());
+  at::Tensor grad = at::empty(v.sizes(), v.options().dtype(acc_type));
+  if (v.numel() == 0) return grad.to(v.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_backward_cpu", [&] {
+    warp::dispatch_mode_padding(warp::kBilinear, static_cast<int>(padding), [&](auto, auto pad) {
+      constexpr int PADDING = decltype(pad)::value;
+      if (v.dim() == 4) {
+        step_backward_kernel<scalar_t, 2, PADDING>(g, v, grad, scale);
+      } else {
+        step_backward_kernel<scalar_t, 3, PADDING>(g, v, grad, scale);
+      }
+    });
+  });
+  return grad.to(v.scalar_type());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> integrate_svf_forward_cpu(const at::Tensor& v, int64_t steps,
+                                                             int64_t padding, bool save) {
+  return forward_loop(v, steps, padding, save, &step_cpu);
+}
+
+at::Tensor integrate_svf_backward_cpu(const at::Tensor& grad_out, const at::Tensor& v,
+                                      const at::Tensor& saved, int64_t steps, int64_t padding) {
+  return backward_loop(grad_out, v, saved, steps, padding, &step_cpu, &step_backward_cpu);
+}
+
+}  // namespace integrate
+}  // namespace fastreg

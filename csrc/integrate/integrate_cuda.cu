@@ -1,0 +1,146 @@
+// CUDA launcher of integrate_svf (contract in integrate.h and integrate_loop.h): the same
+// per-voxel math as the CPU launcher, one thread per output voxel (grid-stride loops;
+// 32-bit loop indices when the field fits, 64-bit otherwise). The step backward scatters
+// with atomicAdd into a buffer of the accumulation type (float for half/bfloat16), so its
+// sums are not bit-reproducible across runs (like grid_sample's; it raises under
+// torch.use_deterministic_algorithms(True)); the forward is.
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+
+#include "../ops.h"
+#include "../warp/warp_shapes.h"
+#include "integrate.h"
+#include "integrate_loop.h"
+
+namespace fastreg {
+namespace integrate {
+namespace {
+
+constexpr int kThreads = 256;
+
+int blocks_for(int64_t total) {  // grid-stride loops cover the rest
+  return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 20));
+}
+
+template <typename scalar_t, typename T, int NDIM, int PADDING, typename index_t>
+__global__ void step_kernel(const scalar_t* __restrict__ v, scalar_t* __restrict__ out, index_t n,
+                            index_t total, T scale, warp::Geometry<NDIM> geo) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<index_t>(blockDim.x) * gridDim.x) {
+    const index_t b = i / n, p = i % n;
+    int64_t idx[NDIM];
+    warp::unravel<NDIM>(p, geo.size, idx);
+    step_voxel<scalar_t, T, NDIM, PADDING>(v + b * NDIM * n, out + b * NDIM * n, n, p, idx, scale, geo);
+  }
+}
+
+// Scatter of the step backward: atomic adds into grad (B, NDIM, n) of the accumulation type.
+template <typename T, int NDIM>
+struct AtomicScatter {
+  T* grad;
+  int64_t n;  // voxels per channel
+  __device__ void operator()(int64_t b, int64_t c, int64_t q, T value) const {
+    atomicAdd(grad + (b * NDIM + c) * n + q, value);
+  }
+};
+
+template <typename scalar_t, typename T, int NDIM, int PADDING, typename index_t>
+__global__ void step_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
+                                     T* grad, index_t n, index_t total, T scale,
+                                     warp::Geometry<NDIM> geo) {
+  AtomicScatter<T, NDIM> scatter{grad, n};
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<index_t>(blockDim.x) * gridDim.x) {
+    const index_t b = i / n, p = i % n;
+    int64_t idx[NDIM];
+    warp::unravel<NDIM>(p, geo.size, idx);
+    step_backward_voxel<scalar_t, T, NDIM, PADDING>(v + b * NDIM * n, g + b * NDIM * n, b, n, p, idx,
+                                                    scale, geo, scatter);
+  }
+}
+
+// Calls fn(std::integral_constant<int, NDIM>, std::integral_constant<int, PADDING>, index_t{})
+// for the spatial rank of v, the padding and the narrowest index type that addresses v.
+template <typename Fn>
+void with_rank_padding_index(const at::Tensor& v, int64_t padding, const Fn& fn) {
+  const bool narrow = v.numel() <= std::numeric_limits<int32_t>::max();
+  warp::dispatch_mode_padding(warp::kBilinear, static_cast<int>(padding), [&](auto, auto pad) {
+    if (v.dim() == 4) {
+      narrow ? fn(std::integral_constant<int, 2>{}, pad, int32_t{}) : fn(std::integral_constant<int, 2>{}, pad, int64_t{});
+    } else {
+      narrow ? fn(std::integral_constant<int, 3>{}, pad, int32_t{}) : fn(std::integral_constant<int, 3>{}, pad, int64_t{});
+    }
+  });
+}
+
+void step_cuda(const at::Tensor& v, at::Tensor& out, double scale, int64_t padding) {
+  if (v.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(v.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t n = v.numel() / (v.size(0) * v.size(1));
+  const int64_t total = v.size(0) * n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    with_rank_padding_index(v, padding, [&](auto rank, auto pad, auto index) {
+      constexpr int NDIM = decltype(rank)::value;
+      constexpr int PADDING = decltype(pad)::value;
+      using index_t = decltype(index);
+      step_kernel<scalar_t, T, NDIM, PADDING, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
+          v.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<index_t>(n),
+          static_cast<index_t>(total), static_cast<T>(scale), warp::image_geometry<NDIM>(v));
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor step_backward_cuda(const at::Tensor& g, const at::Tensor& v, double scale, int64_t padding) {
+  const c10::cuda::CUDAGuard guard(v.device());
+  at::globalContext().alertNotDeterministic("fastreg integrate_svf backward (CUDA atomic scatter)");
+  at::Tensor grad = at::zeros(v.sizes(), v.options().dtype(at::toOpMathType(v.scalar_type())));
+  if (v.numel() == 0) return grad.to(v.scalar_type());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t n = v.numel() / (v.size(0) * v.size(1));
+  const int64_t total = v.size(0) * n;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_backward_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    with_rank_padding_index(v, padding, [&](auto rank, auto pad, auto index) {
+      constexpr int NDIM = decltype(rank)::value;
+      constexpr int PADDING = decltype(pad)::value;
+      using index_t = decltype(index);
+      step_backward_kernel<scalar_t, T, NDIM, PADDING, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
+          g.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<T>(),
+          static_cast<index_t>(n), static_cast<index_t>(total), static_cast<T>(scale),
+          warp::image_geometry<NDIM>(v));
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad.to(v.scalar_type());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> integrate_svf_forward_cuda(const at::Tensor& v, int64_t steps,
+                                                              int64_t padding, bool save) {
+  const c10::cuda::CUDAGuard guard(v.device());
+  return forward_loop(v, steps, padding, save, &step_cuda);
+}
+
+at::Tensor integrate_svf_backward_cuda(const at::Tensor& grad_out, const at::Tensor& v,
+                                       const at::Tensor& saved, int64_t steps, int64_t padding) {
+  const c10::cuda::CUDAGuard guard(v.device());
+  return backward_loop(grad_out, v, saved, steps, padding, &step_cuda, &step_backward_cuda);
+}
+
+}  // namespace integrate
+}  // namespace fastreg

@@ -1,0 +1,67 @@
+"""nn.Module faces of the integrate ops (thin wrappers; the functions are in
+fastreg.ops.integrate)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from fastreg import _validate as check
+from fastreg.ops.integrate import integrate_svf, resize_field
+from fastreg.ops.warp import PADDINGS
+
+
+class VecInt(nn.Module):
+    """Integrate a stationary velocity field by scaling and squaring: ``fastreg.integrate_svf``.
+
+    Args:
+        steps: squaring steps (VoxelMorph's ``int_steps=7`` and MONAI's ``num_steps=7``).
+        padding_mode: "zeros" (VoxelMorph and MONAI DVF2DDF), "border" or "reflection".
+        checkpoint: keep no intermediate field for the backward (recompute them; less memory).
+
+    Shapes: v (B, ndim, *S) in voxels (ij order) -> displacement (B, ndim, *S).
+
+    Example::
+
+        integrate = fastreg.nn.VecInt(steps=7)
+        flow = integrate(velocity)
+    """
+
+    def __init__(self, steps: int = 7, padding_mode: str = "zeros", checkpoint: bool = False):
+        super().__init__()
+        self.steps = check.non_negative_int(steps, "steps")
+        check.choice(padding_mode, "padding_mode", PADDINGS)
+        if not isinstance(checkpoint, bool):
+            raise TypeError(f"checkpoint: expected a bool, got {type(checkpoint).__name__}")
+        self.padding_mode = padding_mode
+        self.checkpoint = checkpoint
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return integrate_svf(v, self.steps, self.padding_mode, self.checkpoint)
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}, padding_mode={self.padding_mode!r}, checkpoint={self.checkpoint}"
+
+
+class ResizeField(nn.Module):
+    """Resample a displacement field to another grid and rescale its vectors:
+    ``fastreg.resize_field`` (VoxelMorph's ResizeTransform with ``scale_factor = 1 / vel_resize``).
+
+    Args (exactly one): size (new spatial size) or scale_factor (float or one per axis).
+
+    Shapes: u (B, ndim, *S) -> (B, ndim, *S_new).
+    """
+
+    def __init__(self, size: int | Sequence[int] | None = None, scale_factor: float | Sequence[float] | None = None):
+        super().__init__()
+        if (size is None) == (scale_factor is None):
+            raise ValueError(f"size, scale_factor: expected exactly one of them, got size={size!r}, scale_factor={scale_factor!r}")
+        self.size = size
+        self.scale_factor = scale_factor
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return resize_field(u, self.size, self.scale_factor)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size!r}" if self.size is not None else f"scale_factor={self.scale_factor!r}"

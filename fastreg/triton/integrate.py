@@ -1,0 +1,249 @@
+"""integrate_svf in Triton: the ops fastreg::triton_integrate_svf_forward / _backward.
+
+Contract (exactly that of fastreg::integrate_svf_forward / _backward, see
+csrc/integrate/integrate.h and integrate_loop.h):
+  v (B, ndim, *S) in voxels, 2-D (H, W) or 3-D (D, H, W); float32/float64/float16/bfloat16.
+  forward(v, steps, padding, save) -> (u, saved): u_0 = v / 2**steps (folded into the first
+  step), u_{k+1} = u_k + warp(u_k, u_k) (linear, padding 0 zeros / 1 border / 2 reflection,
+  align_corners=True); saved = u_1 .. u_{steps-1} (steps - 1, *v.shape) when save, else (0,).
+  backward(grad_out, v, saved, steps, padding) -> grad_v (recomputes u_k from v when saved
+  is empty: O(1) fields).
+Kernels: one program per BLOCK voxels of one batch item; one fused kernel per step reads the
+field at its voxels and their stencils and writes the new field once; one per step of the
+backward adds g + (d sample / d position)^T g at each voxel and scatters the sampled
+gradient to the stencil corners with atomic adds (not bit-reproducible run to run, like
+grid_sample on GPU; refused under torch.use_deterministic_algorithms(True)).
+Arithmetic in float32 (float64 for float64); gradients accumulate in that type.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastreg._backend import triton_interpret
+from fastreg.ops.integrate import register_autograd, register_fakes
+from fastreg.triton.warp import _linear_axis  # warp's per-axis interpolation and padding
+
+BLOCK = 128
+
+# torch.compile traces into a triton_op; under TRITON_INTERPRET=1 the kernels are interpreted
+# Python that cannot be traced, so there the ops are opaque custom ops with fake kernels.
+_define_op = torch.library.custom_op if triton_interpret() else torch.library.triton_op
+
+
+@triton.jit
+def _voxel(v, p, mask, n, S0, S1, S2, scale, NDIM: tl.constexpr, ACC: tl.constexpr):
+    """Indices (z, y, x; z = 0 in 2-D) of voxels p and the scaled field there, in ACC."""
+    x = p % S2
+    y = (p // S2) % S1
+    z = p // (S2 * S1)
+    ux = tl.load(v + (NDIM - 1) * n + p, mask=mask, other=0.0).to(ACC) * scale
+    uy = tl.load(v + (NDIM - 2) * n + p, mask=mask, other=0.0).to(ACC) * scale
+    uz = ux * 0.0
+    if NDIM == 3:
+        uz = tl.load(v + p, mask=mask, other=0.0).to(ACC) * scale
+    return z, y, x, uz, uy, ux
+
+
+@triton.jit
+def _step_kernel(v, out, n, S0, S1, S2, scale, NDIM: tl.constexpr, PADDING: tl.constexpr,
+                 ACC: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < n
+    v += b * NDIM * n
+    out += b * NDIM * n
+    z, y, x, uz, uy, ux = _voxel(v, p, mask, n, S0, S1, S2, scale, NDIM, ACC)
+    pz = z.to(ACC) + uz
+    py = y.to(ACC) + uy
+    px = x.to(ACC) + ux
+    nan = (pz != pz) | (py != py) | (px != px)
+    iz, okz0, okz1, wz0, wz1, dz0, dz1 = _linear_axis(pz, S0, PADDING, tl.int64)
+    iy, oky0, oky1, wy0, wy1, dy0, dy1 = _linear_axis(py, S1, PADDING, tl.int64)
+    ix, okx0, okx1, wx0, wx1, dx0, dx1 = _linear_axis(px, S2, PADDING, tl.int64)
+    a0 = ux * 0.0
+    a1 = a0
+    a2 = a0
+    for bz in tl.static_range(NDIM - 1):  # one z layer in 2-D
+        for by in tl.static_range(2):
+            for bx in tl.static_range(2):
+                if bz == 0:
+                    wz, okz = wz0, okz0
+                else:
+                    wz, okz = wz1, okz1
+                if by == 0:
+                    wy, oky = wy0, oky0
+                else:
+                    wy, oky = wy1, oky1
+                if bx == 0:
+                    wx, okx = wx0, okx0
+                else:
+                    wx, okx = wx1, okx1
+                ok = okz & oky & okx & mask & ~nan
+                w = wz * wy * wx
+                off = ((iz + bz) * S1 + iy + by) * S2 + ix + bx
+                a0 += w * tl.load(v + off, mask=ok, other=0.0).to(ACC)
+                a1 += w * tl.load(v + n + off, mask=ok, other=0.0).to(ACC)
+                if NDIM == 3:
+                    a2 += w * tl.load(v + 2 * n + off, mask=ok, other=0.0).to(ACC)
+    # As the C++ kernel: the sample is rounded to the field's dtype, then added to u(p).
+    dtype = out.dtype.element_ty
+    a0 = tl.where(nan, pz + py + px, a0).to(dtype).to(ACC)
+    a1 = tl.where(nan, pz + py + px, a1).to(dtype).to(ACC)
+    a2 = tl.where(nan, pz + py + px, a2).to(dtype).to(ACC)
+    if NDIM == 3:
+        tl.store(out + p, ((uz / scale + a0) * scale).to(dtype), mask=mask)
+        tl.store(out + n + p, ((uy / scale + a1) * scale).to(dtype), mask=mask)
+        tl.store(out + 2 * n + p, ((ux / scale + a2) * scale).to(dtype), mask=mask)
+    else:
+        tl.store(out + p, ((uy / scale + a0) * scale).to(dtype), mask=mask)
+        tl.store(out + n + p, ((ux / scale + a1) * scale).to(dtype), mask=mask)
+
+
+@triton.jit
+def _step_backward_kernel(g, v, grad, n, S0, S1, S2, scale, NDIM: tl.constexpr,
+                          PADDING: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < n
+    v += b * NDIM * n
+    g += b * NDIM * n
+    grad += b * NDIM * n
+    z, y, x, uz, uy, ux = _voxel(v, p, mask, n, S0, S1, S2, scale, NDIM, ACC)
+    pz = z.to(ACC) + uz
+    py = y.to(ACC) + uy
+    px = x.to(ACC) + ux
+    nan = (pz != pz) | (py != py) | (px != px)
+    iz, okz0, okz1, wz0, wz1, dz0, dz1 = _linear_axis(pz, S0, PADDING, tl.int64)
+    iy, oky0, oky1, wy0, wy1, dy0, dy1 = _linear_axis(py, S1, PADDING, tl.int64)
+    ix, okx0, okx1, wx0, wx1, dx0, dx1 = _linear_axis(px, S2, PADDING, tl.int64)
+    g0 = tl.load(g + p, mask=mask, other=0.0).to(ACC)
+    g1 = tl.load(g + n + p, mask=mask, other=0.0).to(ACC)
+    g2 = g0 * 0.0
+    if NDIM == 3:
+        g2 = tl.load(g + 2 * n + p, mask=mask, other=0.0).to(ACC)
+    dz = g0 * 0.0  # d loss / d position, per axis
+    dy = dz
+    dx = dz
+    for bz in tl.static_range(NDIM - 1):
+        for by in tl.static_range(2):
+            for bx in tl.static_range(2):
+                if bz == 0:
+                    wz, okz, sz = wz0, okz0, dz0
+                else:
+                    wz, okz, sz = wz1, okz1, dz1
+                if by == 0:
+                    wy, oky, sy = wy0, oky0, dy0
+                else:
+                    wy, oky, sy = wy1, oky1, dy1
+                if bx == 0:
+                    wx, okx, sx = wx0, okx0, dx0
+                else:
+                    wx, okx, sx = wx1, okx1, dx1
+                ok = okz & oky & okx & mask & ~nan
+                w = wz * wy * wx
+                off = ((iz + bz) * S1 + iy + by) * S2 + ix + bx
+                # sum over channels of g_c * v_c(corner): the position gradient's weight
+                gv = g0 * tl.load(v + off, mask=ok, other=0.0).to(ACC)
+                gv += g1 * tl.load(v + n + off, mask=ok, other=0.0).to(ACC)
+                tl.atomic_add(grad + off, scale * w * g0, mask=ok, sem="relaxed")
+                tl.atomic_add(grad + n + off, scale * w * g1, mask=ok, sem="relaxed")
+                if NDIM == 3:
+                    gv += g2 * tl.load(v + 2 * n + off, mask=ok, other=0.0).to(ACC)
+                    tl.atomic_add(grad + 2 * n + off, scale * w * g2, mask=ok, sem="relaxed")
+                    dz += sz * wy * wx * gv
+                dy += wz * sy * wx * gv
+                dx += wz * wy * sx * gv
+    # At p itself: g + (d sample / d position)^T g, both into v by the chain rule (the
+    # sampled values carry one factor of scale, the position another).
+    bad = tl.where(nan, pz + py + px, 0.0)
+    if NDIM == 3:
+        tl.atomic_add(grad + p, scale * (g0 + scale * dz + bad), mask=mask, sem="relaxed")
+        tl.atomic_add(grad + n + p, scale * (g1 + scale * dy + bad), mask=mask, sem="relaxed")
+        tl.atomic_add(grad + 2 * n + p, scale * (g2 + scale * dx + bad), mask=mask, sem="relaxed")
+    else:
+        tl.atomic_add(grad + p, scale * (g0 + scale * dy + bad), mask=mask, sem="relaxed")
+        tl.atomic_add(grad + n + p, scale * (g1 + scale * dx + bad), mask=mask, sem="relaxed")
+
+
+# --- host side ------------------------------------------------------------------------------
+
+
+def _check(v: torch.Tensor, steps: int, padding: int) -> None:
+    ndim = v.dim() - 2
+    if ndim not in (2, 3) or v.shape[1] != ndim:
+        raise ValueError(f"v: expected (B, 2, H, W) or (B, 3, D, H, W), got shape {tuple(v.shape)}")
+    if not 0 <= steps < 64:
+        raise ValueError(f"steps: expected 0 <= steps < 64, got {steps}")
+    if padding not in (0, 1, 2):
+        raise ValueError(f"padding: expected 0 (zeros), 1 (border) or 2 (reflection), got {padding}")
+
+
+def _launch(kernel, v: torch.Tensor, args: tuple, scale: float, padding: int) -> None:
+    ndim = v.dim() - 2
+    sizes = (1,) * (3 - ndim) + tuple(v.shape[2:])
+    n = math.prod(sizes)
+    if v.numel() == 0:
+        return
+    acc = tl.float64 if v.dtype == torch.float64 else tl.float32
+    grid = (triton.cdiv(n, BLOCK), v.shape[0])
+    torch.library.wrap_triton(kernel)[grid](*args, n, *sizes, scale, NDIM=ndim, PADDING=padding, ACC=acc, BLOCK=BLOCK)
+
+
+def _scale(k: int, steps: int) -> float:
+    return 2.0**-steps if k == 0 else 1.0
+
+
+def _run_steps(v, steps: int, count: int, padding: int, dst=None):
+    """u_count from v (the first `count` steps); step k writes into dst[k] when given."""
+    cur = v
+    for k in range(count):
+        out = dst[k] if dst is not None else torch.empty_like(v)
+        _launch(_step_kernel, v, (cur, out), _scale(k, steps), padding)
+        cur = out
+    return cur
+
+
+@_define_op("fastreg::triton_integrate_svf_forward", mutates_args=())
+def _forward_op(v: torch.Tensor, steps: int, padding: int, save: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(v, steps, padding)
+    v = v.contiguous()
+    if steps == 0:
+        return v.clone(), v.new_empty((0,))
+    saved = v.new_empty((steps - 1, *v.shape)) if save else v.new_empty((0,))
+    last_in = _run_steps(v, steps, steps - 1, padding, saved if save else None)
+    out = torch.empty_like(v)
+    _launch(_step_kernel, v, (last_in, out), _scale(steps - 1, steps), padding)
+    return out, saved
+
+
+@_define_op("fastreg::triton_integrate_svf_backward", mutates_args=())
+def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, saved: torch.Tensor, steps: int, padding: int) -> torch.Tensor:
+    _check(v, steps, padding)
+    if torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled():
+        raise RuntimeError("fastreg integrate_svf backward (Triton) scatters with atomic adds and has no "
+                           "deterministic implementation; use the cpu backend or disable deterministic algorithms")
+    v = v.contiguous()
+    g = grad_out.contiguous().to(v.dtype)
+    if steps == 0:
+        return g.clone()
+    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    stored = saved.numel() > 0 or steps == 1
+    for k in range(steps - 1, -1, -1):
+        u = v if k == 0 else saved[k - 1] if stored else _run_steps(v, steps, k, padding)
+        grad = torch.zeros(v.shape, dtype=acc, device=v.device)
+        _launch(_step_backward_kernel, v, (g, u, grad), _scale(k, steps), padding)
+        g = grad.to(v.dtype)
+    return g
+
+
+def integrate_svf_forward(v: torch.Tensor, steps: int, padding: int, save: bool):
+    """Triton fastreg::integrate_svf_forward: v (B, ndim, *S) -> (u (B, ndim, *S), saved)."""
+    return torch.ops.fastreg.triton_integrate_svf_forward(v, steps, padding, save)
+
+
+register_fakes("fastreg::triton_integrate_svf_forward", "fastreg::triton_integrate_svf_backward")
+register_autograd("fastreg::triton_integrate_svf_forward", torch.ops.fastreg.triton_integrate_svf_backward)

@@ -1,0 +1,306 @@
+"""integrate_svf (scaling and squaring) and resize_field on every backend against the
+reference built from fastreg.reference.warp; gradients, properties, edge cases, bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastreg
+from fastreg.data import random_smooth_field
+from fastreg.reference import integrate as ref
+from fastreg.reference.warp import compose
+
+PADDINGS = ("zeros", "border", "reflection")
+SHAPES = {2: (9, 11), 3: (6, 7, 5)}
+
+
+def velocity(ndim, device, dtype=torch.float64, batch=2, magnitude=3.0, shape=None):
+    shape = shape or SHAPES[ndim]
+    return random_smooth_field(shape, batch=batch, magnitude=magnitude, spacing=3, dtype=dtype, device=device)
+
+
+def assert_close(actual, expected, rtol):
+    scale = expected.abs().max().clamp_min(1.0).item()
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def forward_backward(fn, v, weight):
+    v = v.detach().clone().requires_grad_(True)
+    out = fn(v)
+    (grad,) = torch.autograd.grad((out * weight).sum(), v)
+    return out.detach(), grad
+
+
+# --- parity with the reference ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("steps", (1, 4))
+def test_matches_reference_float64(backend, device, ndim, padding, steps):
+    v = velocity(ndim, device)
+    weight = torch.randn_like(v)
+    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, steps, padding), v, weight)
+    out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, steps, padding), v, weight)
+    assert out.shape == v.shape and out.dtype == v.dtype
+    assert_close(out, out_ref, rtol=1e-10)
+    assert_close(grad, grad_ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_matches_reference_float32(backend, device, ndim):
+    v = velocity(ndim, device, dtype=torch.float32)
+    weight = torch.randn_like(v)
+    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 5), v, weight)
+    out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, 5), v.double(), weight.double())
+    assert_close(out.double(), out_ref, rtol=1e-5)
+    assert_close(grad.double(), grad_ref, rtol=1e-4)
+
+
+def test_zero_steps_returns_v(backend, device):
+    v = velocity(3, device)
+    assert fastreg.integrate_svf(v, 0) is v
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_checkpoint_gives_identical_results(backend, device, padding):
+    v = velocity(3, device, magnitude=4.0)
+    weight = torch.randn_like(v)
+    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 5, padding), v, weight)
+    out_ck, grad_ck = forward_backward(lambda x: fastreg.integrate_svf(x, 5, padding, checkpoint=True), v, weight)
+    assert torch.equal(out, out_ck)
+    if backend == "cpu":  # deterministic scatter: bit-identical
+        assert torch.equal(grad, grad_ck)
+    else:  # atomic scatter: the order of additions varies
+        assert_close(grad, grad_ck, rtol=1e-12)
+
+
+def test_no_grad_keeps_no_fields():
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+    v = velocity(3, "cpu")
+    with fastreg.use_backend("cpu"):
+        _, saved_grad = torch.ops.fastreg.integrate_svf_forward(v, 4, 0, True)
+        out, saved = torch.ops.fastreg.integrate_svf_forward(v, 4, 0, False)
+        assert saved.numel() == 0 and saved_grad.shape == (3, *v.shape)
+        assert torch.equal(out, fastreg.integrate_svf(v, 4))
+
+
+# --- gradients ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_gradcheck(backend, device, ndim, padding):
+    shape = (5, 6) if ndim == 2 else (4, 5, 3)
+    v = velocity(ndim, device, batch=2, magnitude=1.5, shape=shape).requires_grad_(True)
+    fast = backend == "triton" and device.type == "cpu"  # interpreter: random projections only
+    assert torch.autograd.gradcheck(lambda x: fastreg.integrate_svf(x, 3, padding), (v,), fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x: fastreg.integrate_svf(x, 2, padding, checkpoint=True), (v,), fast_mode=fast)
+
+
+def test_opcheck_cpu_ops():
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+    for ndim, steps, padding, save in [(2, 3, 0, True), (3, 2, 2, False), (3, 1, 1, True)]:
+        v = velocity(ndim, "cpu").requires_grad_(True)
+        torch.library.opcheck(torch.ops.fastreg.integrate_svf_forward.default, (v, steps, padding, save))
+        _, saved = torch.ops.fastreg.integrate_svf_forward(v.detach(), steps, padding, save)
+        torch.library.opcheck(
+            torch.ops.fastreg.integrate_svf_backward.default, (torch.randn_like(v), v.detach(), saved, steps, padding)
+        )
+
+
+def test_torch_compile_fullgraph(backend, device):
+    def loss_fn(v):
+        return fastreg.integrate_svf(v, 4, checkpoint=False).square().mean()
+
+    v = velocity(3, device, dtype=torch.float32).requires_grad_(True)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    (g,) = torch.autograd.grad(compiled(v), v)
+    (g_ref,) = torch.autograd.grad(loss_fn(v), v)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
+
+
+# --- properties -----------------------------------------------------------------------------
+
+
+def skip_in_interpreter(backend, device):
+    if backend == "triton" and device.type == "cpu":
+        pytest.skip("interpreter: large fields are slow; the parity tests cover the Triton kernels")
+
+
+def jacobian_det(disp):
+    """det(I + grad u) (B, *S) by central differences inside, one-sided at the edges."""
+    ndim = disp.shape[1]
+    grads = torch.stack([torch.stack(torch.gradient(disp[:, a], dim=list(range(1, ndim + 1))), 1) for a in range(ndim)], 1)
+    eye = torch.eye(ndim, dtype=disp.dtype, device=disp.device).view(1, ndim, ndim, *([1] * ndim))
+    return torch.linalg.det((grads + eye).movedim((1, 2), (-2, -1)))
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_smooth_velocity_gives_positive_jacobian(backend, device, ndim):
+    skip_in_interpreter(backend, device)
+    shape, spacing, magnitude = ((40, 40), 8, 2.0) if ndim == 2 else ((20, 20, 20), 10, 1.8)
+    v = random_smooth_field(shape, batch=2, magnitude=magnitude, spacing=spacing, dtype=torch.float64, device=device)
+    # The velocity taken as a displacement folds (det <= 0 somewhere); its exponential does
+    # not. Border padding: zero padding makes the field jump to 0 at the edge of the grid.
+    assert (jacobian_det(v) <= 0).any()
+    assert (jacobian_det(fastreg.integrate_svf(v, 7, "border")) > 0).all()
+
+
+def test_exp_of_minus_v_inverts_exp_of_v(backend, device):
+    skip_in_interpreter(backend, device)
+    v = random_smooth_field((24, 24, 24), batch=1, magnitude=1.0, spacing=12, dtype=torch.float64, device=device)
+    forward, inverse = fastreg.integrate_svf(v, 7), fastreg.integrate_svf(-v, 7)
+    inner = (slice(None), slice(None)) + (slice(4, -4),) * 3  # away from the padded border
+
+    def relative(residual, stat):
+        return (stat(residual[inner].abs()) / stat(forward[inner].abs())).item()
+
+    residual = compose(forward, inverse)  # displacement of exp(v) o exp(-v): ~0
+    assert relative(residual, torch.amax) < 0.1 and relative(residual, torch.mean) < 0.02
+    # The first-order inverse -v is far worse: the test tells an inverse from a near miss.
+    assert relative(compose(forward, -v), torch.mean) > 0.05
+
+
+# --- edge cases ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_size_one_axis(backend, device, padding):
+    v = torch.randn(2, 3, 1, 6, 5, dtype=torch.float64, device=device)
+    weight = torch.randn_like(v)
+    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 3, padding), v, weight)
+    out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, 3, padding), v, weight)
+    assert_close(out, out_ref, rtol=1e-10)
+    assert_close(grad, grad_ref, rtol=1e-10)
+
+
+def test_non_contiguous_input(backend, device):
+    base = velocity(3, device, shape=(6, 5, 7))
+    v = base.transpose(2, 4)[:, [2, 1, 0]]  # (2, 3, 7, 5, 6), non-contiguous
+    assert not v.is_contiguous()
+    assert_close(fastreg.integrate_svf(v, 3), ref.integrate_svf(v.contiguous(), 3), rtol=1e-10)
+    v_cl = base.contiguous(memory_format=torch.channels_last_3d)
+    assert_close(fastreg.integrate_svf(v_cl, 3, "border"), ref.integrate_svf(base, 3, "border"), rtol=1e-10)
+
+
+def test_large_displacements_far_out_of_bounds(backend, device):
+    v = velocity(3, device, magnitude=40.0)
+    weight = torch.randn_like(v)
+    for padding in PADDINGS:
+        out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 3, padding), v, weight)
+        out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, 3, padding), v, weight)
+        assert_close(out, out_ref, rtol=1e-9)
+        assert_close(grad, grad_ref, rtol=1e-9)
+
+
+def test_nan_propagates(backend, device):
+    v = velocity(3, device, dtype=torch.float32, batch=2)
+    v[0, 1, 2, 3, 1] = float("nan")
+    v.requires_grad_(True)
+    out = fastreg.integrate_svf(v, 3)
+    expected = ref.integrate_svf(v.detach(), 3)
+    assert torch.equal(torch.isnan(out), torch.isnan(expected))
+    assert torch.isnan(out[0, :, 2, 3, 1]).all() and torch.isfinite(out[1]).all()
+    (grad,) = torch.autograd.grad(out.nansum(), v)  # no crash; item 1 stays finite
+    assert torch.isfinite(grad[1]).all()
+
+
+def test_multithreaded_chunks_match_reference_and_are_deterministic():
+    """The CPU backward splits the voxels over threads and routes contributions that leave
+    a chunk through halos: large displacements cross many chunks and batch items."""
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+    threads = torch.get_num_threads()
+    v = random_smooth_field((14, 15, 16), batch=3, magnitude=12.0, spacing=4, dtype=torch.float64)
+    weight = torch.randn_like(v)
+    try:
+        for padding in PADDINGS:
+            _, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, 4, padding), v, weight)
+            for n in (1, 3, 8):
+                torch.set_num_threads(n)
+                with fastreg.use_backend("cpu"):
+                    runs = [forward_backward(lambda x: fastreg.integrate_svf(x, 4, padding), v, weight)[1] for _ in range(2)]
+                assert torch.equal(runs[0], runs[1])
+                assert_close(runs[0], grad_ref, rtol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_half_precision_accumulates_in_float32(backend, device):
+    if device.type == "cpu" and backend == "triton":
+        pytest.skip("interpreter: float16 arithmetic is emulated slowly; covered on GPU")
+    v = velocity(3, device, dtype=torch.float32)
+    for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 4e-2)):
+        x = v.to(dtype).requires_grad_(True)
+        out = fastreg.integrate_svf(x, 4)
+        assert out.dtype == dtype
+        assert_close(out.double(), ref.integrate_svf(x.detach().double(), 4), rtol=tol)
+        (grad,) = torch.autograd.grad(out.float().sum(), x)
+        assert grad.dtype == dtype and torch.isfinite(grad).all()
+
+
+# --- resize_field -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("factor", (2.0, 0.5))
+def test_resize_scale_factor_is_voxelmorph_resize(ndim, factor):
+    u = velocity(ndim, "cpu", shape=(8, 10, 6)[:ndim])
+    mode = "bilinear" if ndim == 2 else "trilinear"
+    expected = F.interpolate(u, scale_factor=factor, mode=mode, align_corners=True) * factor
+    out = fastreg.resize_field(u, scale_factor=factor)
+    assert out.shape[2:] == tuple(int(s * factor) for s in u.shape[2:])
+    assert_close(out, expected, rtol=1e-12)
+
+
+def test_resize_size_rescales_each_axis_by_grid_ratio():
+    u = velocity(3, "cpu", shape=(9, 5, 7))
+    out = fastreg.resize_field(u, size=(17, 9, 4))
+    factors = torch.tensor([16 / 8, 8 / 4, 3 / 6], dtype=u.dtype).view(1, 3, 1, 1, 1)
+    expected = F.interpolate(u, size=(17, 9, 4), mode="trilinear", align_corners=True) * factors
+    assert_close(out, expected, rtol=1e-12)
+    # A constant displacement of d voxels is d * (new - 1) / (old - 1) voxels on the new grid.
+    const = torch.ones(1, 2, 5, 9, dtype=torch.float64) * torch.tensor([1.0, 2.0], dtype=torch.float64).view(1, 2, 1, 1)
+    resized = fastreg.resize_field(const, size=(9, 5))
+    assert torch.allclose(resized[:, 0], torch.full_like(resized[:, 0], 2.0))
+    assert torch.allclose(resized[:, 1], torch.full_like(resized[:, 1], 1.0))
+
+
+def test_resize_identity_and_gradcheck():
+    u = velocity(2, "cpu")
+    assert fastreg.resize_field(u, scale_factor=1) is u
+    assert fastreg.resize_field(u, size=u.shape[2:]) is u
+    u = u.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: fastreg.resize_field(x, scale_factor=(2.0, 0.5)), (u,))
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_named_errors():
+    v = torch.randn(1, 3, 4, 5, 6)
+    cases = [
+        (lambda: fastreg.integrate_svf(v, -1), ValueError, "steps"),
+        (lambda: fastreg.integrate_svf(v, 2.0), TypeError, "steps"),
+        (lambda: fastreg.integrate_svf(v, True), TypeError, "steps"),
+        (lambda: fastreg.integrate_svf(v, "7"), TypeError, "steps"),
+        (lambda: fastreg.integrate_svf(torch.randn(1, 2, 4, 5, 6)), ValueError, "v"),
+        (lambda: fastreg.integrate_svf(torch.randn(1, 3, 4, 5)), ValueError, "v"),
+        (lambda: fastreg.integrate_svf(torch.randn(3, 4, 5, 6)), ValueError, "v"),
+        (lambda: fastreg.integrate_svf(v.to(torch.int32)), TypeError, "v"),
+        (lambda: fastreg.integrate_svf([1.0]), TypeError, "v"),
+        (lambda: fastreg.integrate_svf(v, 3, "wrap"), ValueError, "padding_mode"),
+        (lambda: fastreg.integrate_svf(v, 3, checkpoint=1), TypeError, "checkpoint"),
+        (lambda: fastreg.resize_field(v), ValueError, "size, scale_factor"),
+        (lambda: fastreg.resize_field(v, size=8, scale_factor=2), ValueError, "size, scale_factor"),
+        (lambda: fastreg.resize_field(v, scale_factor=-2.0), ValueError, "scale_factor"),
+        (lambda: fastreg.resize_field(v, scale_factor=(2.0, 2.0)), TypeError, "scale_factor"),
+        (lambda: fastreg.resize_field(v, size=(8, 8, 8.5)), TypeError, "size"),
+        (lambda: fastreg.resize_field(v, size=(8, 0, 8)), ValueError, "size"),
+        (lambda: fastreg.resize_field(torch.randn(1, 2, 4, 5, 6), scale_factor=2), ValueError, "u"),
+    ]
+    for call, error, name in cases:
+        with pytest.raises(error, match=name):
+            call()
