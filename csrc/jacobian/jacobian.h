@@ -261,12 +261,13 @@ FASTREG_HOST_DEVICE void diagonal_edge(const T* other, const T* c, int i, int j,
   }
 }
 
-// Non-diffeomorphic volume of voxel p (in voxels, see the header comment). Straight-line code
-// (loops of constant trip count only), so that a loop over voxels calling it vectorizes; the
-// 3-D corner determinants share the cross products of their last two columns; the identity is
-// added on the diagonal only.
+// Non-diffeomorphic volume of voxel p (in voxels, see the header comment), in two parts:
+// corner_sum, twice the negative parts of the corner tetrahedra, then (3-D) central_sum adds
+// those of the two central ones. Straight-line code (loops of constant trip count only), so
+// that a loop over voxels calling them vectorizes; the 3-D corner determinants share the cross
+// products of their last two columns; the identity is added on the diagonal only.
 template <typename T, int NDIM>
-FASTREG_HOST_DEVICE T neighbourhood_ndv(const Neighbourhood<T, NDIM>& nb) {
+FASTREG_HOST_DEVICE T corner_sum(const Neighbourhood<T, NDIM>& nb) {
   // col[b][s][a]: difference of u_a along b, forward (s = 0) or backward (s = 1), + e_b.
   T col[NDIM][2][NDIM];
   for (int b = 0; b < NDIM; ++b) {
@@ -283,7 +284,6 @@ FASTREG_HOST_DEVICE T neighbourhood_ndv(const Neighbourhood<T, NDIM>& nb) {
         sum += twice_negative_part(det2(col[0][s0][0], col[1][s1][0], col[0][s0][1], col[1][s1][1]));
       }
     }
-    return sum / T(8);
   } else {
     for (int s2 = 0; s2 < 2; ++s2) {
       for (int s1 = 0; s1 < 2; ++s1) {
@@ -292,20 +292,37 @@ FASTREG_HOST_DEVICE T neighbourhood_ndv(const Neighbourhood<T, NDIM>& nb) {
         for (int s0 = 0; s0 < 2; ++s0) sum += twice_negative_part(dot(col[0][s0], x));
       }
     }
-    // Central tetrahedra: edges p -> p - e_i - e_j in the order (01, 02, 12), and
-    // p -> p + e_i + e_j in the order (01, 12, 02); both have determinant 2 at the identity.
-    T e[3][3], x[3];
-    diagonal_edge(nb.dprev[0], nb.c, 0, 1, T(-1), e[0]);
-    diagonal_edge(nb.dprev[1], nb.c, 0, 2, T(-1), e[1]);
-    diagonal_edge(nb.dprev[2], nb.c, 1, 2, T(-1), e[2]);
-    cross(e[1], e[2], x);
-    sum += twice_negative_part(dot(e[0], x));
-    diagonal_edge(nb.dnext[0], nb.c, 0, 1, T(1), e[0]);
-    diagonal_edge(nb.dnext[2], nb.c, 1, 2, T(1), e[1]);
-    diagonal_edge(nb.dnext[1], nb.c, 0, 2, T(1), e[2]);
-    cross(e[1], e[2], x);
-    sum += twice_negative_part(dot(e[0], x));
-    return sum / T(24);
+  }
+  return sum;
+}
+
+// Central tetrahedra: edges p -> p - e_i - e_j in the order (01, 02, 12), and p -> p + e_i + e_j
+// in the order (01, 12, 02); both have determinant 2 at the identity.
+template <typename T>
+FASTREG_HOST_DEVICE T central_sum(const Neighbourhood<T, 3>& nb, T sum) {
+  T e[3][3], x[3];
+  diagonal_edge(nb.dprev[0], nb.c, 0, 1, T(-1), e[0]);
+  diagonal_edge(nb.dprev[1], nb.c, 0, 2, T(-1), e[1]);
+  diagonal_edge(nb.dprev[2], nb.c, 1, 2, T(-1), e[2]);
+  cross(e[1], e[2], x);
+  sum += twice_negative_part(dot(e[0], x));
+  diagonal_edge(nb.dnext[0], nb.c, 0, 1, T(1), e[0]);
+  diagonal_edge(nb.dnext[2], nb.c, 1, 2, T(1), e[1]);
+  diagonal_edge(nb.dnext[1], nb.c, 0, 2, T(1), e[2]);
+  cross(e[1], e[2], x);
+  return sum + twice_negative_part(dot(e[0], x));
+}
+
+// Twice the negative parts summed over the tetrahedra -> the volume: / (2 * 4) or / (2 * 12).
+template <int NDIM>
+constexpr int kNdvDivisor = NDIM == 2 ? 8 : 24;
+
+template <typename T, int NDIM>
+FASTREG_HOST_DEVICE T neighbourhood_ndv(const Neighbourhood<T, NDIM>& nb) {
+  if constexpr (NDIM == 2) {
+    return corner_sum<T, NDIM>(nb) / T(kNdvDivisor<NDIM>);
+  } else {
+    return central_sum<T>(nb, corner_sum<T, NDIM>(nb)) / T(kNdvDivisor<NDIM>);
   }
 }
 

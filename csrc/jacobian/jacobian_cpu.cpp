@@ -176,8 +176,9 @@ void prepare_row(RowBuffers<T>& rb, int64_t begin, int64_t end) {
 
 // float: four voxels at a time in GCC/Clang vector extensions (SSE2 on x86-64, NEON on arm64),
 // branch-free (GCC does not vectorize the scalar form, whose selects it turns into branches).
-using F4 = float __attribute__((vector_size(16)));
-using I4 = int32_t __attribute__((vector_size(16)));
+constexpr int kWidth = 4;
+using F4 = float __attribute__((vector_size(4 * kWidth)));
+using I4 = int32_t __attribute__((vector_size(4 * kWidth)));
 
 inline F4 splat(float x) {
   return F4{x, x, x, x};
@@ -207,7 +208,7 @@ inline F4 row_log(F4 x) {
 
 template <>
 void prepare_row<float>(RowBuffers<float>& rb, int64_t begin, int64_t end) {
-  // Voxels [i, i + n), n <= 4 (a constant 4 in the main loop: plain vector loads and stores).
+  // Voxels [i, i + n), n <= kWidth (a constant in the main loop: plain vector loads and stores).
   auto block = [&rb](int64_t i, int64_t n) {
     F4 d_in = splat(1.0f), v_in = splat(0.0f);
     std::memcpy(&d_in, rb.det.data() + i, n * sizeof(float));
@@ -225,7 +226,7 @@ void prepare_row<float>(RowBuffers<float>& rb, int64_t begin, int64_t end) {
     for (int k = 0; k < 6; ++k) std::memcpy(dst[k] + i, &out[k], n * sizeof(float));
   };
   int64_t i = begin;
-  for (; i + 4 <= end; i += 4) block(i, 4);
+  for (; i + kWidth <= end; i += kWidth) block(i, kWidth);
   if (i < end) block(i, end - i);
 }
 
@@ -289,10 +290,9 @@ FASTREG_FLATTEN void row_interior(const scalar_t* const (*rows_in)[kRows],
     diff[a][L] = {rows[a][kC] + 1, rows[a][kC] + last_y, k_last};
     inv[a] = kUnit ? T(1) : inv_in[a];
   }
+  // Three loops (determinant, corner and central tetrahedra), each with fewer live values.
 #pragma GCC ivdep
   for (int64_t w = begin; w < end; ++w) {
-    Neighbourhood<T, NDIM> nb;
-    row_neighbourhood<scalar_t, T, NDIM, !kUnit>(rows, inv, w, w - 1, w + 1, nb);
     T J[NDIM][NDIM];
 #pragma GCC unroll 3
     for (int a = 0; a < NDIM; ++a) {
@@ -305,7 +305,21 @@ FASTREG_FLATTEN void row_interior(const scalar_t* const (*rows_in)[kRows],
       }
     }
     det_out[w] = det<T, NDIM>(J);
-    ndv_out[w] = neighbourhood_ndv<T, NDIM>(nb);
+  }
+#pragma GCC ivdep
+  for (int64_t w = begin; w < end; ++w) {
+    Neighbourhood<T, NDIM> nb;
+    row_neighbourhood<scalar_t, T, NDIM, !kUnit>(rows, inv, w, w - 1, w + 1, nb);
+    const T corners = corner_sum<T, NDIM>(nb);
+    ndv_out[w] = NDIM == 2 ? corners / T(kNdvDivisor<NDIM>) : corners;
+  }
+  if constexpr (NDIM == 3) {
+#pragma GCC ivdep
+    for (int64_t w = begin; w < end; ++w) {
+      Neighbourhood<T, NDIM> nb;
+      row_neighbourhood<scalar_t, T, NDIM, !kUnit>(rows, inv, w, w - 1, w + 1, nb);
+      ndv_out[w] = central_sum<T>(nb, ndv_out[w]) / T(kNdvDivisor<NDIM>);
+    }
   }
 }
 
