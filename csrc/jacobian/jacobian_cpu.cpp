@@ -174,67 +174,98 @@ void prepare_row(RowBuffers<T>& rb, int64_t begin, int64_t end) {
   }
 }
 
-// float: four voxels at a time in GCC/Clang vector extensions (SSE2 on x86-64, NEON on arm64),
-// branch-free (GCC does not vectorize the scalar form, whose selects it turns into branches).
-constexpr int kWidth = 4;
-using F4 = float __attribute__((vector_size(4 * kWidth)));
-using I4 = int32_t __attribute__((vector_size(4 * kWidth)));
+// GCC: inline everything into the function, so that its loop over voxels vectorizes; on x86-64
+// Linux also compile it for AVX2 next to the baseline, picked at load time by the CPU (the build
+// flags stay portable).
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define FASTREG_AVX2_CLONES 1
+#define FASTREG_ROW_LOOP __attribute__((flatten, target_clones("avx2", "default")))
+#elif defined(__GNUC__)
+#define FASTREG_ROW_LOOP __attribute__((flatten))
+#else
+#define FASTREG_ROW_LOOP
+#endif
 
-inline F4 splat(float x) {
-  return F4{x, x, x, x};
-}
+// float: N voxels at a time in GCC/Clang vector extensions (N = 4: SSE2 on x86-64, NEON on
+// arm64; N = 8: AVX2), branch-free (GCC does not vectorize the scalar form, whose selects it
+// turns into branches). Only used inlined into prepare_row's variants, so the vector ABI of a
+// call never matters (-Wpsabi, which warns at the end of the file, is off from here on).
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <int N>
+struct Vec {
+  typedef float F __attribute__((vector_size(4 * N)));
+  typedef int32_t I __attribute__((vector_size(4 * N)));
 
-// Lanes of a where mask (all ones or 0 per lane) is set, else of b.
-inline F4 select(I4 mask, F4 a, F4 b) {
-  return reinterpret_cast<F4>((reinterpret_cast<I4>(a) & mask) | (reinterpret_cast<I4>(b) & ~mask));
-}
+  // Lanes of a where mask (all ones or 0 per lane) is set, else of b.
+  static F select(I mask, F a, F b) {
+    return reinterpret_cast<F>((reinterpret_cast<I>(a) & mask) | (reinterpret_cast<I>(b) & ~mask));
+  }
 
-// log of x > 0 (subnormals and +inf included): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
-// log(m) = 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172, by its series to s^9 (truncation
-// < 3e-9 relative), log 2 split in two for the exponent part; about 1 ulp.
-inline F4 row_log(F4 x) {
-  const I4 tiny = x < splat(std::numeric_limits<float>::min());
-  const F4 y = x * select(tiny, splat(8388608.0f), splat(1.0f));  // 2^23: subnormals into the normal range
-  const I4 bits = reinterpret_cast<I4>(y);
-  const I4 shift = (bits - 0x3f3504f3) >> 23;  // 0x3f3504f3: sqrt(1/2)
-  const F4 f = reinterpret_cast<F4>(bits - shift * (1 << 23)) - 1.0f;
-  const F4 s = f / (2.0f + f);
-  const F4 z = s * s;
-  const F4 series = s * (2.0f + z * (2.0f / 3.0f + z * (2.0f / 5.0f + z * (2.0f / 7.0f + z * (2.0f / 9.0f)))));
-  const F4 k = __builtin_convertvector(shift - (tiny & 23), F4);
-  const F4 r = k * 0.693359375f + (series + k * -2.12194440e-4f);  // log 2 = 0.693359375 - 2.12194440e-4
-  return select(y == splat(std::numeric_limits<float>::infinity()), y, r);
-}
+  // log of x > 0 (subnormals and +inf included): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+  // log(m) = 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172, by its series to s^9 (truncation
+  // < 3e-9 relative), log 2 split in two for the exponent part; about 1 ulp.
+  static F log(F x) {
+    const F one = F{} + 1.0f;
+    const I tiny = x < F{} + std::numeric_limits<float>::min();
+    const F y = x * select(tiny, F{} + 8388608.0f, one);  // 2^23: subnormals into the normal range
+    const I bits = reinterpret_cast<I>(y);
+    const I shift = (bits - 0x3f3504f3) >> 23;  // 0x3f3504f3: sqrt(1/2)
+    const F f = reinterpret_cast<F>(bits - shift * (1 << 23)) - one;
+    const F s = f / (2.0f + f);
+    const F z = s * s;
+    const F series = s * (2.0f + z * (2.0f / 3.0f + z * (2.0f / 5.0f + z * (2.0f / 7.0f + z * (2.0f / 9.0f)))));
+    // The exponent as a float: 1.5 2^23 + e has e in its low mantissa bits (|e| < 2^22).
+    const F k = reinterpret_cast<F>(shift - (tiny & 23) + 0x4b400000) - 12582912.0f;
+    const F r = k * 0.693359375f + (series + k * -2.12194440e-4f);  // log 2 = 0.693359375 - 2.12194440e-4
+    return select(y == F{} + std::numeric_limits<float>::infinity(), y, r);
+  }
 
-template <>
-void prepare_row<float>(RowBuffers<float>& rb, int64_t begin, int64_t end) {
-  // Voxels [i, i + n), n <= kWidth (a constant in the main loop: plain vector loads and stores).
-  auto block = [&rb](int64_t i, int64_t n) {
-    F4 d_in = splat(1.0f), v_in = splat(0.0f);
+  // prepare_row of voxels [i, i + n), n <= N (a constant in the main loop: plain vector loads
+  // and stores).
+  static void block(RowBuffers<float>& rb, int64_t i, int64_t n) {
+    const F zero{}, one = zero + 1.0f;
+    F d_in = one, v_in = zero;
     std::memcpy(&d_in, rb.det.data() + i, n * sizeof(float));
     std::memcpy(&v_in, rb.ndv.data() + i, n * sizeof(float));
-    const I4 ok = (d_in == d_in) & (v_in == v_in);
-    const I4 pos = ok & (d_in > splat(0.0f));
-    const F4 d = select(ok, d_in, splat(1.0f));
-    const F4 shifted = d + 3.0f;
-    const F4 clipped = select(shifted < splat(1e-9f), splat(1e-9f), select(shifted > splat(1e9f), splat(1e9f), shifted));
-    const F4 out[6] = {d, select(ok, v_in, splat(0.0f)), select(ok, splat(1.0f), splat(0.0f)),
-                       select(pos, splat(1.0f), splat(0.0f)), row_log(clipped),
-                       row_log(select(pos, d_in, splat(1.0f)))};  // log(1) = 0 exactly
+    const I ok = (d_in == d_in) & (v_in == v_in);
+    const I pos = ok & (d_in > zero);
+    const F d = select(ok, d_in, one);
+    const F shifted = d + 3.0f;
+    const F clipped = select(shifted < zero + 1e-9f, zero + 1e-9f, select(shifted > zero + 1e9f, zero + 1e9f, shifted));
+    const F out[6] = {d, select(ok, v_in, zero), select(ok, one, zero), select(pos, one, zero), log(clipped),
+                      log(select(pos, d_in, one))};  // log(1) = 0 exactly
     float* const dst[6] = {rb.det.data(), rb.ndv.data(), rb.weight.data(), rb.positive.data(), rb.log3.data(),
                            rb.log.data()};
     for (int k = 0; k < 6; ++k) std::memcpy(dst[k] + i, &out[k], n * sizeof(float));
-  };
-  int64_t i = begin;
-  for (; i + kWidth <= end; i += kWidth) block(i, kWidth);
-  if (i < end) block(i, end - i);
+  }
+
+  static void row(RowBuffers<float>& rb, int64_t begin, int64_t end) {
+    int64_t i = begin;
+    for (; i + N <= end; i += N) block(rb, i, N);
+    if (i < end) block(rb, i, end - i);
+  }
+};
+
+#if defined(FASTREG_AVX2_CLONES)
+__attribute__((flatten, target("avx2"))) void prepare_row_avx2(RowBuffers<float>& rb, int64_t begin, int64_t end) {
+  Vec<8>::row(rb, begin, end);
+}
+#endif
+
+template <>
+void prepare_row<float>(RowBuffers<float>& rb, int64_t begin, int64_t end) {
+#if defined(FASTREG_AVX2_CLONES)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return prepare_row_avx2(rb, begin, end);
+#endif
+  Vec<4>::row(rb, begin, end);
 }
 
 // The sums of accumulate() over voxels [begin, end) of a prepared row, added to acc[kStats]:
 // float64, in kLanes interleaved partial sums (an inner loop that vectorizes) added up in a
 // fixed order, so the result does not depend on the instruction set.
 template <typename T>
-void sum_row(const RowBuffers<T>& rb, int64_t begin, int64_t end, double* acc) {
+FASTREG_ROW_LOOP void sum_row(const RowBuffers<T>& rb, int64_t begin, int64_t end, double* acc) {
   constexpr int kLanes = 8;
   double s[kStats][kLanes] = {};
   auto add = [&](int64_t i, int j) {
@@ -263,13 +294,6 @@ void sum_row(const RowBuffers<T>& rb, int64_t begin, int64_t end, double* acc) {
   }
 }
 
-// GCC: inline everything into the function, so that its loop over voxels vectorizes.
-#if defined(__GNUC__)
-#define FASTREG_FLATTEN __attribute__((flatten))
-#else
-#define FASTREG_FLATTEN
-#endif
-
 // Determinant and volume of the voxels [begin, end) of a row, away from the row's ends: the
 // last-axis derivative is k_last * (u[w+1] - u[w+last_y]) (central and gradient: k_last 1/2,
 // last_y -1; forward: 1, 0), the others come as RowDiff. kUnit: unit spacing, values are not
@@ -277,7 +301,7 @@ void sum_row(const RowBuffers<T>& rb, int64_t begin, int64_t end, double* acc) {
 // from memory rather than selected among the neighbourhood's values: GCC turns such a select
 // into a branch).
 template <typename scalar_t, typename T, int NDIM, bool kUnit>
-FASTREG_FLATTEN void row_interior(const scalar_t* const (*rows_in)[kRows],
+FASTREG_ROW_LOOP void row_interior(const scalar_t* const (*rows_in)[kRows],
                                   const RowDiff<scalar_t, T> (*diff_in)[NDIM - 1], const T* inv_in,
                                   int last_y, T k_last, int64_t begin, int64_t end, T* det_out, T* ndv_out) {
   constexpr int L = NDIM - 1;
