@@ -1,8 +1,11 @@
 // CPU launcher of jacobian (contract in jacobian.h). Determinant map and its gradient run
 // voxel by voxel with at::parallel_for. jacobian_stats runs one fused pass over the rows of the
-// cropped region (no determinant map): each row is computed into a row buffer (a loop the
-// compiler can vectorize), then reduced into float64 row sums; rows are summed per batch item
-// in a fixed order, so the result does not depend on the number of threads.
+// cropped region (no determinant map), each row in straight-line loops over its voxels that
+// vectorize with the baseline ISA (SSE2 on x86-64) and, under GCC on x86-64 Linux, also come
+// as AVX2 variants picked at load time: the determinants and volumes into row buffers
+// (row_interior), the per-voxel terms of the sums (prepare_row: logs, NaN flags), then float64
+// row sums (sum_row); rows are summed per batch item in a fixed order, so the result does not
+// depend on the number of threads. Check what vectorizes with -fopt-info-vec-optimized.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -176,8 +179,8 @@ void prepare_row(RowBuffers<T>& rb, int64_t begin, int64_t end) {
 
 // GCC: inline everything into the function, so that its loop over voxels vectorizes; on x86-64
 // Linux also compile it for AVX2 next to the baseline, picked at load time by the CPU (the build
-// flags stay portable).
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+// flags stay portable). Not with Clang, which cannot multiversion templates.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FASTREG_AVX2_CLONES 1
 #define FASTREG_ROW_LOOP __attribute__((flatten, target_clones("avx2", "default")))
 #elif defined(__GNUC__)
@@ -190,7 +193,9 @@ void prepare_row(RowBuffers<T>& rb, int64_t begin, int64_t end) {
 // arm64; N = 8: AVX2), branch-free (GCC does not vectorize the scalar form, whose selects it
 // turns into branches). Only used inlined into prepare_row's variants, so the vector ABI of a
 // call never matters (-Wpsabi, which warns at the end of the file, is off from here on).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 template <int N>
 struct Vec {
   typedef float F __attribute__((vector_size(4 * N)));
@@ -348,9 +353,9 @@ FASTREG_ROW_LOOP void row_interior(const scalar_t* const (*rows_in)[kRows],
 }
 
 // One pass over the rows of the cropped region. Per row: the determinant and the volume of the
-// voxels away from the row's ends in one vectorizable loop (the mode's last-axis taps are
-// constant there; the other axes' derivatives come as RowDiff), the (at most two) end voxels
-// voxel by voxel, then accumulate_row into the row's float64 sums.
+// voxels away from the row's ends by row_interior (the mode's last-axis taps are constant
+// there; the other axes' derivatives come as RowDiff), the (at most two) end voxels voxel by
+// voxel, then prepare_row and sum_row into the row's float64 sums.
 template <typename scalar_t, int NDIM>
 void stats_kernel(const at::Tensor& disp, at::Tensor& out, int mode, c10::ArrayRef<double> spacing,
                   int64_t crop) {
