@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -30,6 +31,7 @@ namespace jacobian {
 namespace {
 
 constexpr int64_t kGrain = 2048;
+constexpr int64_t kRowChunk = 16;  // rows per task of jacobian_stats
 
 template <typename T, int NDIM>
 void inverse_spacing(c10::ArrayRef<double> spacing, T* inv) {
@@ -379,57 +381,64 @@ void stats_kernel(const at::Tensor& disp, at::Tensor& out, int mode, c10::ArrayR
   for (int a = 0; a < NDIM; ++a) unit = unit && inv[a] == T(1);
   std::vector<double> partial(batch * rows_per_item * kStats, 0.0);
 
-  at::parallel_for(0, batch * rows_per_item, 1, [&](int64_t begin, int64_t end) {
+  // Rows go out in chunks from a shared counter, so that a thread whose core is busy elsewhere
+  // takes fewer; each row's sums land in its own slot, so the threads' order never matters.
+  const int64_t total = batch * rows_per_item;
+  std::atomic<int64_t> next_chunk{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     RowBuffers<T> rb(W);
     const std::vector<scalar_t> zero(W, scalar_t(0));
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / rows_per_item, rr = r % rows_per_item;
-      const int64_t i0 = lo[0] + (NDIM == 3 ? rr / len[1] : rr);
-      const int64_t i1 = NDIM == 3 ? lo[1] + rr % len[1] : 0;
-      const int64_t i0m = std::max<int64_t>(i0 - 1, 0), i0p = std::min<int64_t>(i0 + 1, g.size[0] - 1);
-      const int64_t i1m = NDIM == 3 ? std::max<int64_t>(i1 - 1, 0) : 0;
-      const int64_t i1p = NDIM == 3 ? std::min<int64_t>(i1 + 1, g.size[1] - 1) : 0;
-      Taps<T> t[NDIM];
-      t[0] = taps<T>(mode, i0, g.size[0]);
-      if (NDIM == 3) t[1] = taps<T>(mode, i1, g.size[1]);
-      const scalar_t* rows[NDIM][kRows];
-      RowDiff<scalar_t, T> diff[NDIM][L];  // [a][b]: derivative of u_a along b < L
-      for (int a = 0; a < NDIM; ++a) {
-        const scalar_t* base = u + (b * NDIM + a) * g.numel;
-        auto row = [&](int64_t j0, int64_t j1) {
-          return base + (NDIM == 3 ? j0 * g.stride[0] + j1 * g.stride[1] : j0 * g.stride[0]);
-        };
-        rows[a][kC] = row(i0, i1);
-        rows[a][kP0] = row(i0m, i1);
-        rows[a][kN0] = row(i0p, i1);
-        rows[a][kP1] = row(i0, i1m);
-        rows[a][kN1] = row(i0, i1p);
-        rows[a][kP01] = row(i0m, i1m);
-        rows[a][kN01] = row(i0p, i1p);
-        diff[a][0] = row_diff<scalar_t, T>(t[0], rows[a][kP0], rows[a][kC], rows[a][kN0], zero.data());
-        if constexpr (NDIM == 3) {
-          diff[a][1] = row_diff<scalar_t, T>(t[1], rows[a][kP1], rows[a][kC], rows[a][kN1], zero.data());
+    for (int64_t begin; (begin = next_chunk.fetch_add(kRowChunk)) < total;) {
+      const int64_t end = std::min(begin + kRowChunk, total);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / rows_per_item, rr = r % rows_per_item;
+        const int64_t i0 = lo[0] + (NDIM == 3 ? rr / len[1] : rr);
+        const int64_t i1 = NDIM == 3 ? lo[1] + rr % len[1] : 0;
+        const int64_t i0m = std::max<int64_t>(i0 - 1, 0), i0p = std::min<int64_t>(i0 + 1, g.size[0] - 1);
+        const int64_t i1m = NDIM == 3 ? std::max<int64_t>(i1 - 1, 0) : 0;
+        const int64_t i1p = NDIM == 3 ? std::min<int64_t>(i1 + 1, g.size[1] - 1) : 0;
+        Taps<T> t[NDIM];
+        t[0] = taps<T>(mode, i0, g.size[0]);
+        if (NDIM == 3) t[1] = taps<T>(mode, i1, g.size[1]);
+        const scalar_t* rows[NDIM][kRows];
+        RowDiff<scalar_t, T> diff[NDIM][L];  // [a][b]: derivative of u_a along b < L
+        for (int a = 0; a < NDIM; ++a) {
+          const scalar_t* base = u + (b * NDIM + a) * g.numel;
+          auto row = [&](int64_t j0, int64_t j1) {
+            return base + (NDIM == 3 ? j0 * g.stride[0] + j1 * g.stride[1] : j0 * g.stride[0]);
+          };
+          rows[a][kC] = row(i0, i1);
+          rows[a][kP0] = row(i0m, i1);
+          rows[a][kN0] = row(i0p, i1);
+          rows[a][kP1] = row(i0, i1m);
+          rows[a][kN1] = row(i0, i1p);
+          rows[a][kP01] = row(i0m, i1m);
+          rows[a][kN01] = row(i0p, i1p);
+          diff[a][0] = row_diff<scalar_t, T>(t[0], rows[a][kP0], rows[a][kC], rows[a][kN0], zero.data());
+          if constexpr (NDIM == 3) {
+            diff[a][1] = row_diff<scalar_t, T>(t[1], rows[a][kP1], rows[a][kC], rows[a][kN1], zero.data());
+          }
         }
+        auto voxel = [&](int64_t w) {
+          Neighbourhood<T, NDIM> nb;
+          row_neighbourhood<scalar_t, T, NDIM>(rows, inv, w, std::max<int64_t>(w - 1, 0),
+                                               std::min<int64_t>(w + 1, W - 1), nb);
+          t[L] = taps<T>(mode, w, W);
+          rb.det[w] = neighbourhood_det<T, NDIM>(nb, t);
+          rb.ndv[w] = neighbourhood_ndv<T, NDIM>(nb);
+        };
+        const int64_t w0 = lo[L], w1 = lo[L] + len[L];
+        const int64_t inner0 = std::min(std::max<int64_t>(w0, 1), w1);
+        const int64_t inner1 = std::max(std::min<int64_t>(w1, W - 1), inner0);
+        for (int64_t w = w0; w < inner0; ++w) voxel(w);
+        (unit ? row_interior<scalar_t, T, NDIM, true> : row_interior<scalar_t, T, NDIM, false>)(
+            rows, diff, inv, forward ? 0 : -1, k_last, inner0, inner1, rb.det.data(), rb.ndv.data());
+        for (int64_t w = inner1; w < w1; ++w) voxel(w);
+        double acc[kStats] = {0.0};
+        prepare_row<T>(rb, w0, w1);
+        sum_row<T>(rb, w0, w1, acc);
+        std::copy(acc, acc + kStats, partial.begin() + r * kStats);
       }
-      auto voxel = [&](int64_t w) {
-        Neighbourhood<T, NDIM> nb;
-        row_neighbourhood<scalar_t, T, NDIM>(rows, inv, w, std::max<int64_t>(w - 1, 0),
-                                             std::min<int64_t>(w + 1, W - 1), nb);
-        t[L] = taps<T>(mode, w, W);
-        rb.det[w] = neighbourhood_det<T, NDIM>(nb, t);
-        rb.ndv[w] = neighbourhood_ndv<T, NDIM>(nb);
-      };
-      const int64_t w0 = lo[L], w1 = lo[L] + len[L];
-      const int64_t inner0 = std::min(std::max<int64_t>(w0, 1), w1);
-      const int64_t inner1 = std::max(std::min<int64_t>(w1, W - 1), inner0);
-      for (int64_t w = w0; w < inner0; ++w) voxel(w);
-      (unit ? row_interior<scalar_t, T, NDIM, true> : row_interior<scalar_t, T, NDIM, false>)(
-          rows, diff, inv, forward ? 0 : -1, k_last, inner0, inner1, rb.det.data(), rb.ndv.data());
-      for (int64_t w = inner1; w < w1; ++w) voxel(w);
-      double acc[kStats] = {0.0};
-      prepare_row<T>(rb, w0, w1);
-      sum_row<T>(rb, w0, w1, acc);
-      std::copy(acc, acc + kStats, partial.begin() + r * kStats);
     }
   });
 
