@@ -54,6 +54,8 @@ enum Stats {
   kStats        // number of sums
 };
 
+constexpr double kLog3 = 1.0986122886681098;  // log(3), the shift of the Learn2Reg log
+
 // Sizes and element strides of one channel, first spatial axis first; numel = voxels.
 template <int NDIM>
 struct Geometry {
@@ -230,52 +232,97 @@ FASTREG_HOST_DEVICE T neighbourhood_det(const Neighbourhood<T, NDIM>& nb, const 
   return det<T, NDIM>(J);
 }
 
-// max(-d, 0) that keeps NaN (the caller flags NaN separately; this keeps the sum honest).
+// 2 max(-d, 0) = |d| - d, which keeps NaN (the caller flags NaN separately; this keeps the sum
+// honest; +inf gives NaN too, -inf gives +inf). No branch, so that it vectorizes; exact unless
+// |d| > max / 2 (overflow).
 template <typename T>
-FASTREG_HOST_DEVICE T negative_part(T d) {
-  return d < T(0) ? -d : d * T(0);
+FASTREG_HOST_DEVICE T twice_negative_part(T d) {
+  return fabs(d) - d;
 }
 
-// Non-diffeomorphic volume of voxel p (in voxels, see the header comment).
+template <typename T>
+FASTREG_HOST_DEVICE void cross(const T* x, const T* y, T* out) {
+  out[0] = x[1] * y[2] - x[2] * y[1];
+  out[1] = x[2] * y[0] - x[0] * y[2];
+  out[2] = x[0] * y[1] - x[1] * y[0];
+}
+
+template <typename T>
+FASTREG_HOST_DEVICE T dot(const T* x, const T* y) {
+  return x[0] * y[0] + x[1] * y[1] + x[2] * y[2];
+}
+
+// Edge p -> p + step (e_i + e_j) of a central tetrahedron: u(p + step (e_i + e_j)) - u(p) + step (e_i + e_j).
+template <typename T>
+FASTREG_HOST_DEVICE void diagonal_edge(const T* other, const T* c, int i, int j, T step, T* edge) {
+  for (int a = 0; a < 3; ++a) {
+    const T d = other[a] - c[a];
+    edge[a] = a == i || a == j ? step + d : d;
+  }
+}
+
+// Non-diffeomorphic volume of voxel p (in voxels, see the header comment), in two parts:
+// corner_sum, twice the negative parts of the corner tetrahedra, then (3-D) central_sum adds
+// those of the two central ones. Straight-line code (loops of constant trip count only), so
+// that a loop over voxels calling them vectorizes; the 3-D corner determinants share the cross
+// products of their last two columns; the identity is added on the diagonal only.
 template <typename T, int NDIM>
-FASTREG_HOST_DEVICE T neighbourhood_ndv(const Neighbourhood<T, NDIM>& nb) {
-  T fwd[NDIM][NDIM], bwd[NDIM][NDIM];  // [a][b]: forward/backward difference of u_a along b, + I
-  for (int a = 0; a < NDIM; ++a) {
-    for (int b = 0; b < NDIM; ++b) {
-      const T id = a == b ? T(1) : T(0);
-      fwd[a][b] = id + (nb.next[b][a] - nb.c[a]);
-      bwd[a][b] = id + (nb.c[a] - nb.prev[b][a]);
+FASTREG_HOST_DEVICE T corner_sum(const Neighbourhood<T, NDIM>& nb) {
+  // col[b][s][a]: difference of u_a along b, forward (s = 0) or backward (s = 1), + e_b.
+  T col[NDIM][2][NDIM];
+  for (int b = 0; b < NDIM; ++b) {
+    for (int a = 0; a < NDIM; ++a) {
+      const T fwd = nb.next[b][a] - nb.c[a], bwd = nb.c[a] - nb.prev[b][a];
+      col[b][0][a] = a == b ? T(1) + fwd : fwd;
+      col[b][1][a] = a == b ? T(1) + bwd : bwd;
     }
   }
   T sum = T(0);
-  T J[NDIM][NDIM];
-  for (int combo = 0; combo < (1 << NDIM); ++combo) {  // bit b set: backward along axis b
-    for (int b = 0; b < NDIM; ++b) {
-      const bool backward = (combo >> b) & 1;
-      for (int a = 0; a < NDIM; ++a) J[a][b] = backward ? bwd[a][b] : fwd[a][b];
-    }
-    sum += negative_part(det<T, NDIM>(J));
-  }
   if constexpr (NDIM == 2) {
-    return sum / T(4);
-  } else {
-    // Central tetrahedra: edges p -> p - e_i - e_j in the order (01, 02, 12), and
-    // p -> p + e_i + e_j in the order (01, 12, 02); both have determinant 2 at the identity.
-    const int order_prev[kPairs] = {0, 1, 2}, order_next[kPairs] = {0, 2, 1};
-    const int pi[kPairs] = {0, 0, 1}, pj[kPairs] = {1, 2, 2};
-    for (int side = 0; side < 2; ++side) {
-      for (int col = 0; col < kPairs; ++col) {
-        const int k = side == 0 ? order_prev[col] : order_next[col];
-        const T step = side == 0 ? T(-1) : T(1);
-        for (int a = 0; a < NDIM; ++a) {
-          const T offset = (a == pi[k] || a == pj[k]) ? step : T(0);
-          const T other = side == 0 ? nb.dprev[k][a] : nb.dnext[k][a];
-          J[a][col] = offset + (other - nb.c[a]);
-        }
+    for (int s1 = 0; s1 < 2; ++s1) {
+      for (int s0 = 0; s0 < 2; ++s0) {
+        sum += twice_negative_part(det2(col[0][s0][0], col[1][s1][0], col[0][s0][1], col[1][s1][1]));
       }
-      sum += negative_part(det<T, NDIM>(J));
     }
-    return sum / T(12);
+  } else {
+    for (int s2 = 0; s2 < 2; ++s2) {
+      for (int s1 = 0; s1 < 2; ++s1) {
+        T x[3];
+        cross(col[1][s1], col[2][s2], x);
+        for (int s0 = 0; s0 < 2; ++s0) sum += twice_negative_part(dot(col[0][s0], x));
+      }
+    }
+  }
+  return sum;
+}
+
+// Central tetrahedra: edges p -> p - e_i - e_j in the order (01, 02, 12), and p -> p + e_i + e_j
+// in the order (01, 12, 02); both have determinant 2 at the identity.
+template <typename T>
+FASTREG_HOST_DEVICE T central_sum(const Neighbourhood<T, 3>& nb, T sum) {
+  T e[3][3], x[3];
+  diagonal_edge(nb.dprev[0], nb.c, 0, 1, T(-1), e[0]);
+  diagonal_edge(nb.dprev[1], nb.c, 0, 2, T(-1), e[1]);
+  diagonal_edge(nb.dprev[2], nb.c, 1, 2, T(-1), e[2]);
+  cross(e[1], e[2], x);
+  sum += twice_negative_part(dot(e[0], x));
+  diagonal_edge(nb.dnext[0], nb.c, 0, 1, T(1), e[0]);
+  diagonal_edge(nb.dnext[2], nb.c, 1, 2, T(1), e[1]);
+  diagonal_edge(nb.dnext[1], nb.c, 0, 2, T(1), e[2]);
+  cross(e[1], e[2], x);
+  return sum + twice_negative_part(dot(e[0], x));
+}
+
+// Twice the negative parts summed over the tetrahedra -> the volume: / (2 * 4) or / (2 * 12).
+template <int NDIM>
+constexpr int kNdvDivisor = NDIM == 2 ? 8 : 24;
+
+template <typename T, int NDIM>
+FASTREG_HOST_DEVICE T neighbourhood_ndv(const Neighbourhood<T, NDIM>& nb) {
+  if constexpr (NDIM == 2) {
+    return corner_sum<T, NDIM>(nb) / T(kNdvDivisor<NDIM>);
+  } else {
+    return central_sum<T>(nb, corner_sum<T, NDIM>(nb)) / T(kNdvDivisor<NDIM>);
   }
 }
 
@@ -288,7 +335,7 @@ FASTREG_HOST_DEVICE void accumulate(T d, T ndv, double* acc) {
   }
   const T shifted = d + T(3);
   const T clipped = shifted < T(1e-9) ? T(1e-9) : (shifted > T(1e9) ? T(1e9) : shifted);
-  const double l3 = static_cast<double>(log(clipped)) - 1.0986122886681098;  // log(3)
+  const double l3 = static_cast<double>(log(clipped)) - kLog3;
   acc[kLog3Sum] += l3;
   acc[kLog3Sq] += l3 * l3;
   if (d > T(0)) {

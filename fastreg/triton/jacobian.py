@@ -249,7 +249,8 @@ def _apply(t, p, c, n):
 
 @triton.jit
 def _neg(d):
-    return tl.where(d < 0, -d, 0.0)
+    """max(-d, 0) that keeps NaN (so that the voxel is flagged, as in jacobian.h)."""
+    return tl.where(d < 0, -d, d * 0.0)
 
 
 @triton.jit

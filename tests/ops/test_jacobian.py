@@ -261,6 +261,52 @@ def test_stats_float32(backend, device):
         torch.testing.assert_close(out[key], expected[key], rtol=1e-4, atol=0.05 if key == "folding_percent" else 1e-4)
 
 
+LONG_ROWS = [(5, 6, 70), (6, 150)]  # rows long enough for the main bodies of vectorized row loops
+
+
+@pytest.mark.parametrize("shape", LONG_ROWS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_stats_long_rows(backend, device, shape, mode, dtype):
+    disp = field(shape, batch=2, device=device, dtype=dtype, magnitude=0.8)
+    spacing = (1.0, 0.5, 2.0)[-len(shape):] if mode == "forward" else None
+    for crop in (0, 2):
+        out = fastreg.metrics.jacobian_stats(disp, mode, spacing, crop)
+        expected = reference.jacobian_stats(disp.double(), mode, spacing and list(spacing), crop)
+        one_voxel = 100.0 / math.prod(s - 2 * crop for s in shape)  # a float32 det may flip sign at 0
+        for key in reference.STAT_KEYS:
+            if dtype == torch.float64:
+                torch.testing.assert_close(out[key], expected[key], rtol=1e-10, atol=1e-10)
+            else:
+                atol = one_voxel if key == "folding_percent" else 1e-4
+                torch.testing.assert_close(out[key], expected[key], rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stats_nan_count(backend, device, mode):
+    """The kernels' NaN sum counts exactly the region voxels whose stencils read a NaN (NaNs in
+    the middle and near the end of long rows)."""
+    if backend == "reference":
+        pytest.skip("the reference computes no sums")
+    disp = field(LONG_ROWS[0], batch=2, device=device, dtype=torch.float32)
+    disp[1, 1, 2, 2, 33] = math.nan
+    disp[1, 0, 1, 3, 68] = math.nan
+    _, mode_index, spacing = ops._check(disp, mode, None)
+    for crop in (0, 2):
+        if backend == "triton":
+            from fastreg.triton import jacobian as triton_jacobian
+
+            sums = triton_jacobian.jacobian_stats(disp, mode_index, list(spacing), crop)
+        else:
+            sums = torch.ops.fastreg.jacobian_stats(disp, mode_index, list(spacing), crop)
+        flagged = torch.isnan(reference.jacobian_det(disp.double(), mode))
+        for t in reference.tetrahedra_dets(disp.double()):
+            flagged |= torch.isnan(t)
+        region = (slice(None),) + tuple(slice(crop, n - crop) for n in LONG_ROWS[0])
+        assert sums[:, ops.NAN].tolist() == flagged[region].flatten(1).sum(1).double().tolist()
+        assert sums[1, ops.NAN] > 0
+
+
 def test_stats_default_is_learn2reg():
     disp = field((12, 13, 14), batch=1, magnitude=0.7)
     sdlogj, folds, _ = l2r_stats(disp.numpy())
