@@ -45,7 +45,7 @@ void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
     int64_t b = begin / n;
     int64_t p = begin % n;
     int64_t idx[NDIM];
-    warp::unravel<NDIM>(p, geo.size, idx);
+    fastreg::unravel<NDIM>(p, geo.size, idx);
     for (int64_t i = begin; i < end; ++i) {
       step_voxel<scalar_t, T, NDIM, PADDING>(src + b * NDIM * n, dst + b * NDIM * n, n, p, idx,
                                              static_cast<T>(scale), geo);
@@ -54,7 +54,7 @@ void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
         ++b;
         for (int a = 0; a < NDIM; ++a) idx[a] = 0;
       } else {
-        warp::advance<NDIM>(geo.size, idx);
+        fastreg::advance<NDIM>(geo.size, idx);
       }
     }
   });
@@ -175,7 +175,7 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
       int64_t b = ch.begin / n;
       int64_t p = ch.begin % n;
       int64_t idx[NDIM];
-      warp::unravel<NDIM>(p, geo.size, idx);
+      fastreg::unravel<NDIM>(p, geo.size, idx);
       for (int64_t i = ch.begin; i < ch.end; ++i) {
         step_backward_voxel<scalar_t, T, NDIM, PADDING>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p,
                                                         idx, scale, geo, router);
@@ -184,7 +184,7 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
           ++b;
           for (int a = 0; a < NDIM; ++a) idx[a] = 0;
         } else {
-          warp::advance<NDIM>(geo.size, idx);
+          fastreg::advance<NDIM>(geo.size, idx);
         }
       }
     }

@@ -40,7 +40,7 @@ __global__ void step_kernel(const scalar_t* __restrict__ v, scalar_t* __restrict
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     const index_t b = i / n, p = i % n;
     int64_t idx[NDIM];
-    warp::unravel<NDIM>(p, geo.size, idx);
+    fastreg::unravel<NDIM>(p, geo.size, idx);
     step_voxel<scalar_t, T, NDIM, PADDING>(v + b * NDIM * n, out + b * NDIM * n, n, p, idx, scale, geo);
   }
 }
@@ -64,7 +64,7 @@ __global__ void step_backward_kernel(const scalar_t* __restrict__ g, const scala
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     const index_t b = i / n, p = i % n;
     int64_t idx[NDIM];
-    warp::unravel<NDIM>(p, geo.size, idx);
+    fastreg::unravel<NDIM>(p, geo.size, idx);
     step_backward_voxel<scalar_t, T, NDIM, PADDING>(v + b * NDIM * n, g + b * NDIM * n, b, n, p, idx,
                                                     scale, geo, scatter);
   }

@@ -31,6 +31,7 @@
 #include <math.h>
 
 #include "../common/host_device.h"
+#include "../common/index.h"
 
 namespace fastreg {
 namespace jacobian {
@@ -350,15 +351,6 @@ FASTREG_HOST_DEVICE void accumulate(T d, T ndv, double* acc) {
   acc[kDetSum] += dd;
   acc[kDetSq] += dd * dd;
   acc[kNdv] += static_cast<double>(ndv);
-}
-
-// Splits a flat index of one channel into per-axis indices.
-template <int NDIM>
-FASTREG_HOST_DEVICE void unravel(int64_t v, const int64_t* size, int64_t* idx) {
-  for (int a = NDIM - 1; a >= 0; --a) {
-    idx[a] = v % size[a];
-    v /= size[a];
-  }
 }
 
 }  // namespace jacobian

@@ -38,15 +38,6 @@ void inverse_spacing(c10::ArrayRef<double> spacing, T* inv) {
   for (int a = 0; a < NDIM; ++a) inv[a] = static_cast<T>(1.0 / spacing[a]);
 }
 
-// Per-axis index of a flat voxel index, advanced in C order.
-template <int NDIM>
-void advance(const int64_t* size, int64_t* idx) {
-  for (int a = NDIM - 1; a >= 0; --a) {
-    if (++idx[a] < size[a]) return;
-    idx[a] = 0;
-  }
-}
-
 template <typename scalar_t, int NDIM>
 void det_kernel(const at::Tensor& disp, at::Tensor& out, int mode, c10::ArrayRef<double> spacing) {
   using T = at::opmath_type<scalar_t>;

@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "../common/host_device.h"
+#include "../common/index.h"
 
 namespace fastreg {
 namespace warp {
@@ -247,24 +248,6 @@ FASTREG_HOST_DEVICE T interpolate_cell(const scalar_t* img, const Cell<T, NDIM>&
   } else {
     const int64_t s0 = geo.stride[0], s1 = geo.stride[1];
     return lerp(lerp(row(0), row(s1), c.t[1]), lerp(row(s0), row(s0 + s1), c.t[1]), c.t[0]);
-  }
-}
-
-// Splits a flat index of the output grid into per-axis indices.
-template <int NDIM>
-FASTREG_HOST_DEVICE void unravel(int64_t v, const int64_t* size, int64_t* idx) {
-  for (int a = NDIM - 1; a >= 0; --a) {
-    idx[a] = v % size[a];
-    v /= size[a];
-  }
-}
-
-// Advances per-axis indices by one voxel in C order (the cheap step of CPU loops).
-template <int NDIM>
-FASTREG_HOST_DEVICE void advance(const int64_t* size, int64_t* idx) {
-  for (int a = NDIM - 1; a >= 0; --a) {
-    if (++idx[a] < size[a]) return;
-    idx[a] = 0;
   }
 }
 

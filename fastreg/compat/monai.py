@@ -4,6 +4,7 @@
 ``Warp`` with PyTorch's grid_sample path (default padding "border"), run as one fastreg kernel.
 ``LocalNormalizedCrossCorrelationLoss``: MONAI's LNCC loss (``monai.losses``), computed by
 ``fastreg.lncc``.
+``DVF2DDF(num_steps, mode, padding_mode)``: scaling and squaring by ``fastreg.integrate_svf``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
+from fastreg.compat._integrate import DVF2DDF  # noqa: F401  (re-exported)
 from fastreg.compat._lncc import LocalNormalizedCrossCorrelationLoss  # noqa: F401  (re-exported)
 from fastreg.ops.warp import MODES, PADDINGS, warp
 

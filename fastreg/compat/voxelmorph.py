@@ -4,6 +4,8 @@
 state_dict (the float32 ``grid`` buffer (1, ndim, *size) that the original registers), but
 the warp runs as one fastreg kernel without building the normalised sampling grid.
 ``NCC(win).loss(y_true, y_pred)``: the windowed NCC loss, computed by ``fastreg.lncc``.
+``VecInt(inshape, nsteps)`` and ``ResizeTransform(vel_resize, ndims)``: scaling and squaring and
+field resizing, computed by ``fastreg.integrate_svf`` and ``fastreg.resize_field``.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
+from fastreg.compat._integrate import ResizeTransform, VecInt  # noqa: F401  (re-exported)
 from fastreg.compat._lncc import NCC  # noqa: F401  (re-exported: voxelmorph.torch.losses.NCC)
 from fastreg.ops.warp import MODES, PADDINGS, warp
 from fastreg.reference.warp import identity_grid

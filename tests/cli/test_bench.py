@@ -10,6 +10,7 @@ import torch
 
 import fastreg
 from fastreg.bench import Case, format_table, io_bytes, load_cases, run, shape_name, timing
+from fastreg.bench.cases import REGISTRY
 from fastreg.bench.cases import warp as warp_cases
 from fastreg.cli.bench import main
 
@@ -154,18 +155,32 @@ def test_failing_peer_is_reported_not_fatal():
     assert "error: warp synthetic float32 broken: RuntimeError: peer exploded" in format_table([ours, peer])
 
 
-@pytest.mark.parametrize("case", warp_cases.cases("tiny", quick=False), ids=lambda c: c.name)
-def test_warp_peers_compute_what_fastreg_computes(case):
-    """A ratio is fair only if the peer does the same work: outputs and grads agree."""
+# Ops whose peers compute exactly what fastreg computes. The lncc peers include MONAI's
+# variant of the loss (clamped variances, its own smoothing terms) and the Learn2Reg peer
+# of jacobian_stats computes two of its five numbers: same work, not the same values.
+SAME_VALUE_OPS = ("warp", "integrate", "correlation")
+
+
+def _tiny_cases():
+    return [case for op in SAME_VALUE_OPS for case in REGISTRY[op].cases("tiny", quick=False)]
+
+
+@pytest.mark.parametrize("case", _tiny_cases(), ids=lambda c: f"{c.op} {c.name}")
+def test_peers_compute_what_fastreg_computes(case):
+    """A ratio is fair only if every peer does the same work: outputs and grads agree (float64)."""
     inputs = case.make_inputs(torch.device("cpu"), torch.float64)
     results = {}
     for name, fn in {"fastreg": case.ours, **case.peers}.items():
         leaves = {k: v.clone().requires_grad_(k in case.grad_inputs) for k, v in inputs.items()}
         out = fn(**leaves)
-        grads = torch.autograd.grad(out, [leaves[k] for k in case.grad_inputs], torch.ones_like(out) * 0.5)
-        results[name] = (out, *grads)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        grads = ()
+        if case.grad_inputs:
+            weights = [torch.ones_like(o) * 0.5 for o in outs]
+            grads = torch.autograd.grad(outs, [leaves[k] for k in case.grad_inputs], weights)
+        results[name] = (*outs, *grads)
     ours = results.pop("fastreg")
-    assert results, "at least the formula peer vxm-grid_sample is always there"
+    assert results, f"{case.op}: every case has at least one peer"
     for name, theirs in results.items():
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
