@@ -17,6 +17,7 @@
 
 #include "../ops.h"
 #include "warp.h"
+#include "warp_cpu_simd.h"
 #include "warp_shapes.h"
 
 namespace fastreg {
@@ -54,11 +55,16 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
   const scalar_t* pos_ptr = loc.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
   const bool broadcast = s.loc_batch != s.batch;
+#ifdef FASTREG_WARP_AVX2
+  constexpr bool kSimd = std::is_same_v<scalar_t, float> && MODE == kBilinear && PADDING != kReflection;
+  const bool simd = kSimd && cpu_has_avx2() && s.n_in < (int64_t(1) << 31);
+#endif
   at::parallel_for(0, s.loc_batch * s.n_out, kGrain, [&](int64_t begin, int64_t end) {
     Cursor<NDIM> cur(begin, s.n_out, out_size);
     T pos[NDIM];
     Stencil<T, NDIM> st;
-    for (int64_t i = begin; i < end; ++i, cur.next(s.n_out, out_size)) {
+    // One output voxel (every batch item it feeds) through the scalar path.
+    auto voxel = [&]() {
       load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx,
                                        displacement, pos);
       const int64_t b0 = broadcast ? 0 : cur.bl;
@@ -73,7 +79,7 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
               dst[c * s.n_out] = static_cast<scalar_t>(interpolate_cell<scalar_t, T, NDIM>(src + c * s.n_in, cell, geo));
             }
           }
-          continue;
+          return;
         }
       }
       build_stencil<MODE, PADDING>(pos, geo, false, st);
@@ -81,6 +87,26 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
         sample_channels<scalar_t, T, NDIM>(st, img + b * s.channels * s.n_in, s.channels, s.n_in,
                                            out_ptr + b * s.channels * s.n_out + cur.v, s.n_out);
       }
+    };
+    for (int64_t i = begin; i < end;) {
+#ifdef FASTREG_WARP_AVX2
+      if constexpr (kSimd) {
+        if (simd && i + 8 <= end && cur.idx[NDIM - 1] + 8 <= out_size[NDIM - 1]) {
+          const int64_t b0 = broadcast ? 0 : cur.bl;
+          if (forward_block8<NDIM, PADDING == kBorder>(
+                  pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx, displacement, geo.size,
+                  geo.stride, img + b0 * s.channels * s.n_in, out_ptr + b0 * s.channels * s.n_out + cur.v,
+                  broadcast ? s.batch : 1, s.channels, s.n_in)) {
+            for (int k = 0; k < 8; ++k) cur.next(s.n_out, out_size);
+            i += 8;
+            continue;
+          }
+        }
+      }
+#endif
+      voxel();
+      cur.next(s.n_out, out_size);
+      ++i;
     }
   });
 }
