@@ -30,11 +30,18 @@ FASTREG_HOST_DEVICE void step_voxel(const scalar_t* v, scalar_t* out, int64_t n,
   T pos[NDIM];
   warp::load_position<scalar_t, T, NDIM>(v, n, p, idx, false, pos);
   for (int a = 0; a < NDIM; ++a) pos[a] = static_cast<T>(idx[a]) + scale * pos[a];
-  warp::Stencil<T, NDIM> st;
-  warp::build_stencil<warp::kBilinear, PADDING>(pos, geo, false, st);
   // out <- v sampled at pos (rounded to scalar_t like the warp it replaces), then
-  // out <- scale * (v(p) + out).
-  warp::sample_channels<scalar_t, T, NDIM>(st, v, NDIM, n, out + p, n);
+  // out <- scale * (v(p) + out). Interior cells take warp's nested-lerp fast path.
+  warp::Cell<T, NDIM> cell;
+  if (warp::interior_cell<PADDING>(pos, geo, cell)) {
+    for (int c = 0; c < NDIM; ++c) {
+      out[c * n + p] = static_cast<scalar_t>(warp::interpolate_cell<scalar_t, T, NDIM>(v + c * n, cell, geo));
+    }
+  } else {
+    warp::Stencil<T, NDIM> st;
+    warp::build_stencil<warp::kBilinear, PADDING>(pos, geo, false, st);
+    warp::sample_channels<scalar_t, T, NDIM>(st, v, NDIM, n, out + p, n);
+  }
   for (int c = 0; c < NDIM; ++c) {
     const int64_t i = c * n + p;
     out[i] = static_cast<scalar_t>(scale * (static_cast<T>(v[i]) + static_cast<T>(out[i])));
