@@ -9,5 +9,6 @@ def test_readme_examples_run():
     usage = text[text.index("## Use") : text.index("## Benchmarks")]
     blocks = [part.split("```")[0] for part in usage.split("```python")[1:]]
     assert len(blocks) == 2
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), {})
+    namespace: dict = {}
+    for block in blocks:  # the second block continues the first
+        exec(compile(block, str(README), "exec"), namespace)
