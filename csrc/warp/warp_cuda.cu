@@ -39,6 +39,25 @@ inline int blocks_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>(b, 65535LL * 32));
 }
 
+// The stencil of flat output index i = (position batch item bl, voxel v) and the batch items
+// [b0, b1) it feeds: shared prologue of the forward and backward kernels.
+template <int MODE, int PADDING, typename scalar_t, typename T, int NDIM, typename index_t>
+__device__ __forceinline__ void voxel_stencil(index_t i, const scalar_t* loc, const Geometry<NDIM>& geo,
+                                              const OutGrid<NDIM>& og, index_t batch, index_t loc_batch,
+                                              index_t n_out, bool displacement, bool with_grad,
+                                              Stencil<T, NDIM>& st, index_t& bl, index_t& v, index_t& b0,
+                                              index_t& b1) {
+  bl = i / n_out;
+  v = i % n_out;
+  int64_t idx[NDIM];
+  unravel<NDIM>(v, og.size, idx);
+  T pos[NDIM];
+  load_position<scalar_t, T, NDIM>(loc + bl * NDIM * n_out, n_out, v, idx, displacement, pos);
+  build_stencil<MODE, PADDING>(pos, geo, with_grad, st);
+  b0 = loc_batch == batch ? bl : 0;
+  b1 = loc_batch == batch ? bl + 1 : batch;
+}
+
 template <typename scalar_t, int NDIM, int MODE, int PADDING, typename index_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ image, const scalar_t* __restrict__ loc,
                                scalar_t* __restrict__ out, Geometry<NDIM> geo, OutGrid<NDIM> og,
@@ -48,16 +67,9 @@ __global__ void forward_kernel(const scalar_t* __restrict__ image, const scalar_
   const index_t total = loc_batch * n_out;
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
-    const index_t bl = i / n_out;
-    const index_t v = i % n_out;
-    int64_t idx[NDIM];
-    unravel<NDIM>(v, og.size, idx);
-    T pos[NDIM];
-    load_position<scalar_t, T, NDIM>(loc + bl * NDIM * n_out, n_out, v, idx, displacement, pos);
     Stencil<T, NDIM> st;
-    build_stencil<MODE, PADDING>(pos, geo, false, st);
-    const index_t b0 = loc_batch == batch ? bl : 0;
-    const index_t b1 = loc_batch == batch ? bl + 1 : batch;
+    index_t bl, v, b0, b1;
+    voxel_stencil<MODE, PADDING>(i, loc, geo, og, batch, loc_batch, n_out, displacement, false, st, bl, v, b0, b1);
     for (index_t b = b0; b < b1; ++b) {
       sample_channels<scalar_t, T, NDIM>(st, image + b * channels * n_in, channels, n_in,
                                          out + b * channels * n_out + v, n_out);
@@ -110,18 +122,11 @@ __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_
   const index_t total = loc_batch * n_out;
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
-    const index_t bl = i / n_out;
-    const index_t v = i % n_out;
-    int64_t idx[NDIM];
-    unravel<NDIM>(v, og.size, idx);
-    T pos[NDIM];
-    load_position<scalar_t, T, NDIM>(loc + bl * NDIM * n_out, n_out, v, idx, displacement, pos);
     Stencil<T, NDIM> st;
-    build_stencil<MODE, PADDING>(pos, geo, need_loc, st);
+    index_t bl, v, b0, b1;
+    voxel_stencil<MODE, PADDING>(i, loc, geo, og, batch, loc_batch, n_out, displacement, need_loc, st, bl, v, b0, b1);
     T gpos[NDIM];
     for (int a = 0; a < NDIM; ++a) gpos[a] = T(0);
-    const index_t b0 = loc_batch == batch ? bl : 0;
-    const index_t b1 = loc_batch == batch ? bl + 1 : batch;
     for (index_t b = b0; b < b1; ++b) {
       backward_channels<scalar_t, T, NDIM>(st, image + b * channels * n_in,
                                            gout + b * channels * n_out + v, b, channels, n_in,
