@@ -1,0 +1,47 @@
+"""``fastreg``: the package's command line (thin: parse, call, print).
+
+    fastreg info                 # version, torch, compiled extension, available backends
+    fastreg bench [ARGS...]      # the same as fastreg-bench ARGS...
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import fastreg
+from fastreg import _extension
+from fastreg.cli import bench
+
+
+def info() -> str:
+    """A few lines describing this installation."""
+    compiled = "yes (with CUDA)" if _extension.WITH_CUDA else "yes" if _extension.AVAILABLE else f"no ({_extension.LOAD_ERROR})"
+    return "\n".join(
+        [
+            f"fastreg {fastreg.__version__}",
+            f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}, {torch.get_num_threads()} CPU threads)",
+            f"compiled kernels: {compiled}",
+            f"available backends: {', '.join(fastreg.available_backends())}",
+            f"forced backend: {fastreg.get_backend() or 'none (the input device picks)'}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return bench.main(argv[1:])
+    p = argparse.ArgumentParser(prog="fastreg", description="fastreg: fast kernels for deformable registration.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="version, compiled kernels and available backends")
+    sub.add_parser("bench", help="time the ops against their peers (see fastreg-bench --help)")
+    args = p.parse_args(argv)
+    if args.command == "info":
+        print(info())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
