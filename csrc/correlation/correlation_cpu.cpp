@@ -257,11 +257,7 @@ std::tuple<at::Tensor, at::Tensor> vfa_attention_backward_cpu(
     const at::Tensor& grad_out_, const at::Tensor& q_, const at::Tensor& k_,
     const at::Tensor& out_, const at::Tensor& lse_, int64_t radius, double scale,
     std::array<bool, 2> output_mask) {
-  const Shapes s = check_shapes(q_, k_, radius, "vfa_attention");
-  TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef(volume_sizes(s, s.ndim)) &&
-                  out_.sizes() == grad_out_.sizes(),
-              "fastreg vfa_attention: grad_out and out must be (B, ndim, *S)");
-  TORCH_CHECK(lse_.numel() == s.batch * s.n, "fastreg vfa_attention: lse must be (B, *S)");
+  const Shapes s = check_vfa_backward(grad_out_, q_, k_, out_, lse_, radius);
   const at::Tensor q = q_.contiguous();
   const at::Tensor k = k_.contiguous();
   const auto acc_type = at::toOpMathType(q.scalar_type());

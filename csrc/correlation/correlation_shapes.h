@@ -54,6 +54,16 @@ inline std::vector<int64_t> volume_sizes(const Shapes& s, int64_t c) {
   return out;
 }
 
+// Checks of the saved tensors handed to vfa_attention_backward (both launchers).
+inline Shapes check_vfa_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                                 const at::Tensor& out, const at::Tensor& lse, int64_t radius) {
+  const Shapes s = check_shapes(q, k, radius, "vfa_attention");
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(volume_sizes(s, s.ndim)) && out.sizes() == grad_out.sizes(),
+              "fastreg vfa_attention: grad_out and out must be (B, ndim, *S)");
+  TORCH_CHECK(lse.numel() == s.batch * s.n, "fastreg vfa_attention: lse must be (B, *S)");
+  return s;
+}
+
 template <int NDIM>
 Grid<NDIM> make_grid(const Shapes& s, int64_t radius, int64_t padding) {
   Grid<NDIM> g;
