@@ -31,11 +31,14 @@ TORCH_LIBRARY(fastreg, m) {
   m.def(
       "warp_backward(Tensor grad_out, Tensor image, Tensor loc, int mode, int padding, "
       "bool displacement, bool[2] output_mask) -> (Tensor, Tensor)");
-  // Scaling and squaring of v (B, ndim, *S): returns (u, saved), saved = the steps - 1
-  // intermediate fields when save, else empty (the backward recomputes them).
+  // Scaling and squaring of v (B, ndim, *S): returns (u, saved), saved = the intermediate
+  // fields u_k for k in keep (len(keep), *v.shape); the backward recomputes the others,
+  // storing the fields `pushes` on its way (fastreg.ops.integrate.checkpoint_plan).
   // padding as for warp. Contract: csrc/integrate/integrate.h, integrate_loop.h.
-  m.def("integrate_svf_forward(Tensor v, int steps, int padding, bool save) -> (Tensor, Tensor)");
-  m.def("integrate_svf_backward(Tensor grad_out, Tensor v, Tensor saved, int steps, int padding) -> Tensor");
+  m.def("integrate_svf_forward(Tensor v, int steps, int padding, int[] keep) -> (Tensor, Tensor)");
+  m.def(
+      "integrate_svf_backward(Tensor grad_out, Tensor v, Tensor saved, int steps, int padding, "
+      "int[] keep, int[] pushes) -> Tensor");
   // mode: 0 central (Learn2Reg), 1 forward, 2 gradient (np.gradient); spacing: ndim voxel
   // sizes; crop: voxels left out at every border. Contract: csrc/jacobian/jacobian.h.
   m.def("jacobian_det_forward(Tensor disp, int mode, float[] spacing) -> Tensor");

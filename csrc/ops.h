@@ -98,14 +98,16 @@ namespace fastreg {
 namespace integrate {
 
 std::tuple<at::Tensor, at::Tensor> integrate_svf_forward_cpu(const at::Tensor& v, int64_t steps,
-                                                             int64_t padding, bool save);
+                                                             int64_t padding, at::IntArrayRef keep);
 at::Tensor integrate_svf_backward_cpu(const at::Tensor& grad_out, const at::Tensor& v,
-                                      const at::Tensor& saved, int64_t steps, int64_t padding);
+                                      const at::Tensor& saved, int64_t steps, int64_t padding,
+                                      at::IntArrayRef keep, at::IntArrayRef pushes);
 #ifdef FASTREG_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> integrate_svf_forward_cuda(const at::Tensor& v, int64_t steps,
-                                                              int64_t padding, bool save);
+                                                              int64_t padding, at::IntArrayRef keep);
 at::Tensor integrate_svf_backward_cuda(const at::Tensor& grad_out, const at::Tensor& v,
-                                       const at::Tensor& saved, int64_t steps, int64_t padding);
+                                       const at::Tensor& saved, int64_t steps, int64_t padding,
+                                       at::IntArrayRef keep, at::IntArrayRef pushes);
 #endif
 
 }  // namespace integrate

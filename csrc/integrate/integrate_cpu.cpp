@@ -235,13 +235,14 @@ at::Tensor step_backward_cpu(const at::Tensor& g, const at::Tensor& v, double sc
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> integrate_svf_forward_cpu(const at::Tensor& v, int64_t steps,
-                                                             int64_t padding, bool save) {
-  return forward_loop(v, steps, padding, save, &step_cpu);
+                                                             int64_t padding, at::IntArrayRef keep) {
+  return forward_loop(v, steps, padding, keep, &step_cpu);
 }
 
 at::Tensor integrate_svf_backward_cpu(const at::Tensor& grad_out, const at::Tensor& v,
-                                      const at::Tensor& saved, int64_t steps, int64_t padding) {
-  return backward_loop(grad_out, v, saved, steps, padding, &step_cpu, &step_backward_cpu);
+                                      const at::Tensor& saved, int64_t steps, int64_t padding,
+                                      at::IntArrayRef keep, at::IntArrayRef pushes) {
+  return backward_loop(grad_out, v, saved, steps, padding, keep, pushes, &step_cpu, &step_backward_cpu);
 }
 
 }  // namespace integrate

@@ -131,15 +131,16 @@ at::Tensor step_backward_cuda(const at::Tensor& g, const at::Tensor& v, double s
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> integrate_svf_forward_cuda(const at::Tensor& v, int64_t steps,
-                                                              int64_t padding, bool save) {
+                                                              int64_t padding, at::IntArrayRef keep) {
   const c10::cuda::CUDAGuard guard(v.device());
-  return forward_loop(v, steps, padding, save, &step_cuda);
+  return forward_loop(v, steps, padding, keep, &step_cuda);
 }
 
 at::Tensor integrate_svf_backward_cuda(const at::Tensor& grad_out, const at::Tensor& v,
-                                       const at::Tensor& saved, int64_t steps, int64_t padding) {
+                                       const at::Tensor& saved, int64_t steps, int64_t padding,
+                                       at::IntArrayRef keep, at::IntArrayRef pushes) {
   const c10::cuda::CUDAGuard guard(v.device());
-  return backward_loop(grad_out, v, saved, steps, padding, &step_cuda, &step_backward_cuda);
+  return backward_loop(grad_out, v, saved, steps, padding, keep, pushes, &step_cuda, &step_backward_cuda);
 }
 
 }  // namespace integrate

@@ -2,11 +2,16 @@
 // each launcher passes its step kernel and its step-backward kernel (integrate.h math).
 //
 // Forward: u_0 = v / 2^steps, u_{k+1} = u_k + warp(u_k, u_k); returns (u_steps, saved) where
-//   saved is (steps - 1, B, NDIM, *S) holding u_1 .. u_{steps-1} when save is true, else an
-//   empty tensor. The factor 2^-steps is applied inside the first step (never stored).
-// Backward: g <- step_backward(g, u_k) for k = steps-1 .. 0. Without saved fields
-//   (checkpointing) each u_k is recomputed from v: k steps, steps (steps - 1) / 2 in all,
-//   with at most two fields alive, so the backward needs O(1) fields instead of steps - 1.
+//   saved is (len(keep), B, NDIM, *S) holding u_k for the step indices k in keep (strictly
+//   increasing, in [1, steps - 1]). The factor 2^-steps is applied inside the first step.
+// Backward: g <- step_backward(g, u_k) for k = steps-1 .. 0. The fields at hand are a stack
+//   of snapshots: v (k = 0), the saved ones, and the ones the backward makes itself. For
+//   step k it drops the snapshots above k, makes the next entries of `pushes` that lie in
+//   (top, k] (each advanced from the snapshot below it), then advances from the top
+//   snapshot to u_k. Any `pushes` gives the same result (it only trades memory for
+//   recomputation); fastreg.ops.integrate.checkpoint_plan gives the schedule that needs the
+//   fewest extra steps for a number of snapshots. Alive at once: the snapshots, the field of
+//   step k or two fields while advancing, and two gradients.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -37,48 +42,75 @@ inline double scale_of_step(int64_t k, int64_t steps) {
   return k == 0 ? std::ldexp(1.0, -static_cast<int>(steps)) : 1.0;
 }
 
-// Runs the first `count` steps from v; step k writes into dst[k] when dst is given, else
-// into a fresh tensor. Returns u_count (v itself when count == 0).
-inline at::Tensor run_steps(const at::Tensor& v, int64_t steps, int64_t count, int64_t padding,
-                            const at::Tensor* dst, StepFn step) {
-  at::Tensor cur = v;
-  for (int64_t k = 0; k < count; ++k) {
-    at::Tensor out = dst != nullptr ? (*dst)[k] : at::empty_like(v);
+// u_to from the field u_from (to >= from; returns u_from itself when equal): every step
+// writes into a fresh tensor, so at most two fields besides u_from are alive.
+inline at::Tensor advance(const at::Tensor& u_from, int64_t from, int64_t to, int64_t steps,
+                          int64_t padding, StepFn step) {
+  at::Tensor cur = u_from;
+  for (int64_t k = from; k < to; ++k) {
+    at::Tensor out = at::empty_like(u_from);
     step(cur, out, scale_of_step(k, steps), padding);
     cur = out;
   }
   return cur;
 }
 
+inline void check_steps_list(at::IntArrayRef list, int64_t steps, bool increasing, const char* name) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    TORCH_CHECK(list[i] >= 1 && list[i] < steps, "fastreg integrate_svf: ", name,
+                " must hold step indices in [1, steps - 1], got ", list[i]);
+    TORCH_CHECK(!increasing || i == 0 || list[i] > list[i - 1], "fastreg integrate_svf: ", name,
+                " must be strictly increasing");
+  }
+}
+
 inline std::tuple<at::Tensor, at::Tensor> forward_loop(const at::Tensor& v_, int64_t steps,
-                                                       int64_t padding, bool save, StepFn step) {
+                                                       int64_t padding, at::IntArrayRef keep,
+                                                       StepFn step) {
   check_field(v_, steps);
+  check_steps_list(keep, steps, true, "keep");
   const at::Tensor v = v_.contiguous();
-  if (steps == 0) return {v.clone(), v.new_empty({0})};
-  std::vector<int64_t> saved_sizes{steps - 1};
+  std::vector<int64_t> saved_sizes{static_cast<int64_t>(keep.size())};
   for (int64_t s : v.sizes()) saved_sizes.push_back(s);
-  at::Tensor saved = save ? v.new_empty(saved_sizes) : v.new_empty({0});
-  const at::Tensor last_in = run_steps(v, steps, steps - 1, padding, save ? &saved : nullptr, step);
+  at::Tensor saved = v.new_empty(saved_sizes);
+  if (steps == 0) return {v.clone(), saved};
   at::Tensor out = at::empty_like(v);
-  step(last_in, out, scale_of_step(steps - 1, steps), padding);
+  at::Tensor cur = v;
+  size_t next = 0;
+  for (int64_t k = 0; k < steps; ++k) {
+    const bool keep_next = next < keep.size() && keep[next] == k + 1;
+    at::Tensor dst = k == steps - 1 ? out : keep_next ? saved[next++] : at::empty_like(v);
+    step(cur, dst, scale_of_step(k, steps), padding);
+    cur = dst;
+  }
   return {out, saved};
 }
 
 inline at::Tensor backward_loop(const at::Tensor& grad_out, const at::Tensor& v_,
                                 const at::Tensor& saved, int64_t steps, int64_t padding,
-                                StepFn step, StepBackwardFn step_backward) {
+                                at::IntArrayRef keep, at::IntArrayRef pushes, StepFn step,
+                                StepBackwardFn step_backward) {
   check_field(v_, steps);
   TORCH_CHECK(grad_out.sizes() == v_.sizes(), "fastreg integrate_svf: grad_out must have the shape of v");
+  check_steps_list(keep, steps, true, "keep");
+  check_steps_list(pushes, steps, false, "pushes");
+  TORCH_CHECK(saved.dim() == v_.dim() + 1 && saved.size(0) == static_cast<int64_t>(keep.size()) &&
+                  saved.sizes().slice(1) == v_.sizes(),
+              "fastreg integrate_svf: saved must be (len(keep), *v.shape)");
   const at::Tensor v = v_.contiguous();
   at::Tensor g = grad_out.contiguous().to(v.scalar_type());
   if (steps == 0) return g.clone();
-  const bool stored = saved.numel() > 0 || steps == 1;
-  TORCH_CHECK(!stored || steps == 1 || (saved.dim() == v.dim() + 1 && saved.size(0) == steps - 1),
-              "fastreg integrate_svf: saved must be (steps - 1, *v.shape) or empty");
+  std::vector<std::pair<int64_t, at::Tensor>> snapshots{{0, v}};
+  for (size_t i = 0; i < keep.size(); ++i) snapshots.emplace_back(keep[i], saved[i].contiguous());
+  size_t next = 0;
   for (int64_t k = steps - 1; k >= 0; --k) {
-    const at::Tensor u = k == 0   ? v
-                         : stored ? saved[k - 1].contiguous()
-                                  : run_steps(v, steps, k, padding, nullptr, step);
+    while (snapshots.back().first > k) snapshots.pop_back();
+    while (next < pushes.size() && pushes[next] > snapshots.back().first && pushes[next] <= k) {
+      const auto& [from, u_from] = snapshots.back();
+      at::Tensor u = advance(u_from, from, pushes[next], steps, padding, step);
+      snapshots.emplace_back(pushes[next++], std::move(u));
+    }
+    const at::Tensor u = advance(snapshots.back().second, snapshots.back().first, k, steps, padding, step);
     g = step_backward(g, u, scale_of_step(k, steps), padding);
   }
   return g;

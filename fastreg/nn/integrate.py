@@ -18,7 +18,9 @@ class VecInt(nn.Module):
     Args:
         steps: squaring steps (VoxelMorph's ``int_steps=7`` and MONAI's ``num_steps=7``).
         padding_mode: "zeros" (VoxelMorph and MONAI DVF2DDF), "border" or "reflection".
-        checkpoint: keep no intermediate field for the backward (recompute them; less memory).
+        checkpoints: intermediate fields kept for the backward (1: about 5 fields at the peak
+            of forward+backward; 0: 4; None: all, no recomputation). Changes memory and time,
+            never the result; see ``fastreg.integrate_svf``.
 
     Shapes: v (B, ndim, *S) in voxels (ij order) -> displacement (B, ndim, *S).
 
@@ -28,20 +30,18 @@ class VecInt(nn.Module):
         flow = integrate(velocity)
     """
 
-    def __init__(self, steps: int = 7, padding_mode: str = "zeros", checkpoint: bool = False):
+    def __init__(self, steps: int = 7, padding_mode: str = "zeros", checkpoints: int | None = 1):
         super().__init__()
         self.steps = check.non_negative_int(steps, "steps")
         check.choice(padding_mode, "padding_mode", PADDINGS)
-        if not isinstance(checkpoint, bool):
-            raise TypeError(f"checkpoint: expected a bool, got {type(checkpoint).__name__}")
         self.padding_mode = padding_mode
-        self.checkpoint = checkpoint
+        self.checkpoints = None if checkpoints is None else check.non_negative_int(checkpoints, "checkpoints")
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return integrate_svf(v, self.steps, self.padding_mode, self.checkpoint)
+        return integrate_svf(v, self.steps, self.padding_mode, self.checkpoints)
 
     def extra_repr(self) -> str:
-        return f"steps={self.steps}, padding_mode={self.padding_mode!r}, checkpoint={self.checkpoint}"
+        return f"steps={self.steps}, padding_mode={self.padding_mode!r}, checkpoints={self.checkpoints}"
 
 
 class ResizeField(nn.Module):

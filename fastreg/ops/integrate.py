@@ -11,11 +11,13 @@ Contract (every backend; per-element math in csrc/integrate/integrate.h):
 One fused kernel per step (each voxel reads u at itself and its stencil, writes once); no
 grid tensor. The backward runs one fused kernel per step (g + the sampling's position
 gradient at each voxel, its value gradient scattered to the stencil corners: exact, warp's
-math chained) and keeps one field per step (steps - 1 fields besides v; none when no
-gradient is needed) and no per-step autograd graph. ``checkpoint=True`` keeps no field:
-the backward recomputes each u_k from v (steps * (steps - 1) / 2 extra forward steps, at
-most two fields alive), with the same result (bit for bit on the CPU, whose scatter is
-deterministic; CUDA and Triton scatter with atomic adds).
+math chained) and builds no per-step autograd graph. What it keeps is set by
+``checkpoints``, the number of intermediate fields u_k stored for the backward: the fields
+it lacks are recomputed from the nearest stored one below (v is always at hand) on a
+binomial checkpointing schedule (``checkpoint_plan``: Griewank and Walther's revolve, with
+the forward sweep placing the first snapshots for free). The result does not depend on
+``checkpoints``: bit for bit on the CPU, whose scatter is deterministic; up to the order of
+atomic adds on CUDA and Triton.
 """
 from __future__ import annotations
 
@@ -33,41 +35,145 @@ from fastreg.reference import integrate as reference
 FIELD = "(B, 2, H, W) or (B, 3, D, H, W)"
 
 
-def integrate_svf(v: torch.Tensor, steps: int = 7, padding_mode: str = "zeros", checkpoint: bool = False) -> torch.Tensor:
+def integrate_svf(v: torch.Tensor, steps: int = 7, padding_mode: str = "zeros", checkpoints: int | None = 1) -> torch.Tensor:
     """Integrate the stationary velocity ``v`` (B, ndim, *S) by scaling and squaring.
 
     Returns the displacement (B, ndim, *S) in voxels. ``steps=0`` returns ``v`` itself.
     Defaults follow VoxelMorph's ``VxmDense(int_steps=7)`` and MONAI's ``DVF2DDF(num_steps=7,
-    padding_mode="zeros")``. ``checkpoint=True`` stores no intermediate field for the backward
-    (recomputes them from v: O(1) fields instead of steps - 1, for large volumes, at the cost
-    of steps * (steps - 1) / 2 extra forward steps). Example::
+    padding_mode="zeros")``.
 
-        disp = fastreg.integrate_svf(velocity)               # VoxelMorph VecInt(inshape, 7)
-        disp = fastreg.integrate_svf(velocity, steps=5, checkpoint=True)
+    ``checkpoints``: how many intermediate fields (each the size of v) the backward may hold
+    at once; it changes memory and time, never the result. Peak memory of forward+backward
+    is ``checkpoints + 4`` fields (output, two gradients, the field being differentiated or
+    two while recomputing), and the backward recomputes the missing fields with as few
+    extra steps as that allows (``checkpoint_plan``):
+      * 1 (default): 5 fields; 7 steps recompute 9 steps, 5 steps 4;
+      * 0: 4 fields, ``steps * (steps - 1) / 2`` extra steps;
+      * None (or >= steps - 1): keeps every field, ``steps + 2`` fields, no recomputation.
+    No field is kept when no gradient is needed. Example::
+
+        disp = fastreg.integrate_svf(velocity)                   # VoxelMorph VecInt(inshape, 7)
+        disp = fastreg.integrate_svf(velocity, checkpoints=None)  # fastest backward, most memory
     """
     check.tensor(v, "v")
     ndim = check.spatial_ndim(v, "v", FIELD)
     check.field(v, "v", ndim)
     steps = check.non_negative_int(steps, "steps")
     padding = check.choice(padding_mode, "padding_mode", PADDINGS)
-    if not isinstance(checkpoint, bool):
-        raise TypeError(f"checkpoint: expected a bool, got {type(checkpoint).__name__}")
+    if checkpoints is not None:
+        checkpoints = check.non_negative_int(checkpoints, "checkpoints")
     if steps == 0:
         return v
+    keep_all = checkpoints is None or checkpoints >= steps - 1
     backend = _backend.select("integrate", v.device)
     if backend == "reference":
-        if checkpoint:
+        if not keep_all:
             return torch.utils.checkpoint.checkpoint(
                 reference.integrate_svf, v, steps, padding_mode, use_reentrant=False
             )
         return reference.integrate_svf(v, steps, padding_mode)
-    # Fields are kept for the backward only when one will run and checkpointing is off.
-    save = not checkpoint and torch.is_grad_enabled() and v.requires_grad
+    # Fields are kept for the backward only when one will run.
+    needs_grad = torch.is_grad_enabled() and v.requires_grad
+    keep = list(checkpoint_plan(steps, steps if keep_all else checkpoints)[0]) if needs_grad else []
     if backend == "triton":
         from fastreg.triton import integrate as triton_integrate
 
-        return triton_integrate.integrate_svf_forward(v, steps, padding, save)[0]
-    return torch.ops.fastreg.integrate_svf_forward(v, steps, padding, save)[0]
+        return triton_integrate.integrate_svf_forward(v, steps, padding, keep)[0]
+    return torch.ops.fastreg.integrate_svf_forward(v, steps, padding, keep)[0]
+
+
+def checkpoint_plan(steps: int, checkpoints: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The checkpointing schedule of ``steps`` squaring steps with ``checkpoints`` fields.
+
+    Returns ``(keep, pushes)``, both of step indices k in [1, steps - 1] (u_k is the field
+    before step k; u_0 = v is always at hand):
+      keep    the fields the forward stores for the backward (increasing); autograd holds
+              them until the backward ends;
+      pushes  the fields the backward stores while it recomputes, in the order it makes them
+              (each freed once the steps above it are done).
+    The backward reverses the steps from the last: for step k it drops the stored fields
+    above k, makes the next ``pushes`` entries that lie between the highest stored field
+    and k (each advanced from the one below), then advances from the highest stored field
+    to u_k. At most ``checkpoints`` fields are stored at once: len(keep) + the pushes alive.
+
+    Minimal recomputation: the kept fields cut the steps into segments, each reversed from
+    its first field with the s = checkpoints - len(keep) slots left, by binomial
+    checkpointing (Griewank and Walther's revolve):
+      F(L, s) = min(F(L, s - 1), min_j  j + F(L - j, s - 1) + F(j, s)),  F(1, s) = 0,
+      F(L, 0) = L (L - 1) / 2  (every field of the segment recomputed from its start).
+    The number kept and the cuts minimise the sum of F over the segments; ties go to fewer
+    kept fields, then to the shorter first segment and the smaller j.
+    """
+    slots = max(min(checkpoints, steps - 1), 0)
+    if slots == steps - 1:  # every field kept
+        return tuple(range(1, steps)), ()
+    key = (steps, slots)
+    if key not in _PLANS:  # a dict, not functools.lru_cache, which torch.compile warns about
+        _PLANS[key] = _plan(steps, slots)
+    return _PLANS[key]
+
+
+_PLANS: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+
+def _plan(steps: int, slots: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    best = None  # (extra steps, kept, segment lengths)
+    for kept in range(slots + 1):
+        table = _revolve_table(steps, slots - kept)
+        cost, lengths = _best_cuts(steps, kept, [row[slots - kept][0] for row in table])
+        if best is None or cost < best[0]:
+            best = (cost, kept, lengths, table)
+    _, kept, lengths, table = best
+    keep: list[int] = []
+    pushes: list[int] = []
+
+    def reverse(start: int, length: int, free: int) -> None:
+        while free > 0 and table[length][free][1] == 0:
+            free -= 1  # this segment gains nothing from its last slot
+        if length <= 1 or free == 0:
+            return
+        j = table[length][free][1]
+        pushes.append(start + j)
+        reverse(start + j, length - j, free - 1)
+        reverse(start, j, free)
+
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    keep.extend(starts[1:])
+    for start, length in reversed(list(zip(starts, lengths))):  # the backward's order
+        reverse(start, length, slots - kept)
+    return tuple(keep), tuple(pushes)
+
+
+def _revolve_table(steps: int, slots: int) -> list[list[tuple[int, int]]]:
+    """table[L][s] = (F(L, s), its split j; 0: the s-th slot is not used) for L <= steps."""
+    table = [[(0, 0)] * (slots + 1) for _ in range(steps + 1)]
+    for length in range(2, steps + 1):
+        table[length][0] = (length * (length - 1) // 2, 0)
+        for s in range(1, slots + 1):
+            best = (table[length][s - 1][0], 0)
+            for j in range(1, length):
+                cost = j + table[length - j][s - 1][0] + table[j][s][0]
+                if cost < best[0]:
+                    best = (cost, j)
+            table[length][s] = best
+    return table
+
+
+def _best_cuts(steps: int, kept: int, cost: list[int]) -> tuple[int, list[int]]:
+    """Cuts steps into kept + 1 positive lengths minimising sum(cost[length])."""
+    if kept >= steps:
+        return (1 << 62), []
+    # best[i, k]: (cost, lengths) of the first i steps in k + 1 segments (plain loops: the
+    # planner runs under torch.compile's tracing too)
+    best = {(i, 0): (cost[i], [i]) for i in range(1, steps + 1)}
+    for k in range(1, kept + 1):
+        for i in range(k + 1, steps + 1):
+            for length in range(1, i - k + 1):
+                before_cost, before = best[i - length, k - 1]
+                option = (before_cost + cost[length], before + [length])
+                if (i, k) not in best or option < best[i, k]:
+                    best[i, k] = option
+    return best[steps, kept]
 
 
 def resize_field(
@@ -138,21 +244,22 @@ def _per_axis(value, name: str, ndim: int, kind: type) -> tuple:
 # --- torch.library registration: fake (meta) kernels and autograd -----------------------
 
 
-def _fake_forward(v, steps, padding, save):
-    saved = v.new_empty((steps - 1, *v.shape)) if save and steps > 0 else v.new_empty((0,))
-    return v.new_empty(v.shape), saved
+def _fake_forward(v, steps, padding, keep):
+    return v.new_empty(v.shape), v.new_empty((len(keep), *v.shape))
 
 
-def _fake_backward(grad_out, v, saved, steps, padding):
+def _fake_backward(grad_out, v, saved, steps, padding, keep, pushes):
     return v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    v, steps, padding, save = inputs
+    v, steps, padding, keep = inputs
     ctx.save_for_backward(v, output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)  # else autograd allocates zeros for all saved fields
-    ctx.args = (steps, padding)
+    # The backward's recompute schedule: the plan's, when keep is the plan's for its size.
+    plan_keep, pushes = checkpoint_plan(steps, len(keep)) if steps > 0 else ((), ())
+    ctx.args = (steps, padding, list(keep), list(pushes) if tuple(keep) == plan_keep else [])
 
 
 def register_autograd(forward_op, backward_op) -> None:

@@ -3,11 +3,11 @@
 Contract (exactly that of fastreg::integrate_svf_forward / _backward, see
 csrc/integrate/integrate.h and integrate_loop.h):
   v (B, ndim, *S) in voxels, 2-D (H, W) or 3-D (D, H, W); float32/float64/float16/bfloat16.
-  forward(v, steps, padding, save) -> (u, saved): u_0 = v / 2**steps (folded into the first
+  forward(v, steps, padding, keep) -> (u, saved): u_0 = v / 2**steps (folded into the first
   step), u_{k+1} = u_k + warp(u_k, u_k) (linear, padding 0 zeros / 1 border / 2 reflection,
-  align_corners=True); saved = u_1 .. u_{steps-1} (steps - 1, *v.shape) when save, else (0,).
-  backward(grad_out, v, saved, steps, padding) -> grad_v (recomputes u_k from v when saved
-  is empty: O(1) fields).
+  align_corners=True); saved = u_k for k in keep (len(keep), *v.shape).
+  backward(grad_out, v, saved, steps, padding, keep, pushes) -> grad_v (recomputes the
+  fields not saved, storing `pushes` on its way; fastreg.ops.integrate.checkpoint_plan).
 Kernels: one program per BLOCK voxels of one batch item; one fused kernel per step reads the
 field at its voxels and their stencils and writes the new field once; one per step of the
 backward adds g + (d sample / d position)^T g at each voxel and scatters the sampled
@@ -197,32 +197,48 @@ def _scale(k: int, steps: int) -> float:
     return 2.0**-steps if k == 0 else 1.0
 
 
-def _run_steps(v, steps: int, count: int, padding: int, dst=None):
-    """u_count from v (the first `count` steps); step k writes into dst[k] when given."""
-    cur = v
-    for k in range(count):
-        out = dst[k] if dst is not None else torch.empty_like(v)
-        _launch(_step_kernel, v, (cur, out), _scale(k, steps), padding)
-        cur = out
-    return cur
+def _advance(u: torch.Tensor, start: int, stop: int, steps: int, padding: int) -> torch.Tensor:
+    """u_stop from u = u_start (u itself when stop == start), each step into a fresh tensor."""
+    for k in range(start, stop):
+        out = torch.empty_like(u)
+        _launch(_step_kernel, u, (u, out), _scale(k, steps), padding)
+        u = out
+    return u
+
+
+def _check_steps_list(values: list[int], steps: int, name: str, increasing: bool) -> None:
+    if any(not 1 <= k < steps for k in values) or (increasing and any(b <= a for a, b in zip(values, values[1:]))):
+        order = ", strictly increasing" if increasing else ""
+        raise ValueError(f"{name}: expected step indices in [1, steps - 1]{order}, got {values}")
 
 
 @_define_op("fastreg::triton_integrate_svf_forward", mutates_args=())
-def _forward_op(v: torch.Tensor, steps: int, padding: int, save: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_op(v: torch.Tensor, steps: int, padding: int, keep: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     _check(v, steps, padding)
+    _check_steps_list(keep, steps, "keep", increasing=True)
     v = v.contiguous()
+    saved = v.new_empty((len(keep), *v.shape))
     if steps == 0:
-        return v.clone(), v.new_empty((0,))
-    saved = v.new_empty((steps - 1, *v.shape)) if save else v.new_empty((0,))
-    last_in = _run_steps(v, steps, steps - 1, padding, saved if save else None)
+        return v.clone(), saved
     out = torch.empty_like(v)
-    _launch(_step_kernel, v, (last_in, out), _scale(steps - 1, steps), padding)
+    cur, stored = v, dict(zip(keep, saved))
+    for k in range(steps):
+        dst = out if k == steps - 1 else stored.get(k + 1, None)
+        dst = torch.empty_like(v) if dst is None else dst
+        _launch(_step_kernel, v, (cur, dst), _scale(k, steps), padding)
+        cur = dst
     return out, saved
 
 
 @_define_op("fastreg::triton_integrate_svf_backward", mutates_args=())
-def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, saved: torch.Tensor, steps: int, padding: int) -> torch.Tensor:
+def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, saved: torch.Tensor, steps: int, padding: int,
+                 keep: list[int], pushes: list[int]) -> torch.Tensor:
+    """The executor of csrc/integrate/integrate_loop.h's backward_loop (same snapshot stack)."""
     _check(v, steps, padding)
+    _check_steps_list(keep, steps, "keep", increasing=True)
+    _check_steps_list(pushes, steps, "pushes", increasing=False)
+    if saved.shape != (len(keep), *v.shape):
+        raise ValueError(f"saved: expected (len(keep), *v.shape) = {(len(keep), *v.shape)}, got {tuple(saved.shape)}")
     if torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled():
         raise RuntimeError("fastreg integrate_svf backward (Triton) scatters with atomic adds and has no "
                            "deterministic implementation; use the cpu backend or disable deterministic algorithms")
@@ -231,18 +247,25 @@ def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, saved: torch.Tensor, s
     if steps == 0:
         return g.clone()
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
-    stored = saved.numel() > 0 or steps == 1
+    snapshots = [(0, v), *zip(keep, (u.contiguous() for u in saved))]
+    following = iter(pushes)
+    nxt = next(following, None)
     for k in range(steps - 1, -1, -1):
-        u = v if k == 0 else saved[k - 1] if stored else _run_steps(v, steps, k, padding)
+        while snapshots[-1][0] > k:
+            snapshots.pop()
+        while nxt is not None and snapshots[-1][0] < nxt <= k:
+            snapshots.append((nxt, _advance(snapshots[-1][1], snapshots[-1][0], nxt, steps, padding)))
+            nxt = next(following, None)
+        u = _advance(snapshots[-1][1], snapshots[-1][0], k, steps, padding)
         grad = torch.zeros(v.shape, dtype=acc, device=v.device)
         _launch(_step_backward_kernel, v, (g, u, grad), _scale(k, steps), padding)
         g = grad.to(v.dtype)
     return g
 
 
-def integrate_svf_forward(v: torch.Tensor, steps: int, padding: int, save: bool):
+def integrate_svf_forward(v: torch.Tensor, steps: int, padding: int, keep: list[int]):
     """Triton fastreg::integrate_svf_forward: v (B, ndim, *S) -> (u (B, ndim, *S), saved)."""
-    return torch.ops.fastreg.triton_integrate_svf_forward(v, steps, padding, save)
+    return torch.ops.fastreg.triton_integrate_svf_forward(v, steps, padding, keep)
 
 
 register_fakes("fastreg::triton_integrate_svf_forward", "fastreg::triton_integrate_svf_backward")

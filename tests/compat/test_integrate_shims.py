@@ -106,7 +106,7 @@ def test_resize_transform_equals_legacy_and_voxelmorph_0_3_4(ndim, vel_resize):
 def test_nn_modules():
     v = field(3)
     assert torch.equal(fastreg.nn.VecInt(steps=5, padding_mode="border")(v), fastreg.integrate_svf(v, 5, "border"))
-    assert torch.equal(fastreg.nn.VecInt(checkpoint=True)(v), fastreg.integrate_svf(v))
+    assert torch.equal(fastreg.nn.VecInt(checkpoints=0)(v), fastreg.integrate_svf(v))
     assert torch.equal(fastreg.nn.ResizeField(scale_factor=2)(v), fastreg.resize_field(v, scale_factor=2))
     assert fastreg.nn.ResizeField(size=(4, 5, 6))(v).shape == (2, 3, 4, 5, 6)
     assert "steps=7" in repr(fastreg.nn.VecInt())

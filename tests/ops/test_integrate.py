@@ -62,16 +62,92 @@ def test_zero_steps_returns_v(backend, device):
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
-def test_checkpoint_gives_identical_results(backend, device, padding):
+def test_checkpoints_give_identical_results(backend, device, padding):
     v = velocity(3, device, magnitude=4.0)
     weight = torch.randn_like(v)
-    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 5, padding), v, weight)
-    out_ck, grad_ck = forward_backward(lambda x: fastreg.integrate_svf(x, 5, padding, checkpoint=True), v, weight)
-    assert torch.equal(out, out_ck)
-    if backend == "cpu":  # deterministic scatter: bit-identical
-        assert torch.equal(grad, grad_ck)
-    else:  # atomic scatter: the order of additions varies
-        assert_close(grad, grad_ck, rtol=1e-12)
+    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 7, padding, checkpoints=None), v, weight)
+    for checkpoints in (0, 1, 2, 3):
+        out_ck, grad_ck = forward_backward(lambda x: fastreg.integrate_svf(x, 7, padding, checkpoints), v, weight)
+        assert torch.equal(out, out_ck)
+        if backend == "cpu":  # deterministic scatter: bit-identical
+            assert torch.equal(grad, grad_ck)
+        else:  # atomic scatter: the order of additions varies
+            assert_close(grad, grad_ck, rtol=1e-12)
+
+
+def simulate_plan(steps, keep, pushes):
+    """Runs the backward's snapshot stack (integrate_loop.h) on indices: (extra steps, most
+    fields stored at once (kept ones stay allocated to the end), the step indices
+    differentiated in order, the pushes never made)."""
+    stack, queue, extra, most, order = [0, *keep], list(pushes), 0, len(keep), []
+    for k in range(steps - 1, -1, -1):
+        while stack[-1] > k:
+            stack.pop()
+        while queue and stack[-1] < queue[0] <= k:
+            extra += queue[0] - stack[-1]
+            stack.append(queue.pop(0))
+            most = max(most, len(keep) + sum(1 for i in stack if i not in keep and i > 0))
+        extra += k - stack[-1]
+        order.append(k)
+    return extra, most, order, queue
+
+
+def revolve_cost(steps, slots):
+    """Fewest extra forward steps to reverse `steps` steps from their first field with
+    `slots` fields freed after use, by exhaustive recursion over every split."""
+    if steps <= 1:
+        return 0
+    best = steps * (steps - 1) // 2
+    for j in range(1, steps) if slots > 0 else ():
+        best = min(best, j + revolve_cost(steps - j, slots - 1) + revolve_cost(j, slots))
+    return best
+
+
+def best_plan_cost(steps, slots):
+    """Over every set of kept fields: the segments they cut, each reversed with the rest."""
+    import itertools
+
+    best = revolve_cost(steps, slots)
+    for kept in range(1, min(slots, steps - 1) + 1):
+        for keep in itertools.combinations(range(1, steps), kept):
+            bounds = (0, *keep, steps)
+            best = min(best, sum(revolve_cost(b - a, slots - kept) for a, b in zip(bounds, bounds[1:])))
+    return best
+
+
+@pytest.mark.parametrize("steps", range(1, 10))
+def test_checkpoint_plan_is_optimal_and_within_budget(steps):
+    from fastreg.ops.integrate import checkpoint_plan
+
+    for slots in range(0, steps + 1):
+        keep, pushes = checkpoint_plan(steps, slots)
+        extra, most, order, left = simulate_plan(steps, keep, pushes)
+        assert order == list(range(steps - 1, -1, -1)) and not left  # every push is used
+        assert most <= slots
+        assert extra == best_plan_cost(steps, slots), (slots, keep, pushes)
+    assert checkpoint_plan(steps, steps)[0] == tuple(range(1, steps))  # all kept: no recomputation
+    assert simulate_plan(steps, (), ())[0] == steps * (steps - 1) // 2
+
+
+def test_explicit_keep_and_pushes_give_identical_results():
+    """The C++ executor is correct for any snapshot set, not only the plan's."""
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+    v = velocity(2, "cpu")
+    g = torch.randn_like(v)
+    out, saved = torch.ops.fastreg.integrate_svf_forward(v, 6, 1, [1, 2, 3, 4, 5])
+    grad = torch.ops.fastreg.integrate_svf_backward(g, v, saved, 6, 1, [1, 2, 3, 4, 5], [])
+    for keep, pushes in [([], []), ([3], []), ([2, 5], [4, 1]), ([1], [5, 3]), ([4], [9])]:
+        if 9 in pushes:
+            out_k, saved_k = torch.ops.fastreg.integrate_svf_forward(v, 6, 1, keep)
+            with pytest.raises(RuntimeError, match="pushes"):
+                torch.ops.fastreg.integrate_svf_backward(g, v, saved_k, 6, 1, keep, pushes)
+            continue
+        out_k, saved_k = torch.ops.fastreg.integrate_svf_forward(v, 6, 1, keep)
+        assert torch.equal(out_k, out) and torch.equal(saved_k, saved[[k - 1 for k in keep]])
+        assert torch.equal(torch.ops.fastreg.integrate_svf_backward(g, v, saved_k, 6, 1, keep, pushes), grad)
+    with pytest.raises(RuntimeError, match="keep"):
+        torch.ops.fastreg.integrate_svf_forward(v, 6, 1, [3, 2])
 
 
 def test_no_grad_keeps_no_fields():
@@ -79,10 +155,28 @@ def test_no_grad_keeps_no_fields():
         pytest.skip("compiled extension not built")
     v = velocity(3, "cpu")
     with fastreg.use_backend("cpu"):
-        _, saved_grad = torch.ops.fastreg.integrate_svf_forward(v, 4, 0, True)
-        out, saved = torch.ops.fastreg.integrate_svf_forward(v, 4, 0, False)
-        assert saved.numel() == 0 and saved_grad.shape == (3, *v.shape)
+        _, saved_grad = torch.ops.fastreg.integrate_svf_forward(v, 4, 0, [1, 2, 3])
+        out, saved = torch.ops.fastreg.integrate_svf_forward(v, 4, 0, [])
+        assert saved.shape == (0, *v.shape) and saved_grad.shape == (3, *v.shape)
         assert torch.equal(out, fastreg.integrate_svf(v, 4))
+
+
+def test_peak_memory_follows_checkpoints():
+    """Forward+backward allocates checkpoints + 4 fields (output, two gradients, the field
+    differentiated or two while advancing; the caller's gradient is not counted), and
+    steps + 2 when every field is kept (the field differentiated is a kept one)."""
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+    from fastreg.bench.timing import backward_call, peak_memory
+
+    v = velocity(3, "cpu", dtype=torch.float32, batch=1, shape=(24, 20, 16))
+    with fastreg.use_backend("cpu"):
+        for checkpoints, fields in ((0, 4), (1, 5), (2, 6), (None, 7 + 2)):
+            call, reset = backward_call(lambda v: fastreg.integrate_svf(v, 7, checkpoints=checkpoints), {"v": v}, ("v",))
+            peak = peak_memory(call, reset, torch.device("cpu"))
+            if peak is None:
+                pytest.skip("the profiler exposes no memory events")
+            assert peak / v.nbytes == pytest.approx(fields, abs=0.05), checkpoints
 
 
 # --- gradients ----------------------------------------------------------------------------
@@ -95,24 +189,26 @@ def test_gradcheck(backend, device, ndim, padding):
     v = velocity(ndim, device, batch=2, magnitude=1.5, shape=shape).requires_grad_(True)
     fast = backend == "triton" and device.type == "cpu"  # interpreter: random projections only
     assert torch.autograd.gradcheck(lambda x: fastreg.integrate_svf(x, 3, padding), (v,), fast_mode=fast)
-    assert torch.autograd.gradcheck(lambda x: fastreg.integrate_svf(x, 2, padding, checkpoint=True), (v,), fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x: fastreg.integrate_svf(x, 4, padding, checkpoints=0), (v,), fast_mode=fast)
 
 
 def test_opcheck_cpu_ops():
     if "cpu" not in fastreg.available_backends():
         pytest.skip("compiled extension not built")
-    for ndim, steps, padding, save in [(2, 3, 0, True), (3, 2, 2, False), (3, 1, 1, True)]:
+    for ndim, steps, padding, keep, pushes in [(2, 3, 0, [1, 2], []), (3, 2, 2, [], []), (3, 1, 1, [], []),
+                                               (3, 5, 0, [3], [1])]:
         v = velocity(ndim, "cpu").requires_grad_(True)
-        torch.library.opcheck(torch.ops.fastreg.integrate_svf_forward.default, (v, steps, padding, save))
-        _, saved = torch.ops.fastreg.integrate_svf_forward(v.detach(), steps, padding, save)
+        torch.library.opcheck(torch.ops.fastreg.integrate_svf_forward.default, (v, steps, padding, keep))
+        _, saved = torch.ops.fastreg.integrate_svf_forward(v.detach(), steps, padding, keep)
         torch.library.opcheck(
-            torch.ops.fastreg.integrate_svf_backward.default, (torch.randn_like(v), v.detach(), saved, steps, padding)
+            torch.ops.fastreg.integrate_svf_backward.default,
+            (torch.randn_like(v), v.detach(), saved, steps, padding, keep, pushes),
         )
 
 
 def test_torch_compile_fullgraph(backend, device):
     def loss_fn(v):
-        return fastreg.integrate_svf(v, 4, checkpoint=False).square().mean()
+        return fastreg.integrate_svf(v, 4, checkpoints=2).square().mean()
 
     v = velocity(3, device, dtype=torch.float32).requires_grad_(True)
     compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
@@ -292,7 +388,9 @@ def test_bad_input_raises_named_errors():
         (lambda: fastreg.integrate_svf(v.to(torch.int32)), TypeError, "v"),
         (lambda: fastreg.integrate_svf([1.0]), TypeError, "v"),
         (lambda: fastreg.integrate_svf(v, 3, "wrap"), ValueError, "padding_mode"),
-        (lambda: fastreg.integrate_svf(v, 3, checkpoint=1), TypeError, "checkpoint"),
+        (lambda: fastreg.integrate_svf(v, 3, checkpoints=-1), ValueError, "checkpoints"),
+        (lambda: fastreg.integrate_svf(v, 3, checkpoints=True), TypeError, "checkpoints"),
+        (lambda: fastreg.integrate_svf(v, 3, checkpoints=1.0), TypeError, "checkpoints"),
         (lambda: fastreg.resize_field(v), ValueError, "size, scale_factor"),
         (lambda: fastreg.resize_field(v, size=8, scale_factor=2), ValueError, "size, scale_factor"),
         (lambda: fastreg.resize_field(v, scale_factor=-2.0), ValueError, "scale_factor"),
