@@ -20,9 +20,11 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
+#include "../warp/warp_cpu_simd.h"
 #include "../warp/warp_shapes.h"
 #include "integrate.h"
 #include "integrate_loop.h"
@@ -33,28 +35,55 @@ namespace {
 
 constexpr int64_t kGrain = 4096;
 
+// One step, parallel over rows along the last axis (so which voxels take the AVX2 blocks
+// depends on the data only, never on the number of threads: results are bit-identical for
+// any thread count). float32 with zeros or border padding runs 8 voxels at a time through
+// warp's forward_block8 where their cells are interior; everything else goes voxel by voxel.
 template <typename scalar_t, int NDIM, int PADDING>
 void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
   using T = at::opmath_type<scalar_t>;
   const warp::Geometry<NDIM> geo = warp::image_geometry<NDIM>(v);
   int64_t n = 1;
   for (int a = 0; a < NDIM; ++a) n *= geo.size[a];
+  const int64_t width = geo.size[NDIM - 1];
+  const int64_t rows_per_item = n / width;
   const scalar_t* src = v.const_data_ptr<scalar_t>();
   scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, v.size(0) * n, kGrain, [&](int64_t begin, int64_t end) {
-    int64_t b = begin / n;
-    int64_t p = begin % n;
+  const T s = static_cast<T>(scale);
+#ifdef FASTREG_WARP_AVX2
+  constexpr bool kSimd = std::is_same_v<scalar_t, float> && PADDING != warp::kReflection;
+  const bool simd = kSimd && warp::cpu_has_avx2() && n < (int64_t(1) << 31);
+#endif
+  const int64_t grain = std::max<int64_t>(1, kGrain / width);
+  at::parallel_for(0, v.size(0) * rows_per_item, grain, [&](int64_t r0, int64_t r1) {
     int64_t idx[NDIM];
-    fastreg::unravel<NDIM>(p, geo.size, idx);
-    for (int64_t i = begin; i < end; ++i) {
-      step_voxel<scalar_t, T, NDIM, PADDING>(src + b * NDIM * n, dst + b * NDIM * n, n, p, idx,
-                                             static_cast<T>(scale), geo);
-      if (++p == n) {
-        p = 0;
-        ++b;
-        for (int a = 0; a < NDIM; ++a) idx[a] = 0;
-      } else {
-        fastreg::advance<NDIM>(geo.size, idx);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / rows_per_item;
+      const int64_t row_start = (r % rows_per_item) * width;
+      const scalar_t* item = src + b * NDIM * n;
+      scalar_t* item_out = dst + b * NDIM * n;
+      fastreg::unravel<NDIM>(row_start, geo.size, idx);
+      for (int64_t x = 0; x < width;) {
+        const int64_t p = row_start + x;
+        idx[NDIM - 1] = x;
+#ifdef FASTREG_WARP_AVX2
+        if constexpr (kSimd) {
+          if (simd && x + 8 <= width &&
+              warp::forward_block8<NDIM, PADDING == warp::kBorder>(item, n, p, idx, true, geo.size, geo.stride,
+                                                                   item, item_out + p, 1, NDIM, n, s)) {
+            for (int c = 0; c < NDIM; ++c) {
+              for (int k = 0; k < 8; ++k) {
+                const int64_t i = c * n + p + k;
+                item_out[i] = s * (item[i] + item_out[i]);
+              }
+            }
+            x += 8;
+            continue;
+          }
+        }
+#endif
+        step_voxel<scalar_t, T, NDIM, PADDING>(item, item_out, n, p, idx, s, geo);
+        ++x;
       }
     }
   });
@@ -92,13 +121,14 @@ struct Chunk {
   std::vector<T> left, right;
 };
 
-// Routes one contribution to the chunk's own part of the gradient or to a halo.
+// Routes contributions to the chunk's own part of the gradient or to a halo.
 // grad is (B, NDIM, n) in the accumulation type.
 template <typename T, int NDIM>
 struct Router {
   T* grad;
   int64_t n;
   Chunk<T>* ch;
+  int64_t corner[1 << NDIM];  // corner_offsets of the image
   void operator()(int64_t b, int64_t c, int64_t q, T value) const {
     const int64_t i = b * n + q;
     if (i >= ch->end) {
@@ -107,6 +137,16 @@ struct Router {
       grad[(b * NDIM + c) * n + q] += value;
     } else {
       ch->left[c * (ch->begin - ch->lo) + (i - ch->lo)] += value;
+    }
+  }
+  // The corners of an interior cell: straight into the gradient when the chunk owns them all.
+  void cell(int64_t b, int64_t c, int64_t base, const T* w) const {
+    const int64_t i = b * n + base;
+    if (i >= ch->begin && i + corner[(1 << NDIM) - 1] < ch->end) {
+      T* dst = grad + (b * NDIM + c) * n + base;
+      for (int k = 0; k < (1 << NDIM); ++k) dst[corner[k]] += w[k];
+    } else {
+      for (int k = 0; k < (1 << NDIM); ++k) (*this)(b, c, base + corner[k], w[k]);
     }
   }
 };
@@ -153,7 +193,7 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
   const int64_t n = v.numel() / (v.size(0) * NDIM);
   const int64_t total = v.size(0) * n;
   const scalar_t* vp = v.const_data_ptr<scalar_t>();
-  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  const T* gp = g.const_data_ptr<T>();
   T* out = grad.mutable_data_ptr<T>();
   const int64_t nchunks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (total + kGrain - 1) / kGrain));
@@ -171,7 +211,8 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
       for_runs(ch.begin, ch.end, n, [&](int64_t b, int64_t q0, int64_t q1) {
         for (int c = 0; c < NDIM; ++c) std::fill(out + (b * NDIM + c) * n + q0, out + (b * NDIM + c) * n + q1, T(0));
       });
-      Router<T, NDIM> router{out, n, &ch};
+      Router<T, NDIM> router{out, n, &ch, {}};
+      corner_offsets<NDIM>(geo, router.corner);
       int64_t b = ch.begin / n;
       int64_t p = ch.begin % n;
       int64_t idx[NDIM];
@@ -214,11 +255,9 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
   });
 }
 
-at::Tensor step_backward_cpu(const at::Tensor& g, const at::Tensor& v, double scale,
-                             int64_t padding) {
-  const at::ScalarType acc_type = at::toOpMathType(v.scalar_type());
-  at::Tensor grad = at::empty(v.sizes(), v.options().dtype(acc_type));
-  if (v.numel() == 0) return grad.to(v.scalar_type());
+void step_backward_cpu(const at::Tensor& g, const at::Tensor& v, at::Tensor& grad, double scale,
+                       int64_t padding) {
+  if (v.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "integrate_step_backward_cpu", [&] {
     warp::dispatch_mode_padding(warp::kBilinear, static_cast<int>(padding), [&](auto, auto pad) {
       constexpr int PADDING = decltype(pad)::value;
@@ -229,7 +268,6 @@ at::Tensor step_backward_cpu(const at::Tensor& g, const at::Tensor& v, double sc
       }
     });
   });
-  return grad.to(v.scalar_type());
 }
 
 }  // namespace

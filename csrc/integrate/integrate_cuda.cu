@@ -50,16 +50,22 @@ template <typename T, int NDIM>
 struct AtomicScatter {
   T* grad;
   int64_t n;  // voxels per channel
+  int64_t corner[1 << NDIM];  // corner_offsets of the image
   __device__ void operator()(int64_t b, int64_t c, int64_t q, T value) const {
     atomicAdd(grad + (b * NDIM + c) * n + q, value);
+  }
+  __device__ void cell(int64_t b, int64_t c, int64_t base, const T* w) const {
+    T* dst = grad + (b * NDIM + c) * n + base;
+    for (int k = 0; k < (1 << NDIM); ++k) atomicAdd(dst + corner[k], w[k]);
   }
 };
 
 template <typename scalar_t, typename T, int NDIM, int PADDING, typename index_t>
-__global__ void step_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
+__global__ void step_backward_kernel(const T* __restrict__ g, const scalar_t* __restrict__ v,
                                      T* grad, index_t n, index_t total, T scale,
                                      warp::Geometry<NDIM> geo) {
-  AtomicScatter<T, NDIM> scatter{grad, n};
+  AtomicScatter<T, NDIM> scatter{grad, n, {}};
+  corner_offsets<NDIM>(geo, scatter.corner);
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     const index_t b = i / n, p = i % n;
@@ -104,11 +110,12 @@ void step_cuda(const at::Tensor& v, at::Tensor& out, double scale, int64_t paddi
   });
 }
 
-at::Tensor step_backward_cuda(const at::Tensor& g, const at::Tensor& v, double scale, int64_t padding) {
+void step_backward_cuda(const at::Tensor& g, const at::Tensor& v, at::Tensor& grad, double scale,
+                        int64_t padding) {
   const c10::cuda::CUDAGuard guard(v.device());
   at::globalContext().alertNotDeterministic("fastreg integrate_svf backward (CUDA atomic scatter)");
-  at::Tensor grad = at::zeros(v.sizes(), v.options().dtype(at::toOpMathType(v.scalar_type())));
-  if (v.numel() == 0) return grad.to(v.scalar_type());
+  if (v.numel() == 0) return;
+  grad.zero_();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = v.numel() / (v.size(0) * v.size(1));
   const int64_t total = v.size(0) * n;
@@ -119,13 +126,12 @@ at::Tensor step_backward_cuda(const at::Tensor& g, const at::Tensor& v, double s
       constexpr int PADDING = decltype(pad)::value;
       using index_t = decltype(index);
       step_backward_kernel<scalar_t, T, NDIM, PADDING, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<T>(),
+          g.const_data_ptr<T>(), v.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<T>(),
           static_cast<index_t>(n), static_cast<index_t>(total), static_cast<T>(scale),
           warp::image_geometry<NDIM>(v));
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return grad.to(v.scalar_type());
 }
 
 }  // namespace

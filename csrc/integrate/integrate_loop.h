@@ -15,6 +15,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
@@ -27,9 +29,10 @@ namespace integrate {
 
 // step(v, out, scale, padding) writes one step of v into out (u = scale * v).
 using StepFn = void (*)(const at::Tensor& v, at::Tensor& out, double scale, int64_t padding);
-// step_backward(g, v, scale, padding) returns dL/dv of that step given g = dL/d out.
-using StepBackwardFn = at::Tensor (*)(const at::Tensor& g, const at::Tensor& v, double scale,
-                                      int64_t padding);
+// step_backward(g, v, grad, scale, padding) writes dL/dv of that step into grad given
+// g = dL/d out; g and grad are (B, NDIM, *S) in the accumulation type (float for half types).
+using StepBackwardFn = void (*)(const at::Tensor& g, const at::Tensor& v, at::Tensor& grad,
+                                double scale, int64_t padding);
 
 inline void check_field(const at::Tensor& v, int64_t steps) {
   const int64_t ndim = v.dim() - 2;
@@ -42,15 +45,35 @@ inline double scale_of_step(int64_t k, int64_t steps) {
   return k == 0 ? std::ldexp(1.0, -static_cast<int>(steps)) : 1.0;
 }
 
-// u_to from the field u_from (to >= from; returns u_from itself when equal): every step
-// writes into a fresh tensor, so at most two fields besides u_from are alive.
+// Buffers of one shape and dtype for reuse: a step writes into a buffer an earlier step gave
+// back, so the allocator is asked (and on the CPU the kernel zeroes fresh pages) only when
+// more buffers are alive than ever before. Peak memory is that of fresh allocations.
+class BufferPool {
+ public:
+  explicit BufferPool(at::Tensor like) : like_(std::move(like)) {}
+  at::Tensor take() {
+    if (free_.empty()) return at::empty_like(like_, at::MemoryFormat::Contiguous);
+    at::Tensor t = std::move(free_.back());
+    free_.pop_back();
+    return t;
+  }
+  void give(at::Tensor t) { free_.push_back(std::move(t)); }
+
+ private:
+  at::Tensor like_;
+  std::vector<at::Tensor> free_;
+};
+
+// u_to from the field u_from (to >= from; returns u_from itself when equal). Intermediate
+// fields go back to the pool; the result is a pool buffer unless to == from.
 inline at::Tensor advance(const at::Tensor& u_from, int64_t from, int64_t to, int64_t steps,
-                          int64_t padding, StepFn step) {
+                          int64_t padding, StepFn step, BufferPool& pool) {
   at::Tensor cur = u_from;
   for (int64_t k = from; k < to; ++k) {
-    at::Tensor out = at::empty_like(u_from);
+    at::Tensor out = pool.take();
     step(cur, out, scale_of_step(k, steps), padding);
-    cur = out;
+    if (k > from) pool.give(std::move(cur));
+    cur = std::move(out);
   }
   return cur;
 }
@@ -74,14 +97,19 @@ inline std::tuple<at::Tensor, at::Tensor> forward_loop(const at::Tensor& v_, int
   for (int64_t s : v.sizes()) saved_sizes.push_back(s);
   at::Tensor saved = v.new_empty(saved_sizes);
   if (steps == 0) return {v.clone(), saved};
+  BufferPool pool(v);
   at::Tensor out = at::empty_like(v);
   at::Tensor cur = v;
+  bool cur_pooled = false;
   size_t next = 0;
   for (int64_t k = 0; k < steps; ++k) {
     const bool keep_next = next < keep.size() && keep[next] == k + 1;
-    at::Tensor dst = k == steps - 1 ? out : keep_next ? saved[next++] : at::empty_like(v);
+    const bool pooled = k < steps - 1 && !keep_next;
+    at::Tensor dst = k == steps - 1 ? out : keep_next ? saved[next++] : pool.take();
     step(cur, dst, scale_of_step(k, steps), padding);
-    cur = dst;
+    if (cur_pooled) pool.give(std::move(cur));
+    cur = std::move(dst);
+    cur_pooled = pooled;
   }
   return {out, saved};
 }
@@ -98,22 +126,37 @@ inline at::Tensor backward_loop(const at::Tensor& grad_out, const at::Tensor& v_
                   saved.sizes().slice(1) == v_.sizes(),
               "fastreg integrate_svf: saved must be (len(keep), *v.shape)");
   const at::Tensor v = v_.contiguous();
-  at::Tensor g = grad_out.contiguous().to(v.scalar_type());
-  if (steps == 0) return g.clone();
-  std::vector<std::pair<int64_t, at::Tensor>> snapshots{{0, v}};
+  const at::ScalarType acc = at::toOpMathType(v.scalar_type());
+  if (steps == 0) return grad_out.contiguous().to(v.scalar_type(), false, true);
+  // One pool for the recomputed fields and, when they share the dtype (float32, float64),
+  // the gradients: at most three are alive besides the snapshots (two fields while
+  // advancing and g, or the field, g and the new gradient), so three are ever allocated.
+  // Half types take fresh float gradients each step.
+  BufferPool pool(v);
+  const bool shared = acc == v.scalar_type();
+  at::Tensor g = grad_out.contiguous().to(acc);  // the caller's grad_out is read, never written
+  std::vector<std::pair<int64_t, at::Tensor>> snapshots{{0, v}};  // pushed ones are pool buffers
   for (size_t i = 0; i < keep.size(); ++i) snapshots.emplace_back(keep[i], saved[i].contiguous());
+  const size_t kept = snapshots.size();
   size_t next = 0;
   for (int64_t k = steps - 1; k >= 0; --k) {
-    while (snapshots.back().first > k) snapshots.pop_back();
+    while (snapshots.back().first > k) {
+      if (snapshots.size() > kept) pool.give(std::move(snapshots.back().second));
+      snapshots.pop_back();
+    }
     while (next < pushes.size() && pushes[next] > snapshots.back().first && pushes[next] <= k) {
-      const auto& [from, u_from] = snapshots.back();
-      at::Tensor u = advance(u_from, from, pushes[next], steps, padding, step);
+      at::Tensor u = advance(snapshots.back().second, snapshots.back().first, pushes[next], steps,
+                             padding, step, pool);
       snapshots.emplace_back(pushes[next++], std::move(u));
     }
-    const at::Tensor u = advance(snapshots.back().second, snapshots.back().first, k, steps, padding, step);
-    g = step_backward(g, u, scale_of_step(k, steps), padding);
+    at::Tensor u = advance(snapshots.back().second, snapshots.back().first, k, steps, padding, step, pool);
+    at::Tensor grad = shared ? pool.take() : at::empty(v.sizes(), v.options().dtype(acc));
+    step_backward(g, u, grad, scale_of_step(k, steps), padding);
+    if (snapshots.back().first < k) pool.give(std::move(u));  // not a snapshot
+    if (shared && !g.is_same(grad_out)) pool.give(std::move(g));
+    g = std::move(grad);
   }
-  return g;
+  return g.to(v.scalar_type());
 }
 
 }  // namespace integrate

@@ -208,11 +208,14 @@ void dispatch_mode_padding(int mode, int padding, F&& f) {
 }
 
 // Fast path of linear interpolation for a position whose 2^NDIM corners all lie inside the
-// image (the common case): the cell's first corner and the fractional offsets per axis.
+// image (the common case): the cell's first corner, the fractional offsets per axis and
+// d(sampled coordinate)/d(position) per axis (1 inside; 0 where border padding clamps, -1
+// where reflection mirrors).
 template <typename T, int NDIM>
 struct Cell {
   int64_t base;
   T t[NDIM];
+  T dsrc[NDIM];
 };
 
 // Fills `cell` and returns true when every corner of pos is inside the image (false for NaN,
@@ -226,6 +229,7 @@ FASTREG_HOST_DEVICE bool interior_cell(const T* pos, const Geometry<NDIM>& geo, 
     const T f = floor(s);
     if (!(f >= T(0) && f <= static_cast<T>(geo.size[a] - 2))) return false;
     cell.t[a] = s - f;
+    cell.dsrc[a] = g;
     base += static_cast<int64_t>(f) * geo.stride[a];
   }
   cell.base = base;
@@ -279,10 +283,11 @@ FASTREG_HOST_DEVICE void sample_channels(const Stencil<T, NDIM>& st, const scala
 
 // Backward at one output voxel for one batch item b. Adds d loss / d position into gpos
 // (when need_loc) and hands every image-gradient contribution to scatter(b, c, offset, value)
-// (when need_image). gout points at the voxel of channel 0, channels n_out apart.
-template <typename scalar_t, typename T, int NDIM, typename Scatter>
+// (when need_image). gout points at the voxel of channel 0, channels n_out apart (scalar_t or
+// the accumulation type).
+template <typename scalar_t, typename T, int NDIM, typename gout_t, typename Scatter>
 FASTREG_HOST_DEVICE void backward_channels(const Stencil<T, NDIM>& st, const scalar_t* image,
-                                           const scalar_t* gout, int64_t b, int64_t channels,
+                                           const gout_t* gout, int64_t b, int64_t channels,
                                            int64_t n_in, int64_t n_out, bool need_image,
                                            bool need_loc, T* gpos, Scatter& scatter) {
   if (st.nan) {

@@ -243,10 +243,10 @@ def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, saved: torch.Tensor, s
         raise RuntimeError("fastreg integrate_svf backward (Triton) scatters with atomic adds and has no "
                            "deterministic implementation; use the cpu backend or disable deterministic algorithms")
     v = v.contiguous()
-    g = grad_out.contiguous().to(v.dtype)
     if steps == 0:
-        return g.clone()
+        return grad_out.to(v.dtype, memory_format=torch.contiguous_format, copy=True)
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    g = grad_out.contiguous().to(acc)  # gradients stay in the accumulation type between steps
     snapshots = [(0, v), *zip(keep, (u.contiguous() for u in saved))]
     following = iter(pushes)
     nxt = next(following, None)
@@ -259,8 +259,8 @@ def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, saved: torch.Tensor, s
         u = _advance(snapshots[-1][1], snapshots[-1][0], k, steps, padding)
         grad = torch.zeros(v.shape, dtype=acc, device=v.device)
         _launch(_step_backward_kernel, v, (g, u, grad), _scale(k, steps), padding)
-        g = grad.to(v.dtype)
-    return g
+        g = grad
+    return g.to(v.dtype)
 
 
 def integrate_svf_forward(v: torch.Tensor, steps: int, padding: int, keep: list[int]):
