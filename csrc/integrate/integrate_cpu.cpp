@@ -27,6 +27,7 @@
 #include "../warp/warp_cpu_simd.h"
 #include "../warp/warp_shapes.h"
 #include "integrate.h"
+#include "integrate_cpu_simd.h"
 #include "integrate_loop.h"
 
 namespace fastreg {
@@ -198,6 +199,10 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
   const int64_t nchunks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (total + kGrain - 1) / kGrain));
   std::vector<Chunk<T>> chunks(nchunks);
+#ifdef FASTREG_WARP_AVX2
+  constexpr bool kSimd = std::is_same_v<scalar_t, float> && PADDING != warp::kReflection;
+  const bool simd = kSimd && warp::cpu_has_avx2() && n < (int64_t(1) << 31);
+#endif
 
   // Pass 1, per chunk: bound and allocate its halos, zero its own range, scatter.
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
@@ -218,8 +223,26 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
       int64_t idx[NDIM];
       fastreg::unravel<NDIM>(p, geo.size, idx);
       for (int64_t i = ch.begin; i < ch.end; ++i) {
-        step_backward_voxel<scalar_t, T, NDIM, PADDING>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p,
-                                                        idx, scale, geo, router);
+#ifdef FASTREG_WARP_AVX2
+        if constexpr (kSimd) {
+          // Blocks start where (i - begin) % 8 == 0 within a row: the same voxels every call.
+          if (simd && (i - ch.begin) % 8 == 0 && i + 8 <= ch.end && idx[NDIM - 1] + 8 <= geo.size[NDIM - 1] &&
+              backward_block8<NDIM, PADDING == warp::kBorder>(
+                  vp + b * NDIM * n, gp + b * NDIM * n, out + b * NDIM * n, n, p, idx, geo.size, geo.stride,
+                  scale, ch.begin - b * n, ch.end - b * n)) {
+            p += 7;
+            i += 7;
+            idx[NDIM - 1] += 7;  // the block stays within the row; the step below moves past it
+          } else {
+            step_backward_voxel<scalar_t, T, NDIM, PADDING>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p,
+                                                            idx, scale, geo, router);
+          }
+        } else
+#endif
+        {
+          step_backward_voxel<scalar_t, T, NDIM, PADDING>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p,
+                                                          idx, scale, geo, router);
+        }
         if (++p == n) {
           p = 0;
           ++b;

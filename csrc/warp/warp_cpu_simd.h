@@ -29,16 +29,24 @@ __attribute__((target("avx2,fma"))) inline __m256 pair_order8(__m256 x) {
   return _mm256_permutevar8x32_ps(x, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
 }
 
-// Linear interpolation along the last axis of 8 rows of src starting at offsets o, with t
-// and the result in pair_order8's lane order. Each row's two neighbours (o, o + 1) come in
-// one 64-bit gather element: half the elements of two 32-bit gathers, which is what a
-// gather costs on current x86 cores.
-__attribute__((target("avx2,fma"))) inline __m256 row8(const float* src, __m256i o, __m256 t) {
+// src[o] and src[o + 1] for 8 offsets o, in pair_order8's lane order. Each pair comes in one
+// 64-bit gather element: half the elements of two 32-bit gathers, which is what a gather
+// costs on current x86 cores.
+__attribute__((target("avx2,fma"))) inline void pairs8(const float* src, __m256i o, __m256& x0, __m256& x1) {
   const double* base = reinterpret_cast<const double*>(src);
   const __m256 lo = _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_castsi256_si128(o), 4));
   const __m256 hi = _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_extracti128_si256(o, 1), 4));
   // lo = (o0, o0+1, o1, o1+1 | o2, .., o3+1), hi likewise for lanes 4..7
-  return lerp8(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1)), t);
+  x0 = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+  x1 = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+// Linear interpolation along the last axis of 8 rows of src starting at offsets o, with t
+// and the result in pair_order8's lane order.
+__attribute__((target("avx2,fma"))) inline __m256 row8(const float* src, __m256i o, __m256 t) {
+  __m256 x0, x1;
+  pairs8(src, o, x0, x1);
+  return lerp8(x0, x1, t);
 }
 
 // Interpolates 8 output voxels v .. v+7 (same leading indices idx[0..NDIM-2], last index

@@ -56,6 +56,37 @@ def test_matches_reference_float32(backend, device, ndim):
     assert_close(grad.double(), grad_ref, rtol=1e-4)
 
 
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_float32_long_rows_match_reference(backend, device, ndim, padding):
+    """Rows of 8+ voxels take the CPU's AVX2 blocks (forward and backward) where their cells
+    are interior and the scalar path elsewhere; magnitude 6 makes both common."""
+    skip_in_interpreter(backend, device)
+    shape = (13, 45) if ndim == 2 else (7, 9, 37)
+    v = velocity(ndim, device, dtype=torch.float32, magnitude=6.0, shape=shape)
+    weight = torch.randn_like(v)
+    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 6, padding), v, weight)
+    out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, 6, padding), v.double(), weight.double())
+    assert_close(out.double(), out_ref, rtol=2e-5)
+    assert_close(grad.double(), grad_ref, rtol=2e-4)
+
+
+def test_forward_is_bit_identical_across_thread_counts():
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+    threads = torch.get_num_threads()
+    v = velocity(3, "cpu", dtype=torch.float32, magnitude=5.0, shape=(12, 10, 41))
+    try:
+        outs = []
+        for n in (1, 2, 5):
+            torch.set_num_threads(n)
+            with fastreg.use_backend("cpu"):
+                outs.append(fastreg.integrate_svf(v, 7))
+        assert all(torch.equal(outs[0], o) for o in outs[1:])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_zero_steps_returns_v(backend, device):
     v = velocity(3, device)
     assert fastreg.integrate_svf(v, 0) is v

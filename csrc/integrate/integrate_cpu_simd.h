@@ -1,0 +1,134 @@
+// AVX2 block of the CPU step backward (float32, zeros or border padding): 8 consecutive
+// voxels along the last axis whose cells are all interior and whose corners all lie in the
+// gradient range the calling chunk owns. Same math as step_backward_voxel's interior path
+// (cell_backward, nested differences), vectorised over the 8 voxels; corners are read with
+// warp's pair gathers and scattered with scalar adds. Compiled for AVX2 with a target
+// attribute and used only when the running CPU has it (warp::cpu_has_avx2); any other block
+// takes the scalar path.
+#pragma once
+
+#include <cstdint>
+
+#include "../warp/warp_cpu_simd.h"
+
+#ifdef FASTREG_WARP_AVX2
+
+namespace fastreg {
+namespace integrate {
+
+// v, g, grad: one batch item (NDIM, n), g and grad in float; p: the first voxel of the block
+// (spatial index idx, last index idx[NDIM-1] .. +7); [own_lo, own_hi): the spatial indices
+// of grad this call may write. scale: u = scale * v. Returns false, writing nothing, unless
+// every cell is interior and owned. Requires n < 2^31.
+template <int NDIM, bool BORDER>
+__attribute__((target("avx2,fma"))) bool backward_block8(const float* v, const float* g, float* grad,
+                                                        int64_t n, int64_t p, const int64_t* idx,
+                                                        const int64_t* size, const int64_t* stride,
+                                                        float scale, int64_t own_lo, int64_t own_hi) {
+  __m256 t[NDIM], dsrc[NDIM];
+  __m256i base = _mm256_setzero_si256();
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (int a = 0; a < NDIM; ++a) {
+    const __m256 i0 = _mm256_set1_ps(static_cast<float>(idx[a]));
+    __m256 pos = _mm256_mul_ps(_mm256_loadu_ps(v + a * n + p), _mm256_set1_ps(scale));
+    pos = _mm256_add_ps(pos, a == NDIM - 1 ? _mm256_add_ps(i0, _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7)) : i0);
+    ok = _mm256_and_ps(ok, _mm256_cmp_ps(pos, pos, _CMP_ORD_Q));
+    dsrc[a] = one;
+    if (BORDER) {  // clamped below 0: the coordinate does not move with the position
+      dsrc[a] = _mm256_and_ps(one, _mm256_cmp_ps(pos, _mm256_setzero_ps(), _CMP_GT_OQ));
+      pos = _mm256_max_ps(pos, _mm256_setzero_ps());
+    }
+    const __m256 f = _mm256_floor_ps(pos);
+    ok = _mm256_and_ps(ok, _mm256_cmp_ps(f, _mm256_setzero_ps(), _CMP_GE_OQ));
+    ok = _mm256_and_ps(ok, _mm256_cmp_ps(f, _mm256_set1_ps(static_cast<float>(size[a] - 2)), _CMP_LE_OQ));
+    t[a] = _mm256_sub_ps(pos, f);
+    const __m256i fi = _mm256_cvttps_epi32(_mm256_and_ps(f, ok));
+    base = _mm256_add_epi32(base, _mm256_mullo_epi32(fi, _mm256_set1_epi32(static_cast<int>(stride[a]))));
+  }
+  if (_mm256_movemask_ps(ok) != 0xFF) return false;
+  const int span = static_cast<int>(stride[0] + (NDIM == 3 ? stride[1] : 0) + 1);  // last corner
+  alignas(32) int32_t b[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b), base);
+  int32_t lo = b[0], hi = b[0];
+  for (int l = 1; l < 8; ++l) {
+    lo = b[l] < lo ? b[l] : lo;
+    hi = b[l] > hi ? b[l] : hi;
+  }
+  if (lo < own_lo || hi + span >= own_hi) return false;
+
+  // Work in pair_order8's lane order (that of the pair gathers, which take the offsets in
+  // natural order); b, the scatter offsets, in the same order.
+  for (int a = 0; a < NDIM; ++a) {
+    t[a] = warp::pair_order8(t[a]);
+    dsrc[a] = warp::pair_order8(dsrc[a]);
+  }
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b), _mm256_castps_si256(warp::pair_order8(_mm256_castsi256_ps(base))));
+  const __m256 tl = t[NDIM - 1], sl = _mm256_sub_ps(one, tl);
+  constexpr int kRows = 1 << (NDIM - 1);  // rows of a cell along the last axis
+  int64_t row_off[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    row_off[r] = NDIM == 3 ? ((r >> 1) & 1) * stride[0] + (r & 1) * stride[1] : r * stride[0];
+  }
+  __m256 gt[NDIM];
+  for (int a = 0; a < NDIM; ++a) gt[a] = _mm256_setzero_ps();
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (int c = 0; c < NDIM; ++c) {
+    const float* src = v + c * n;
+    const __m256 gu = _mm256_mul_ps(vscale, warp::pair_order8(_mm256_loadu_ps(g + c * n + p)));
+    __m256 x0[kRows], x1[kRows], r[kRows], d[kRows];
+    for (int k = 0; k < kRows; ++k) {
+      warp::pairs8(src, _mm256_add_epi32(base, _mm256_set1_epi32(static_cast<int>(row_off[k]))), x0[k], x1[k]);
+      r[k] = warp::lerp8(x0[k], x1[k], tl);
+      d[k] = _mm256_sub_ps(x1[k], x0[k]);
+    }
+    __m256 rw[kRows];  // gu * weight of each row (all axes but the last)
+    if constexpr (NDIM == 2) {
+      const __m256 t0 = t[0];
+      gt[0] = _mm256_fmadd_ps(gu, _mm256_sub_ps(r[1], r[0]), gt[0]);
+      gt[1] = _mm256_fmadd_ps(gu, warp::lerp8(d[0], d[1], t0), gt[1]);
+      rw[0] = _mm256_mul_ps(gu, _mm256_sub_ps(one, t0));
+      rw[1] = _mm256_mul_ps(gu, t0);
+    } else {
+      const __m256 t0 = t[0], t1 = t[1];
+      const __m256 a0 = warp::lerp8(r[0], r[1], t1), a1 = warp::lerp8(r[2], r[3], t1);
+      gt[0] = _mm256_fmadd_ps(gu, _mm256_sub_ps(a1, a0), gt[0]);
+      gt[1] = _mm256_fmadd_ps(gu, warp::lerp8(_mm256_sub_ps(r[1], r[0]), _mm256_sub_ps(r[3], r[2]), t0), gt[1]);
+      gt[2] = _mm256_fmadd_ps(gu, warp::lerp8(warp::lerp8(d[0], d[1], t1), warp::lerp8(d[2], d[3], t1), t0), gt[2]);
+      const __m256 g0 = _mm256_mul_ps(gu, _mm256_sub_ps(one, t0)), g1 = _mm256_mul_ps(gu, t0);
+      const __m256 s1 = _mm256_sub_ps(one, t1);
+      rw[0] = _mm256_mul_ps(g0, s1);
+      rw[1] = _mm256_mul_ps(g0, t1);
+      rw[2] = _mm256_mul_ps(g1, s1);
+      rw[3] = _mm256_mul_ps(g1, t1);
+    }
+    // Scatter: all lanes' first corners, then all second corners. Neighbouring lanes
+    // usually share corners (one's o + 1 is the next one's o); this order keeps those
+    // read-modify-writes apart instead of chaining all 16 through store forwarding.
+    alignas(32) float w[2][kRows][8];
+    for (int k = 0; k < kRows; ++k) {
+      _mm256_store_ps(w[0][k], _mm256_mul_ps(rw[k], sl));
+      _mm256_store_ps(w[1][k], _mm256_mul_ps(rw[k], tl));
+    }
+    float* dst = grad + c * n;
+    for (int x = 0; x < 2; ++x) {
+      for (int k = 0; k < kRows; ++k) {
+        float* row = dst + row_off[k] + x;
+        for (int l = 0; l < 8; ++l) row[b[l]] += w[x][k][l];
+      }
+    }
+  }
+  // Own voxels: scale * (g + gpos), gpos = gt * dsrc (gt carries one factor scale via gu).
+  for (int c = 0; c < NDIM; ++c) {
+    const __m256 gpos = warp::pair_order8(_mm256_mul_ps(gt[c], dsrc[c]));
+    float* q = grad + c * n + p;
+    const __m256 own = _mm256_mul_ps(vscale, _mm256_add_ps(_mm256_loadu_ps(g + c * n + p), gpos));
+    _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), own));
+  }
+  return true;
+}
+
+}  // namespace integrate
+}  // namespace fastreg
+
+#endif
