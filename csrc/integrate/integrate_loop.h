@@ -58,6 +58,7 @@ class BufferPool {
     return t;
   }
   void give(at::Tensor t) { free_.push_back(std::move(t)); }
+  void release() { free_.clear(); }  // frees the buffers given back
 
  private:
   at::Tensor like_;
@@ -98,13 +99,17 @@ inline std::tuple<at::Tensor, at::Tensor> forward_loop(const at::Tensor& v_, int
   at::Tensor saved = v.new_empty(saved_sizes);
   if (steps == 0) return {v.clone(), saved};
   BufferPool pool(v);
-  at::Tensor out = at::empty_like(v);
+  at::Tensor out;
   at::Tensor cur = v;
   bool cur_pooled = false;
   size_t next = 0;
   for (int64_t k = 0; k < steps; ++k) {
     const bool keep_next = next < keep.size() && keep[next] == k + 1;
     const bool pooled = k < steps - 1 && !keep_next;
+    if (k == steps - 1) {  // the output replaces the free buffer: two fields alive, not three
+      pool.release();
+      out = at::empty_like(v);
+    }
     at::Tensor dst = k == steps - 1 ? out : keep_next ? saved[next++] : pool.take();
     step(cur, dst, scale_of_step(k, steps), padding);
     if (cur_pooled) pool.give(std::move(cur));

@@ -198,7 +198,7 @@ def test_peak_memory_follows_checkpoints():
     steps + 2 when every field is kept (the field differentiated is a kept one)."""
     if "cpu" not in fastreg.available_backends():
         pytest.skip("compiled extension not built")
-    from fastreg.bench.timing import backward_call, peak_memory
+    from fastreg.bench.timing import backward_call, forward_call, peak_memory
 
     v = velocity(3, "cpu", dtype=torch.float32, batch=1, shape=(24, 20, 16))
     with fastreg.use_backend("cpu"):
@@ -208,6 +208,9 @@ def test_peak_memory_follows_checkpoints():
             if peak is None:
                 pytest.skip("the profiler exposes no memory events")
             assert peak / v.nbytes == pytest.approx(fields, abs=0.05), checkpoints
+        with torch.no_grad():  # the output and one working field
+            call, reset = forward_call(lambda v: fastreg.integrate_svf(v, 7), {"v": v})
+            assert peak_memory(call, reset, torch.device("cpu")) / v.nbytes == pytest.approx(2, abs=0.05)
 
 
 # --- gradients ----------------------------------------------------------------------------
