@@ -39,7 +39,8 @@ constexpr int64_t kGrain = 4096;
 // One step, parallel over rows along the last axis (so which voxels take the AVX2 blocks
 // depends on the data only, never on the number of threads: results are bit-identical for
 // any thread count). float32 with zeros or border padding runs 8 voxels at a time through
-// warp's forward_block8 where their cells are interior; everything else goes voxel by voxel.
+// warp's forward_block8, and the voxels of a block whose cells are not interior (borders,
+// NaN) through the scalar path; everything else goes voxel by voxel.
 template <typename scalar_t, int NDIM, int PADDING>
 void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
   using T = at::opmath_type<scalar_t>;
@@ -69,14 +70,20 @@ void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
         idx[NDIM - 1] = x;
 #ifdef FASTREG_WARP_AVX2
         if constexpr (kSimd) {
+          int interior = 0;
           if (simd && x + 8 <= width &&
               warp::forward_block8<NDIM, PADDING == warp::kBorder>(item, n, p, idx, true, geo.size, geo.stride,
-                                                                   item, item_out + p, 1, NDIM, n, s)) {
+                                                                   item, item_out + p, 1, NDIM, n, s, &interior)) {
             for (int c = 0; c < NDIM; ++c) {
               for (int k = 0; k < 8; ++k) {
                 const int64_t i = c * n + p + k;
                 item_out[i] = s * (item[i] + item_out[i]);
               }
+            }
+            for (int k = 0; k < 8; ++k) {
+              if ((interior >> k) & 1) continue;
+              idx[NDIM - 1] = x + k;
+              step_voxel<scalar_t, T, NDIM, PADDING>(item, item_out, n, p + k, idx, s, geo);
             }
             x += 8;
             continue;
@@ -226,13 +233,20 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
 #ifdef FASTREG_WARP_AVX2
         if constexpr (kSimd) {
           // Blocks start where (i - begin) % 8 == 0 within a row: the same voxels every call.
+          int handled = 0;
           if (simd && (i - ch.begin) % 8 == 0 && i + 8 <= ch.end && idx[NDIM - 1] + 8 <= geo.size[NDIM - 1] &&
-              backward_block8<NDIM, PADDING == warp::kBorder>(
-                  vp + b * NDIM * n, gp + b * NDIM * n, out + b * NDIM * n, n, p, idx, geo.size, geo.stride,
-                  scale, ch.begin - b * n, ch.end - b * n)) {
-            p += 7;
+              (handled = backward_block8<NDIM, PADDING == warp::kBorder>(
+                   vp + b * NDIM * n, gp + b * NDIM * n, out + b * NDIM * n, n, p, idx, geo.size, geo.stride,
+                   scale, ch.begin - b * n, ch.end - b * n)) != 0) {
+            for (int k = 0; k < 8; ++k, ++p, ++idx[NDIM - 1]) {  // the lanes it did not take
+              if (!((handled >> k) & 1)) {
+                step_backward_voxel<scalar_t, T, NDIM, PADDING>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p,
+                                                                idx, scale, geo, router);
+              }
+            }
+            p -= 1;  // the block stays within the row; the step below moves past it
             i += 7;
-            idx[NDIM - 1] += 7;  // the block stays within the row; the step below moves past it
+            idx[NDIM - 1] -= 1;
           } else {
             step_backward_voxel<scalar_t, T, NDIM, PADDING>(vp + b * NDIM * n, gp + b * NDIM * n, b, n, p,
                                                             idx, scale, geo, router);

@@ -18,10 +18,12 @@ namespace integrate {
 
 // v, g, grad: one batch item (NDIM, n), g and grad in float; p: the first voxel of the block
 // (spatial index idx, last index idx[NDIM-1] .. +7); [own_lo, own_hi): the spatial indices
-// of grad this call may write. scale: u = scale * v. Returns false, writing nothing, unless
-// every cell is interior and owned. Requires n < 2^31.
+// of grad this call may write. scale: u = scale * v. Returns the lanes it handled (bit k:
+// voxel p + k), those whose cells are interior; 0, writing nothing, when there is none or
+// their corners are not all owned. The caller runs the scalar path for the other lanes.
+// Requires n < 2^31.
 template <int NDIM, bool BORDER>
-__attribute__((target("avx2,fma"))) bool backward_block8(const float* v, const float* g, float* grad,
+__attribute__((target("avx2,fma"))) int backward_block8(const float* v, const float* g, float* grad,
                                                         int64_t n, int64_t p, const int64_t* idx,
                                                         const int64_t* size, const int64_t* stride,
                                                         float scale, int64_t own_lo, int64_t own_hi) {
@@ -46,16 +48,21 @@ __attribute__((target("avx2,fma"))) bool backward_block8(const float* v, const f
     const __m256i fi = _mm256_cvttps_epi32(_mm256_and_ps(f, ok));
     base = _mm256_add_epi32(base, _mm256_mullo_epi32(fi, _mm256_set1_epi32(static_cast<int>(stride[a]))));
   }
-  if (_mm256_movemask_ps(ok) != 0xFF) return false;
+  const int mask = _mm256_movemask_ps(ok);
+  if (mask == 0) return 0;
   const int span = static_cast<int>(stride[0] + (NDIM == 3 ? stride[1] : 0) + 1);  // last corner
   alignas(32) int32_t b[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(b), base);
-  int32_t lo = b[0], hi = b[0];
-  for (int l = 1; l < 8; ++l) {
+  int64_t lo = own_hi, hi = own_lo - span - 1;
+  for (int l = 0; l < 8; ++l) {
+    if (!((mask >> l) & 1)) continue;
     lo = b[l] < lo ? b[l] : lo;
     hi = b[l] > hi ? b[l] : hi;
   }
-  if (lo < own_lo || hi + span >= own_hi) return false;
+  if (lo < own_lo || hi + span >= own_hi) return 0;
+  // The other lanes contribute nothing here (gu = 0) and are skipped by the scatter.
+  alignas(32) int32_t handled[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(handled), _mm256_castps_si256(warp::pair_order8(ok)));
 
   // Work in pair_order8's lane order (that of the pair gathers, which take the offsets in
   // natural order); b, the scatter offsets, in the same order.
@@ -75,7 +82,7 @@ __attribute__((target("avx2,fma"))) bool backward_block8(const float* v, const f
   const __m256 vscale = _mm256_set1_ps(scale);
   for (int c = 0; c < NDIM; ++c) {
     const float* src = v + c * n;
-    const __m256 gu = _mm256_mul_ps(vscale, warp::pair_order8(_mm256_loadu_ps(g + c * n + p)));
+    const __m256 gu = _mm256_and_ps(warp::pair_order8(ok), _mm256_mul_ps(vscale, warp::pair_order8(_mm256_loadu_ps(g + c * n + p))));
     __m256 x0[kRows], x1[kRows], r[kRows], d[kRows];
     for (int k = 0; k < kRows; ++k) {
       warp::pairs8(src, _mm256_add_epi32(base, _mm256_set1_epi32(static_cast<int>(row_off[k]))), x0[k], x1[k]);
@@ -114,7 +121,9 @@ __attribute__((target("avx2,fma"))) bool backward_block8(const float* v, const f
     for (int x = 0; x < 2; ++x) {
       for (int k = 0; k < kRows; ++k) {
         float* row = dst + row_off[k] + x;
-        for (int l = 0; l < 8; ++l) row[b[l]] += w[x][k][l];
+        for (int l = 0; l < 8; ++l) {
+          if (handled[l]) row[b[l]] += w[x][k][l];
+        }
       }
     }
   }
@@ -123,9 +132,9 @@ __attribute__((target("avx2,fma"))) bool backward_block8(const float* v, const f
     const __m256 gpos = warp::pair_order8(_mm256_mul_ps(gt[c], dsrc[c]));
     float* q = grad + c * n + p;
     const __m256 own = _mm256_mul_ps(vscale, _mm256_add_ps(_mm256_loadu_ps(g + c * n + p), gpos));
-    _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), own));
+    _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), _mm256_and_ps(ok, own)));
   }
-  return true;
+  return mask;
 }
 
 }  // namespace integrate

@@ -52,15 +52,18 @@ __attribute__((target("avx2,fma"))) inline __m256 row8(const float* src, __m256i
 // Interpolates 8 output voxels v .. v+7 (same leading indices idx[0..NDIM-2], last index
 // idx[NDIM-1] .. +7) for the batch items [0, nb) of img/out. loc: (NDIM, n_out) of one
 // position batch item, multiplied by `scale` (exact for the powers of two integrate_svf
-// uses); img: (nb, C, n_in); out: (nb, C, n_out) at voxel v. Returns false, writing nothing,
-// unless all 8 cells are interior. Requires n_in < 2^31.
+// uses); img: (nb, C, n_in); out: (nb, C, n_out) at voxel v. Requires n_in < 2^31.
+// Without `interior` (nullptr): returns false, writing nothing, unless all 8 cells are
+// interior. With it: *interior gets the lanes whose cells are interior (bit k: voxel v + k);
+// returns false, writing nothing, when there is none, else writes all 8 lanes, the others
+// with garbage for the caller to overwrite by the scalar path.
 template <int NDIM, bool BORDER>
 __attribute__((target("avx2,fma"))) bool forward_block8(const float* loc, int64_t n_out, int64_t v,
                                                        const int64_t* idx, bool displacement,
                                                        const int64_t* size, const int64_t* stride,
                                                        const float* img, float* out, int64_t nb,
                                                        int64_t channels, int64_t n_in,
-                                                       float scale = 1.0f) {
+                                                       float scale = 1.0f, int* interior = nullptr) {
   __m256 t[NDIM];
   __m256i base = _mm256_setzero_si256();
   __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
@@ -81,7 +84,9 @@ __attribute__((target("avx2,fma"))) bool forward_block8(const float* loc, int64_
     const __m256i fi = _mm256_cvttps_epi32(_mm256_and_ps(f, ok));  // masked lanes read offset 0
     base = _mm256_add_epi32(base, _mm256_mullo_epi32(fi, _mm256_set1_epi32(static_cast<int>(stride[a]))));
   }
-  if (_mm256_movemask_ps(ok) != 0xFF) return false;
+  const int mask = _mm256_movemask_ps(ok);
+  if (interior != nullptr) *interior = mask;
+  if (interior == nullptr ? mask != 0xFF : mask == 0) return false;
   for (int a = 0; a < NDIM; ++a) t[a] = pair_order8(t[a]);
   const __m256 tl = t[NDIM - 1];
   const __m256i s0 = _mm256_set1_epi32(static_cast<int>(stride[0]));

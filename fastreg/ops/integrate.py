@@ -107,6 +107,8 @@ def checkpoint_plan(steps: int, checkpoints: int) -> tuple[tuple[int, ...], tupl
     slots = max(min(checkpoints, steps - 1), 0)
     if slots == steps - 1:  # every field kept
         return tuple(range(1, steps)), ()
+    if torch.compiler.is_compiling():  # traced once into constants; no cache to mutate (or guard)
+        return _plan(steps, slots)
     key = (steps, slots)
     if key not in _PLANS:  # a dict, not functools.lru_cache, which torch.compile warns about
         _PLANS[key] = _plan(steps, slots)
