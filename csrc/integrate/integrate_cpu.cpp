@@ -1,6 +1,8 @@
 // CPU launcher of integrate_svf (contract in integrate.h and integrate_loop.h). One fused
-// kernel per step, parallel over voxels with at::parallel_for: each output voxel reads v at
-// itself and at its interpolation stencil and is written once.
+// kernel per step, parallel over rows: each output voxel reads v at itself and at its
+// interpolation stencil and is written once. float32 with zeros or border padding runs 8
+// voxels at a time with AVX2 where the CPU has it (forward: warp_cpu_simd.h; backward:
+// integrate_cpu_simd.h), the scalar math of integrate.h elsewhere.
 //
 // The step backward scatters into the gradient deterministically and without races: the
 // flat voxel range over (B, *S) is cut into one chunk per thread; a chunk owns the gradient
@@ -10,11 +12,13 @@
 // lies within [floor(lo) - 1, floor(hi) + 2] voxels of its source, where [lo, hi] contains
 // every displacement of the chunk and 0 (border padding clamps, 1-Lipschitz with the grid
 // fixed) or is [-max|d|, max|d|] (reflection folds); the extra voxel on each side absorbs
-// rounding. Smooth fields need halos of a few slices, far less than a field.
+// rounding. Smooth fields need halos of a few slices, far less than a field; they are torch
+// tensors, so the bench's peak memory counts them.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/pieces.h"
 #include "../ops.h"
 #include "../warp/warp_cpu_simd.h"
 #include "../warp/warp_shapes.h"
@@ -36,9 +41,9 @@ namespace {
 
 constexpr int64_t kGrain = 4096;
 
-// One step, parallel over rows along the last axis (so which voxels take the AVX2 blocks
-// depends on the data only, never on the number of threads: results are bit-identical for
-// any thread count). float32 with zeros or border padding runs 8 voxels at a time through
+// One step, parallel over rows along the last axis, handed out in pieces (common/pieces.h;
+// which voxels take the AVX2 blocks depends on the data only, never on the threads: results
+// are bit-identical for any thread count). float32 with zeros or border padding runs 8 voxels at a time through
 // warp's forward_block8, and the voxels of a block whose cells are not interior (borders,
 // NaN) through the scalar path; everything else goes voxel by voxel.
 template <typename scalar_t, int NDIM, int PADDING>
@@ -56,43 +61,47 @@ void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
   constexpr bool kSimd = std::is_same_v<scalar_t, float> && PADDING != warp::kReflection;
   const bool simd = kSimd && warp::cpu_has_avx2() && n < (int64_t(1) << 31);
 #endif
-  const int64_t grain = std::max<int64_t>(1, kGrain / width);
-  at::parallel_for(0, v.size(0) * rows_per_item, grain, [&](int64_t r0, int64_t r1) {
-    int64_t idx[NDIM];
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / rows_per_item;
-      const int64_t row_start = (r % rows_per_item) * width;
-      const scalar_t* item = src + b * NDIM * n;
-      scalar_t* item_out = dst + b * NDIM * n;
-      fastreg::unravel<NDIM>(row_start, geo.size, idx);
-      for (int64_t x = 0; x < width;) {
-        const int64_t p = row_start + x;
-        idx[NDIM - 1] = x;
+  // One row: 8-voxel blocks where they fit, the scalar path for the rest.
+  auto row = [&](int64_t r, int64_t* idx) {
+    const int64_t b = r / rows_per_item;
+    const int64_t row_start = (r % rows_per_item) * width;
+    const scalar_t* item = src + b * NDIM * n;
+    scalar_t* item_out = dst + b * NDIM * n;
+    fastreg::unravel<NDIM>(row_start, geo.size, idx);
+    for (int64_t x = 0; x < width;) {
+      const int64_t p = row_start + x;
+      idx[NDIM - 1] = x;
 #ifdef FASTREG_WARP_AVX2
-        if constexpr (kSimd) {
-          int interior = 0;
-          if (simd && x + 8 <= width &&
-              warp::forward_block8<NDIM, PADDING == warp::kBorder>(item, n, p, idx, true, geo.size, geo.stride,
-                                                                   item, item_out + p, 1, NDIM, n, s, &interior)) {
-            for (int c = 0; c < NDIM; ++c) {
-              for (int k = 0; k < 8; ++k) {
-                const int64_t i = c * n + p + k;
-                item_out[i] = s * (item[i] + item_out[i]);
-              }
-            }
+      if constexpr (kSimd) {
+        int interior = 0;
+        if (simd && x + 8 <= width &&
+            warp::forward_block8<NDIM, PADDING == warp::kBorder>(item, n, p, idx, true, geo.size, geo.stride,
+                                                                 item, item_out + p, 1, NDIM, n, s, &interior)) {
+          for (int c = 0; c < NDIM; ++c) {
             for (int k = 0; k < 8; ++k) {
-              if ((interior >> k) & 1) continue;
-              idx[NDIM - 1] = x + k;
-              step_voxel<scalar_t, T, NDIM, PADDING>(item, item_out, n, p + k, idx, s, geo);
+              const int64_t i = c * n + p + k;
+              item_out[i] = s * (item[i] + item_out[i]);
             }
-            x += 8;
-            continue;
           }
+          for (int k = 0; k < 8; ++k) {
+            if ((interior >> k) & 1) continue;
+            idx[NDIM - 1] = x + k;
+            step_voxel<scalar_t, T, NDIM, PADDING>(item, item_out, n, p + k, idx, s, geo);
+          }
+          x += 8;
+          continue;
         }
-#endif
-        step_voxel<scalar_t, T, NDIM, PADDING>(item, item_out, n, p, idx, s, geo);
-        ++x;
       }
+#endif
+      step_voxel<scalar_t, T, NDIM, PADDING>(item, item_out, n, p, idx, s, geo);
+      ++x;
+    }
+  };
+  Pieces pieces(v.size(0) * rows_per_item, std::max<int64_t>(1, kGrain / width));
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    int64_t idx[NDIM];
+    for (int64_t r0, r1; pieces.next(r0, r1);) {
+      for (int64_t r = r0; r < r1; ++r) row(r, idx);
     }
   });
 }
@@ -122,11 +131,14 @@ void for_runs(int64_t i0, int64_t i1, int64_t n, const Fn& fn) {
 }
 
 // One chunk of the backward: its own flat voxel range [begin, end) over (B, *S), the range
-// [lo, hi) its scatters can reach, and the halos (NDIM, begin - lo) and (NDIM, hi - end).
+// [lo, hi) its scatters can reach, and the halos (NDIM, begin - lo) and (NDIM, hi - end),
+// torch tensors made on the calling thread (so the profiler's memory count includes them).
 template <typename T>
 struct Chunk {
   int64_t begin, end, lo, hi;
-  std::vector<T> left, right;
+  at::Tensor left_t, right_t;
+  T* left;
+  T* right;
 };
 
 // Routes contributions to the chunk's own part of the gradient or to a halo.
@@ -203,23 +215,37 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
   const scalar_t* vp = v.const_data_ptr<scalar_t>();
   const T* gp = g.const_data_ptr<T>();
   T* out = grad.mutable_data_ptr<T>();
+  // One chunk per thread (halos grow with the number of chunks; two per thread measured
+  // slower at 128^3), handed out in pieces.
   const int64_t nchunks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (total + kGrain - 1) / kGrain));
   std::vector<Chunk<T>> chunks(nchunks);
+  auto each_chunk = [&](const auto& fn) {
+    Pieces pieces(nchunks, 1);
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+      for (int64_t c0, c1; pieces.next(c0, c1);) fn(chunks[c0]);
+    });
+  };
 #ifdef FASTREG_WARP_AVX2
   constexpr bool kSimd = std::is_same_v<scalar_t, float> && PADDING != warp::kReflection;
   const bool simd = kSimd && warp::cpu_has_avx2() && n < (int64_t(1) << 31);
 #endif
 
-  // Pass 1, per chunk: bound and allocate its halos, zero its own range, scatter.
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t ci = c0; ci < c1; ++ci) {
-      Chunk<T>& ch = chunks[ci];
-      ch.begin = total * ci / nchunks;
-      ch.end = total * (ci + 1) / nchunks;
-      bound_chunk<scalar_t, T, NDIM>(vp, n, total, scale, geo, PADDING, ch);
-      ch.left.assign(NDIM * (ch.begin - ch.lo), T(0));
-      ch.right.assign(NDIM * (ch.hi - ch.end), T(0));
+  // Pass 1: bound every chunk's reach, then make the halos (on this thread), then per chunk
+  // zero its own range and scatter.
+  for (int64_t ci = 0; ci < nchunks; ++ci) {
+    chunks[ci].begin = total * ci / nchunks;
+    chunks[ci].end = total * (ci + 1) / nchunks;
+  }
+  each_chunk([&](Chunk<T>& ch) { bound_chunk<scalar_t, T, NDIM>(vp, n, total, scale, geo, PADDING, ch); });
+  for (Chunk<T>& ch : chunks) {
+    ch.left_t = at::zeros({NDIM * (ch.begin - ch.lo)}, grad.options());
+    ch.right_t = at::zeros({NDIM * (ch.hi - ch.end)}, grad.options());
+    ch.left = ch.left_t.template mutable_data_ptr<T>();
+    ch.right = ch.right_t.template mutable_data_ptr<T>();
+  }
+  each_chunk([&](Chunk<T>& ch) {
+    {
       for_runs(ch.begin, ch.end, n, [&](int64_t b, int64_t q0, int64_t q1) {
         for (int c = 0; c < NDIM; ++c) std::fill(out + (b * NDIM + c) * n + q0, out + (b * NDIM + c) * n + q1, T(0));
       });
@@ -269,20 +295,19 @@ void step_backward_kernel(const at::Tensor& g, const at::Tensor& v, at::Tensor& 
   });
 
   // Pass 2, per owner chunk: add every other chunk's halos over its range, in chunk order.
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t cj = c0; cj < c1; ++cj) {
-      const Chunk<T>& own = chunks[cj];
+  each_chunk([&](const Chunk<T>& own) {
+    {
       for (const Chunk<T>& ch : chunks) {
         if (&ch == &own) continue;
         const int64_t parts[2][3] = {{ch.lo, ch.begin, 0}, {ch.end, ch.hi, 1}};
         for (const auto& part : parts) {
           const int64_t i0 = std::max(part[0], own.begin), i1 = std::min(part[1], own.end);
-          const std::vector<T>& halo = part[2] == 0 ? ch.left : ch.right;
+          const T* halo = part[2] == 0 ? ch.left : ch.right;
           const int64_t len = part[1] - part[0];
           for_runs(i0, i1, n, [&](int64_t b, int64_t q0, int64_t q1) {
             for (int c = 0; c < NDIM; ++c) {
               T* dst = out + (b * NDIM + c) * n;
-              const T* src = halo.data() + c * len + (b * n - part[0]);
+              const T* src = halo + c * len + (b * n - part[0]);
               for (int64_t q = q0; q < q1; ++q) dst[q] += src[q];
             }
           });

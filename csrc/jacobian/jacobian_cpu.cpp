@@ -14,7 +14,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -22,6 +21,7 @@
 #include <limits>
 #include <vector>
 
+#include "../common/pieces.h"
 #include "../ops.h"
 #include "jacobian.h"
 #include "jacobian_shapes.h"
@@ -375,12 +375,11 @@ void stats_kernel(const at::Tensor& disp, at::Tensor& out, int mode, c10::ArrayR
   // Rows go out in chunks from a shared counter, so that a thread whose core is busy elsewhere
   // takes fewer; each row's sums land in its own slot, so the threads' order never matters.
   const int64_t total = batch * rows_per_item;
-  std::atomic<int64_t> next_chunk{0};
+  Pieces pieces(total, kRowChunk);
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     RowBuffers<T> rb(W);
     const std::vector<scalar_t> zero(W, scalar_t(0));
-    for (int64_t begin; (begin = next_chunk.fetch_add(kRowChunk)) < total;) {
-      const int64_t end = std::min(begin + kRowChunk, total);
+    for (int64_t begin, end; pieces.next(begin, end);) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / rows_per_item, rr = r % rows_per_item;
         const int64_t i0 = lo[0] + (NDIM == 3 ? rr / len[1] : rr);

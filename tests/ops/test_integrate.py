@@ -195,7 +195,8 @@ def test_no_grad_keeps_no_fields():
 def test_peak_memory_follows_checkpoints():
     """Forward+backward allocates checkpoints + 4 fields (output, two gradients, the field
     differentiated or two while advancing; the caller's gradient is not counted), and
-    steps + 2 when every field is kept (the field differentiated is a kept one)."""
+    steps + 2 when every field is kept (the field differentiated is a kept one), plus the
+    CPU backward's halos."""
     if "cpu" not in fastreg.available_backends():
         pytest.skip("compiled extension not built")
     from fastreg.bench.timing import backward_call, forward_call, peak_memory
@@ -207,7 +208,8 @@ def test_peak_memory_follows_checkpoints():
             peak = peak_memory(call, reset, torch.device("cpu"))
             if peak is None:
                 pytest.skip("the profiler exposes no memory events")
-            assert peak / v.nbytes == pytest.approx(fields, abs=0.05), checkpoints
+            # + the backward's halos (contributions crossing a thread's chunk: a few slices)
+            assert fields - 0.05 <= peak / v.nbytes <= fields + 0.5, (checkpoints, peak / v.nbytes)
         with torch.no_grad():  # the output and one working field
             call, reset = forward_call(lambda v: fastreg.integrate_svf(v, 7), {"v": v})
             assert peak_memory(call, reset, torch.device("cpu")) / v.nbytes == pytest.approx(2, abs=0.05)
