@@ -23,12 +23,14 @@ from fastreg.bench.cases import check_sizes
 from fastreg.bench.cases.warp import VxmLegacyTransformer, _LazyModule
 from fastreg.data import random_smooth_field
 
-# (dims, steps): "large" holds the sizes of the performance goal (80^3 and 128^3, 5 and 7 steps).
+# (dims, steps): "large" holds the sizes of the performance goals (CPU: 80^3 and 128^3, 5 and
+# 7 steps; GPU: 1x3x160x192x224, 7 steps).
 SHAPES = {
     "tiny": [((1, 3, 10, 12, 14), 7), ((1, 2, 24, 32), 7)],
     "quick": [((1, 3, 40, 40, 40), 7), ((1, 2, 256, 256), 7)],
     "default": [((1, 3, 64, 64, 64), 7), ((1, 2, 512, 512), 7)],
-    "large": [((1, 3, 80, 80, 80), 5), ((1, 3, 80, 80, 80), 7), ((1, 3, 128, 128, 128), 5), ((1, 3, 128, 128, 128), 7)],
+    "large": [((1, 3, 80, 80, 80), 5), ((1, 3, 80, 80, 80), 7), ((1, 3, 128, 128, 128), 5), ((1, 3, 128, 128, 128), 7),
+              ((1, 3, 160, 192, 224), 7)],
 }
 GRAD_INPUTS = ("v",)
 
