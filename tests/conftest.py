@@ -1,6 +1,7 @@
 """Shared test fixtures: backends to run, devices, and a fresh random seed per run.
 
-Every run draws a new seed (printed in the header; set FASTREG_TEST_SEED to replay it),
+Every run draws a new seed (printed in the header and, for -q runs such as CI's, in the
+final summary; set FASTREG_TEST_SEED to replay it),
 so inputs are fresh random draws, never zeros or ones. Without a GPU, Triton kernels run
 on CPU tensors through the interpreter (TRITON_INTERPRET=1, set before Triton loads).
 """
@@ -21,8 +22,16 @@ KERNEL_BACKENDS = ("cpu", "cuda", "triton")
 SEED = int(os.environ.get("FASTREG_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
 
+def _seed_line() -> str:
+    return f"fastreg: backends {fastreg.available_backends()}, seed {SEED} (FASTREG_TEST_SEED to replay)"
+
+
 def pytest_report_header(config):
-    return [f"fastreg: backends {fastreg.available_backends()}, seed {SEED} (FASTREG_TEST_SEED to replay)"]
+    return [_seed_line()]
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(_seed_line())  # -q hides the header
 
 
 def backend_device(name: str) -> torch.device:
