@@ -45,7 +45,7 @@ def integrate_svf(v: torch.Tensor, steps: int = 7, padding_mode: str = "zeros", 
     ``checkpoints``: how many intermediate fields (each the size of v) the backward may hold
     at once; it changes memory and time, never the result. Peak memory of forward+backward
     is ``checkpoints + 4`` fields (output, two gradients, the field being differentiated or
-    two while recomputing), and the backward recomputes the missing fields with as few
+    two while recomputing; on the CPU also a few slices of halo), and the backward recomputes the missing fields with as few
     extra steps as that allows (``checkpoint_plan``):
       * 1 (default): 5 fields; 7 steps recompute 9 steps, 5 steps 4;
       * 0: 4 fields, ``steps * (steps - 1) / 2`` extra steps;

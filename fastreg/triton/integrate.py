@@ -223,8 +223,7 @@ def _forward_op(v: torch.Tensor, steps: int, padding: int, keep: list[int]) -> t
     out = torch.empty_like(v)
     cur, stored = v, dict(zip(keep, saved))
     for k in range(steps):
-        dst = out if k == steps - 1 else stored.get(k + 1, None)
-        dst = torch.empty_like(v) if dst is None else dst
+        dst = out if k == steps - 1 else stored[k + 1] if k + 1 in stored else torch.empty_like(v)
         _launch(_step_kernel, v, (cur, dst), _scale(k, steps), padding)
         cur = dst
     return out, saved

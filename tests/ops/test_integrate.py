@@ -23,14 +23,19 @@ def assert_close(actual, expected, rtol):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
-def assert_grad_close_but_kinks(actual, expected, rtol, max_fraction=0.01):
+def assert_grad_close_but_kinks(actual, expected, rtol, max_fraction=0.01, max_jump=0.1):
     """The gradient of linear interpolation jumps where a position crosses a voxel boundary,
     and a float32 run sends a few positions across one that a float64 run does not (the jump
     then travels through the later steps): a few float32 gradient entries may differ by such
-    a jump. At most max_fraction of them may; the rest match to rtol."""
+    a jump. At most max_fraction of them may, each by at most max_jump of the gradient's
+    largest entry; the rest match to rtol. (Over 360 seeded cases of the long-row test the
+    worst were 0.64% of entries and 1.6% of the largest entry; a wrong kernel is off by the
+    order of the entries themselves.)"""
     scale = expected.abs().max().clamp_min(1.0).item()
-    bad = (actual - expected).abs() > rtol * scale + rtol * expected.abs()
+    error = (actual - expected).abs()
+    bad = error > rtol * scale + rtol * expected.abs()
     assert bad.float().mean().item() <= max_fraction, f"{int(bad.sum())} of {bad.numel()} entries differ"
+    assert error.max().item() <= max_jump * scale, f"largest difference {error.max().item()} (scale {scale})"
 
 
 def forward_backward(fn, v, weight):
@@ -185,17 +190,15 @@ def test_explicit_keep_and_pushes_give_identical_results():
     g = torch.randn_like(v)
     out, saved = torch.ops.fastreg.integrate_svf_forward(v, 6, 1, [1, 2, 3, 4, 5])
     grad = torch.ops.fastreg.integrate_svf_backward(g, v, saved, 6, 1, [1, 2, 3, 4, 5], [])
-    for keep, pushes in [([], []), ([3], []), ([2, 5], [4, 1]), ([1], [5, 3]), ([4], [9])]:
-        if 9 in pushes:
-            out_k, saved_k = torch.ops.fastreg.integrate_svf_forward(v, 6, 1, keep)
-            with pytest.raises(RuntimeError, match="pushes"):
-                torch.ops.fastreg.integrate_svf_backward(g, v, saved_k, 6, 1, keep, pushes)
-            continue
+    for keep, pushes in [([], []), ([3], []), ([2, 5], [4, 1]), ([1], [5, 3])]:
         out_k, saved_k = torch.ops.fastreg.integrate_svf_forward(v, 6, 1, keep)
         assert torch.equal(out_k, out) and torch.equal(saved_k, saved[[k - 1 for k in keep]])
         assert torch.equal(torch.ops.fastreg.integrate_svf_backward(g, v, saved_k, 6, 1, keep, pushes), grad)
     with pytest.raises(RuntimeError, match="keep"):
         torch.ops.fastreg.integrate_svf_forward(v, 6, 1, [3, 2])
+    _, saved_4 = torch.ops.fastreg.integrate_svf_forward(v, 6, 1, [4])
+    with pytest.raises(RuntimeError, match="pushes"):  # step 9 of 6
+        torch.ops.fastreg.integrate_svf_backward(g, v, saved_4, 6, 1, [4], [9])
 
 
 def test_no_grad_keeps_no_fields():
