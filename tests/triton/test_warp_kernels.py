@@ -80,6 +80,10 @@ def triton_grads(image, loc, grad_out, mode, padding, displacement, mask=(True, 
 
 def assert_matches_reference(image, loc, mode, padding, displacement):
     atol, rtol = TOL[image.dtype]
+    # A coordinate of magnitude M carries M * eps of rounding into the interpolation weights
+    # (the reflection fold and floor subtract it away): allow that much per weighted value.
+    far = 8 * loc.abs().max().item() * torch.finfo(loc.dtype).eps * image.abs().max().item()
+    atol = max(atol, far)
     out_shape = (image.shape[0], image.shape[1], *loc.shape[2:])
     grad_out = torch.randn(out_shape, dtype=image.dtype, device=DEVICE)
     out, grad_image, grad_loc = triton_grads(image, loc, grad_out, mode, padding, displacement)
