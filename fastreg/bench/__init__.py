@@ -4,6 +4,7 @@
   io_bytes    byte floor helper for Case.bytes_moved
   load_cases  the registered cases (fastreg.bench.cases.REGISTRY) of some op families
   run         measure cases: median times, peak memory, GB/s, ratios to the peers
+              (implementations interleaved in rounds, ratios paired within a round)
   format_table  aligned text table of run's rows
 """
 from fastreg.bench.case import Case, io_bytes, shape_name

@@ -1,18 +1,21 @@
 """Run benchmark cases and report them: one row per (case, dtype, implementation).
 
 For each case and dtype the runner draws one set of inputs and measures, on the same
-inputs and in the same process, ``ours`` under each requested backend and then every
-peer: median forward time, median forward+backward time, peak memory of each
-(fastreg.bench.timing). From the case's ``bytes_moved`` it derives the achieved GB/s
-(the byte floor divided by the time) and, on GPU, the fraction of the measured copy
-bandwidth of the device. ``ratio`` is the row's time divided by the time of the
-baseline, ``ours`` under the first backend: for a peer, peer time / ours time, so a
-ratio above 1 means fastreg is faster. A failing implementation gives a row with
-``error`` set instead of stopping the run.
+inputs and in the same process, ``ours`` under each requested backend and every peer:
+median forward time, median forward+backward time, peak memory of each
+(fastreg.bench.timing). The timed calls run in rounds, each round calling every
+implementation once (timing.round_times), so that a slow spell of the machine hits all of
+them alike. From the case's ``bytes_moved`` it derives the achieved GB/s (the byte floor
+divided by the median time) and, on GPU, the fraction of the measured copy bandwidth of
+the device. ``ratio`` is the median over rounds of the row's time divided by the time of
+the baseline, ``ours`` under the first backend, in the same round: for a peer, peer time /
+ours time, so a ratio above 1 means fastreg is faster. A failing implementation gives a
+row with ``error`` set instead of stopping the run.
 """
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Callable, Sequence
 
 import torch
@@ -60,8 +63,8 @@ def run(
     picks). Keys of each row: op, case, dims, device, dtype, impl, backend, baseline,
     fwd_ms, fwd_bwd_ms, fwd_gbps, fwd_bwd_gbps, fwd_copy_frac, fwd_bwd_copy_frac,
     fwd_peak_bytes, fwd_bwd_peak_bytes, fwd_bytes, fwd_bwd_bytes, ratio_fwd,
-    ratio_fwd_bwd, copy_gbps, error (None when the implementation ran). A value that
-    was not measured (no backward, no byte count, CPU copy fraction) is None.
+    ratio_fwd_bwd, fwd_rounds_ms, fwd_bwd_rounds_ms (the time of each round), copy_gbps,
+    error (None when the implementation ran). A value that was not measured (no backward, no byte count, CPU copy fraction) is None.
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -83,51 +86,103 @@ def run(
             inputs = case.make_inputs(device, dtype)
             nbytes = case.bytes_moved(inputs) if case.bytes_moved is not None else (None, None)
             base = {**context, "op": case.op, "case": case.name, "dims": list(case.dims), "dtype": _dtype_name(dtype)}
-            group = []
+            impls = []  # (row, backend to run under, fn)
             for name in backends:
                 with _backend.use_backend(name):
                     resolved = _backend.select(case.op, device)
-                    _log(log, f"{case.op} {case.name} {base['dtype']} fastreg[{resolved}]")
-                    group.append({"impl": "fastreg", "backend": resolved, **measure(case, case.ours, inputs)})
+                impls.append(({"impl": "fastreg", "backend": resolved}, name, case.ours))
             for peer, fn in (case.peers.items() if peers else ()):
-                _log(log, f"{case.op} {case.name} {base['dtype']} {peer}")
-                group.append({"impl": peer, "backend": None, **measure(case, fn, inputs)})
-            reference = {phase: group[0][f"{phase}_s"] for phase in PHASES}
+                impls.append(({"impl": peer, "backend": None}, None, fn))
+            group = measure(case, impls, inputs, lambda row: _log(log, f"{case.op} {case.name} {base['dtype']} "
+                                                                       f"{_label(row)}"))
+            reference = {phase: group[0][f"{phase}_times"] for phase in PHASES}
             for row in group:
                 row["baseline"] = f"fastreg[{group[0]['backend']}]"
                 for phase, floor in zip(PHASES, nbytes):
-                    seconds = row.pop(f"{phase}_s")
+                    times, base_times = row.pop(f"{phase}_times"), reference[phase]
+                    seconds = None if times is None else statistics.median(times)
+                    row[f"{phase}_rounds_ms"] = None if times is None else [t * 1e3 for t in times]
                     row[f"{phase}_ms"] = None if seconds is None else seconds * 1e3
                     row[f"{phase}_bytes"] = floor
                     gbps = None if (seconds is None or floor is None) else floor / seconds / 1e9
                     row[f"{phase}_gbps"] = gbps
                     row[f"{phase}_copy_frac"] = None if (gbps is None or copy is None) else gbps * 1e9 / copy
-                    ok = seconds is not None and reference[phase]
-                    row[f"ratio_{phase}"] = seconds / reference[phase] if ok else None
+                    ok = times is not None and base_times is not None and all(base_times)
+                    row[f"ratio_{phase}"] = statistics.median(t / b for t, b in zip(times, base_times)) if ok else None
                 rows.append({**base, **row})
     return rows
 
 
 class _Measure:
-    """Times and peak memory of one implementation on one set of inputs."""
+    """Times (paired in rounds) and peak memory of the implementations of one case."""
 
     def __init__(self, device: torch.device, repeat: int, warmup: int, backward: bool):
         self.device, self.repeat, self.warmup, self.backward = device, repeat, warmup, backward
 
-    def __call__(self, case: Case, fn: Callable, inputs: dict) -> dict:
-        out = {f"{p}_{k}": None for p in PHASES for k in ("s", "peak_bytes")}
-        out["error"] = None
-        try:
-            calls = {"fwd": timing.forward_call(fn, inputs)}
-            if self.backward and case.grad_inputs:
-                calls["fwd_bwd"] = timing.backward_call(fn, inputs, case.grad_inputs)
-            for phase, (call, reset) in calls.items():
-                out[f"{phase}_s"] = timing.median_time(call, reset, self.device, self.repeat, self.warmup)
-                out[f"{phase}_peak_bytes"] = timing.peak_memory(call, reset, self.device)
-        except Exception as exc:  # a failing implementation is reported, not fatal
-            out["error"] = f"{type(exc).__name__}: {exc}"
-            out.update({f"{p}_s": None for p in PHASES})
-        return out
+    def __call__(self, case: Case, impls: Sequence[tuple[dict, str | None, Callable]], inputs: dict,
+                 log: Callable[[dict], None]) -> list[dict]:
+        """One row per implementation: ``impls`` holds (row, backend, fn); each row gains
+        ``{phase}_times`` (seconds per round, None if not measured), ``{phase}_peak_bytes``
+        and ``error``."""
+        rows = []
+        for row, _, _ in impls:
+            log(row)
+            rows.append({**row, "error": None, **{f"{p}_{k}": None for p in PHASES for k in ("times", "peak_bytes")}})
+        phases = ["fwd"] + (["fwd_bwd"] if self.backward and case.grad_inputs else [])
+        for phase in phases:
+            live = {}  # row index -> (call, reset) under the implementation's backend
+            for i, (_, backend, fn) in enumerate(impls):
+                if rows[i]["error"] is None:
+                    try:
+                        with _backend.use_backend(backend):
+                            calls = self._calls(phase, fn, inputs, case)
+                        live[i] = self._warm(_on_backend(backend, calls))
+                    except Exception as exc:  # a failing implementation is reported, not fatal
+                        self._fail(rows[i], exc)
+            while live:
+                try:
+                    times = timing.round_times(list(live.values()), self.device, self.repeat)
+                    break
+                except timing.CallFailed as failed:
+                    index = list(live)[failed.index]
+                    self._fail(rows[index], failed.error)
+                    del live[index]
+            for j, (i, (call, reset)) in enumerate(live.items()):
+                rows[i][f"{phase}_times"] = times[j]
+                rows[i][f"{phase}_peak_bytes"] = timing.peak_memory(call, reset, self.device)
+        return rows
+
+    def _calls(self, phase: str, fn: Callable, inputs: dict, case: Case) -> tuple[timing.Call, timing.Call]:
+        if phase == "fwd":
+            return timing.forward_call(fn, inputs)
+        return timing.backward_call(fn, inputs, case.grad_inputs)
+
+    def _warm(self, calls: tuple[timing.Call, timing.Call]) -> tuple[timing.Call, timing.Call]:
+        call, reset = calls
+        for _ in range(max(self.warmup, 1)):
+            reset()
+            call()
+        return calls
+
+    @staticmethod
+    def _fail(row: dict, exc: Exception) -> None:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        row.update({f"{p}_times": None for p in PHASES})
+
+
+def _on_backend(backend: str | None, calls: tuple[timing.Call, timing.Call]) -> tuple[timing.Call, timing.Call]:
+    """(call, reset) with ``call`` running under fastreg backend ``backend`` (None: the default)."""
+    call, reset = calls
+
+    def on_backend():
+        with _backend.use_backend(backend):
+            return call()
+
+    return on_backend, reset
+
+
+def _label(row: dict) -> str:
+    return f"fastreg[{row['backend']}]" if row["impl"] == "fastreg" else row["impl"]
 
 
 def describe_device(device: torch.device) -> str:

@@ -1,9 +1,11 @@
 """Timing and peak memory of one call, forward and forward+backward.
 
-Time: the median over ``repeat`` timed calls after ``warmup`` untimed ones (at least one:
-it fills caches a module keeps, such as VoxelMorph's grid buffer, and gives the output
-shape for the fixed gradient). On CUDA each call is bracketed by CUDA events and the
-device is synchronized before the times are read; on CPU ``time.perf_counter``.
+Time: ``repeat`` timed calls after ``warmup`` untimed ones (at least one: it fills caches a
+module keeps, such as VoxelMorph's grid buffer, and gives the output shape for the fixed
+gradient). Implementations compared with each other run in rounds (round_times): each
+round calls every one of them once, so their times are paired under the same machine
+conditions. On CUDA each call is bracketed by CUDA events and the device is synchronized
+before the times are read; on CPU ``time.perf_counter``.
 
 Forward+backward: the inputs named in ``grad_inputs`` are detached copies that require
 grad; the output is back-propagated against a fixed random gradient made once; the
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -76,29 +78,50 @@ def median_time(call: Call, reset: Call, device: torch.device, repeat: int, warm
     for _ in range(max(warmup, 1)):
         reset()
         call()
-    if device.type == "cuda":
-        return _median_time_cuda(call, reset, device, repeat)
-    times = []
-    for _ in range(repeat):
-        reset()
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(round_times([(call, reset)], device, repeat)[0])
 
 
-def _median_time_cuda(call: Call, reset: Call, device: torch.device, repeat: int) -> float:
+class CallFailed(Exception):
+    """Raised by round_times when calls[index] raised ``error``."""
+
+    def __init__(self, index: int, error: Exception):
+        super().__init__(f"call {index} failed: {error}")
+        self.index, self.error = index, error
+
+
+def round_times(calls: Sequence[tuple[Call, Call]], device: torch.device, repeat: int) -> list[list[float]]:
+    """Seconds of every call in each of ``repeat`` rounds: times[i][r] is ``calls[i]`` in round r.
+
+    A round runs each call once, in order (``reset()`` untimed before each): the calls of one
+    round see the same machine (clock, the load of other tenants), so the ratio of two calls'
+    times within a round is steadier than the ratio of medians taken one after the other.
+    Warm the calls up first. Raises CallFailed naming the call that raised.
+    """
+    times = [[] for _ in calls]
     events = []
-    torch.cuda.synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     for _ in range(repeat):
-        reset()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize(device)
-    return statistics.median(s.elapsed_time(e) for s, e in events) / 1e3
+        for i, (call, reset) in enumerate(calls):
+            try:
+                reset()
+                if device.type == "cuda":
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    call()
+                    end.record()
+                    events.append((i, start, end))
+                else:
+                    start = time.perf_counter()
+                    call()
+                    times[i].append(time.perf_counter() - start)
+            except Exception as exc:
+                raise CallFailed(i, exc) from exc
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for i, start, end in events:
+            times[i].append(start.elapsed_time(end) / 1e3)
+    return times
 
 
 def peak_memory(call: Call, reset: Call, device: torch.device) -> int | None:

@@ -24,7 +24,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastreg-bench",
-        description="Time the fastreg ops against their peers (median times, GB/s, peak memory, ratios).",
+        description="Time the fastreg ops against their peers (median times, GB/s, peak memory, and ratios paired by round).",
     )
     p.add_argument("--ops", type=_choices(REGISTRY, "op family"), default=list(REGISTRY),
                    help=f"comma-separated op families (default: all: {','.join(REGISTRY)})")

@@ -4,6 +4,7 @@ table prints, bad arguments name the option, peers compute what fastreg computes
 import contextlib
 import io
 import json
+import statistics
 
 import pytest
 import torch
@@ -44,8 +45,11 @@ def test_json_has_times_ratios_and_bytes(json_rows):
         assert ours["backend"] == "cpu" and ours["ratio_fwd"] == 1.0 and ours["ratio_fwd_bwd"] == 1.0
         for peer in group:
             assert peer["baseline"] == "fastreg[cpu]"
-            assert peer["ratio_fwd"] == pytest.approx(peer["fwd_ms"] / ours["fwd_ms"])
-            assert peer["ratio_fwd_bwd"] == pytest.approx(peer["fwd_bwd_ms"] / ours["fwd_bwd_ms"])
+            for phase in ("fwd", "fwd_bwd"):  # the median of the per-round ratios
+                rounds, base = peer[f"{phase}_rounds_ms"], ours[f"{phase}_rounds_ms"]
+                assert len(rounds) == len(base) == 2
+                assert peer[f"{phase}_ms"] == pytest.approx(statistics.median(rounds))
+                assert peer[f"ratio_{phase}"] == pytest.approx(statistics.median(r / b for r, b in zip(rounds, base)))
 
 
 def test_json_bytes_and_memory_of_warp(json_rows):
@@ -217,6 +221,43 @@ def test_backward_call_resets_grads_and_keeps_the_gradient_fixed():
     call()
     torch.testing.assert_close(leaf.grad, first)  # same fixed gradient, not accumulated
     assert timing.median_time(call, reset, torch.device("cpu"), repeat=3, warmup=0) > 0
+
+
+def test_round_times_interleave_the_calls_and_name_the_one_that_fails():
+    order = []
+    calls = [(lambda: order.append("a"), lambda: order.append("reset a")),
+             (lambda: order.append("b"), lambda: order.append("reset b"))]
+    times = timing.round_times(calls, torch.device("cpu"), repeat=3)
+    assert order == ["reset a", "a", "reset b", "b"] * 3
+    assert [len(t) for t in times] == [3, 3] and all(t > 0 for ts in times for t in ts)
+
+    def fails_third_time(count=[0]):
+        count[0] += 1
+        if count[0] == 3:
+            raise RuntimeError("boom")
+
+    with pytest.raises(timing.CallFailed) as failed:
+        timing.round_times([calls[0], (fails_third_time, lambda: None)], torch.device("cpu"), repeat=5)
+    assert failed.value.index == 1 and str(failed.value.error) == "boom"
+
+
+def test_peer_failing_after_warmup_is_reported_and_the_others_are_timed():
+    calls = [0]
+
+    def flaky(x):
+        calls[0] += 1
+        if calls[0] == 3:  # after the warm-up call: inside the timed rounds
+            raise RuntimeError("peer gave up")
+        return x.exp()
+
+    case = Case(op="warp", name="synthetic",
+                make_inputs=lambda device, dtype: {"x": torch.randn(50, device=device, dtype=dtype)},
+                ours=lambda x: x.exp(), peers={"flaky": flaky, "steady": lambda x: x.exp()},
+                grad_inputs=("x",), bytes_moved=None)
+    ours, peer, steady = run([case], repeat=4, warmup=1, backward=False)
+    assert peer["error"] == "RuntimeError: peer gave up" and peer["fwd_ms"] is None and peer["ratio_fwd"] is None
+    assert ours["error"] is None and len(ours["fwd_rounds_ms"]) == 4
+    assert steady["error"] is None and steady["ratio_fwd"] > 0 and len(steady["fwd_rounds_ms"]) == 4
 
 
 def test_shape_name():
