@@ -76,13 +76,8 @@ void step_kernel(const at::Tensor& v, at::Tensor& out, double scale) {
         int interior = 0;
         if (simd && x + 8 <= width &&
             warp::forward_block8<NDIM, PADDING == warp::kBorder>(item, n, p, idx, true, geo.size, geo.stride,
-                                                                 item, item_out + p, 1, NDIM, n, s, &interior)) {
-          for (int c = 0; c < NDIM; ++c) {
-            for (int k = 0; k < 8; ++k) {
-              const int64_t i = c * n + p + k;
-              item_out[i] = s * (item[i] + item_out[i]);
-            }
-          }
+                                                                 item, item_out + p, 1, NDIM, n, s, &interior,
+                                                                 true)) {
           for (int k = 0; k < 8; ++k) {
             if ((interior >> k) & 1) continue;
             idx[NDIM - 1] = x + k;

@@ -2,7 +2,8 @@
 // voxels along the last axis whose cells are all interior and whose corners all lie in the
 // gradient range the calling chunk owns. Same math as step_backward_voxel's interior path
 // (cell_backward, nested differences), vectorised over the 8 voxels; corners are read with
-// warp's pair gathers and scattered with scalar adds. Compiled for AVX2 with a target
+// warp's Windows8/pairs8 and scattered the same way: by one or two 8-wide read-modify-writes
+// per row of the cell when the block's offsets form at most two runs, else by scalar adds. Compiled for AVX2 with a target
 // attribute and used only when the running CPU has it (warp::cpu_has_avx2); any other block
 // takes the scalar path.
 #pragma once
@@ -15,6 +16,71 @@
 
 namespace fastreg {
 namespace integrate {
+
+// Adds the weights of 8 lanes to the two corners of each cell row: lane l adds
+// rw[k][l] * sl[l] at dst + row_off[k] + o[l] and rw[k][l] * tl[l] one element further, with
+// o given by the windows (at most two runs; lanes whose gu is zero add zeros). One 8-wide
+// read-modify-write per row and window, the second corners shifted up one lane into the
+// same window; the last lane's second corner, past the window, by a scalar add. All rows'
+// first windows are written before any second window: the two may overlap, and a load
+// right after an overlapping store cannot take its data from the store buffer.
+// Lanes moved up by one: lane l + 1 gets lane l, lane 0 gets 0.
+FASTREG_AVX2_INLINE __m256 shift_up(__m256 x) {
+  return _mm256_blend_ps(_mm256_permutevar8x32_ps(x, _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6)), _mm256_setzero_ps(), 1);
+}
+
+template <int kRows>
+FASTREG_AVX2_INLINE void scatter_windows8(float* dst, const int64_t* row_off,
+                                                                const warp::Windows8& win, const __m256* rw,
+                                                                __m256 sl, __m256 tl) {
+  const bool two = win.second != win.first;
+  __m256 w1[kRows];
+  for (int k = 0; k < kRows; ++k) {
+    const __m256 w0 = _mm256_mul_ps(rw[k], sl);
+    w1[k] = _mm256_mul_ps(rw[k], tl);
+    __m256 add = _mm256_add_ps(w0, shift_up(w1[k]));
+    if (two) add = _mm256_add_ps(_mm256_andnot_ps(win.upper, w0), shift_up(_mm256_andnot_ps(win.upper, w1[k])));
+    float* q = dst + row_off[k] + win.first;
+    _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), add));
+  }
+  if (two) {
+    for (int k = 0; k < kRows; ++k) {
+      const __m256 w0 = _mm256_and_ps(win.upper, _mm256_mul_ps(rw[k], sl));
+      const __m256 add = _mm256_add_ps(w0, shift_up(_mm256_and_ps(win.upper, w1[k])));
+      float* q = dst + row_off[k] + win.second;
+      _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), add));
+    }
+  }
+  for (int k = 0; k < kRows; ++k) {
+    dst[row_off[k] + win.second + 8] += _mm256_cvtss_f32(_mm256_permutevar8x32_ps(w1[k], _mm256_set1_epi32(7)));
+  }
+}
+
+// The same scatter lane by lane, for offsets o that do not form two runs; lanes with
+// handled[l] == 0 are skipped. All lanes' first corners, then all second corners:
+// neighbouring lanes usually share corners (one's o + 1 is the next one's o), and this
+// order keeps those read-modify-writes apart instead of chaining them through store
+// forwarding.
+template <int kRows>
+FASTREG_AVX2_INLINE void scatter_pairs8(float* dst, const int64_t* row_off, __m256i o,
+                                                              const int32_t* handled, const __m256* rw,
+                                                              __m256 sl, __m256 tl) {
+  alignas(32) int32_t b[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b), o);
+  alignas(32) float w[2][kRows][8];
+  for (int k = 0; k < kRows; ++k) {
+    _mm256_store_ps(w[0][k], _mm256_mul_ps(rw[k], sl));
+    _mm256_store_ps(w[1][k], _mm256_mul_ps(rw[k], tl));
+  }
+  for (int x = 0; x < 2; ++x) {
+    for (int k = 0; k < kRows; ++k) {
+      float* row = dst + row_off[k] + x;
+      for (int l = 0; l < 8; ++l) {
+        if (handled[l]) row[b[l]] += w[x][k][l];
+      }
+    }
+  }
+}
 
 // v, g, grad: one batch item (NDIM, n), g and grad in float; p: the first voxel of the block
 // (spatial index idx, last index idx[NDIM-1] .. +7); [own_lo, own_hi): the spatial indices
@@ -62,15 +128,10 @@ __attribute__((target("avx2,fma"))) int backward_block8(const float* v, const fl
   if (lo < own_lo || hi + span >= own_hi) return 0;
   // The other lanes contribute nothing here (gu = 0) and are skipped by the scatter.
   alignas(32) int32_t handled[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(handled), _mm256_castps_si256(warp::pair_order8(ok)));
-
-  // Work in pair_order8's lane order (that of the pair gathers, which take the offsets in
-  // natural order); b, the scatter offsets, in the same order.
-  for (int a = 0; a < NDIM; ++a) {
-    t[a] = warp::pair_order8(t[a]);
-    dsrc[a] = warp::pair_order8(dsrc[a]);
-  }
-  _mm256_store_si256(reinterpret_cast<__m256i*>(b), _mm256_castps_si256(warp::pair_order8(_mm256_castsi256_ps(base))));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(handled), _mm256_castps_si256(ok));
+  // Windows for reading v and writing grad: within the item and the owned range (the
+  // last window element is 8 past a lane's last corner).
+  const warp::Windows8 win = warp::windows8(base, own_lo > 0 ? own_lo : 0, (own_hi < n ? own_hi : n) - span - 8);
   const __m256 tl = t[NDIM - 1], sl = _mm256_sub_ps(one, tl);
   constexpr int kRows = 1 << (NDIM - 1);  // rows of a cell along the last axis
   int64_t row_off[kRows];
@@ -82,10 +143,10 @@ __attribute__((target("avx2,fma"))) int backward_block8(const float* v, const fl
   const __m256 vscale = _mm256_set1_ps(scale);
   for (int c = 0; c < NDIM; ++c) {
     const float* src = v + c * n;
-    const __m256 gu = _mm256_and_ps(warp::pair_order8(ok), _mm256_mul_ps(vscale, warp::pair_order8(_mm256_loadu_ps(g + c * n + p))));
+    const __m256 gu = _mm256_and_ps(ok, _mm256_mul_ps(vscale, _mm256_loadu_ps(g + c * n + p)));
     __m256 x0[kRows], x1[kRows], r[kRows], d[kRows];
     for (int k = 0; k < kRows; ++k) {
-      warp::pairs8(src, _mm256_add_epi32(base, _mm256_set1_epi32(static_cast<int>(row_off[k]))), x0[k], x1[k]);
+      warp::pairs8(src + row_off[k], base, win, x0[k], x1[k]);
       r[k] = warp::lerp8(x0[k], x1[k], tl);
       d[k] = _mm256_sub_ps(x1[k], x0[k]);
     }
@@ -109,27 +170,16 @@ __attribute__((target("avx2,fma"))) int backward_block8(const float* v, const fl
       rw[2] = _mm256_mul_ps(g1, s1);
       rw[3] = _mm256_mul_ps(g1, t1);
     }
-    // Scatter: all lanes' first corners, then all second corners. Neighbouring lanes
-    // usually share corners (one's o + 1 is the next one's o); this order keeps those
-    // read-modify-writes apart instead of chaining all 16 through store forwarding.
-    alignas(32) float w[2][kRows][8];
-    for (int k = 0; k < kRows; ++k) {
-      _mm256_store_ps(w[0][k], _mm256_mul_ps(rw[k], sl));
-      _mm256_store_ps(w[1][k], _mm256_mul_ps(rw[k], tl));
-    }
     float* dst = grad + c * n;
-    for (int x = 0; x < 2; ++x) {
-      for (int k = 0; k < kRows; ++k) {
-        float* row = dst + row_off[k] + x;
-        for (int l = 0; l < 8; ++l) {
-          if (handled[l]) row[b[l]] += w[x][k][l];
-        }
-      }
+    if (win.ok) {
+      scatter_windows8<kRows>(dst, row_off, win, rw, sl, tl);
+    } else {
+      scatter_pairs8<kRows>(dst, row_off, base, handled, rw, sl, tl);
     }
   }
   // Own voxels: scale * (g + gpos), gpos = gt * dsrc (gt carries one factor scale via gu).
   for (int c = 0; c < NDIM; ++c) {
-    const __m256 gpos = warp::pair_order8(_mm256_mul_ps(gt[c], dsrc[c]));
+    const __m256 gpos = _mm256_mul_ps(gt[c], dsrc[c]);
     float* q = grad + c * n + p;
     const __m256 own = _mm256_mul_ps(vscale, _mm256_add_ps(_mm256_loadu_ps(g + c * n + p), gpos));
     _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), _mm256_and_ps(ok, own)));
