@@ -175,14 +175,32 @@ void bound_chunk(const scalar_t* v, int64_t n, int64_t total, T scale,
     lo[a] = std::numeric_limits<T>::infinity();
     hi[a] = -std::numeric_limits<T>::infinity();
   }
-  for (int64_t i = ch.begin; i < ch.end; ++i) {
-    const scalar_t* item = v + (i / n) * NDIM * n + i % n;
+  for_runs(ch.begin, ch.end, n, [&](int64_t b, int64_t q0, int64_t q1) {
     for (int a = 0; a < NDIM; ++a) {
-      const T d = scale * static_cast<T>(item[a * n]);
-      lo[a] = d < lo[a] ? d : lo[a];  // comparisons skip NaN
-      hi[a] = d > hi[a] ? d : hi[a];
+      const scalar_t* x = v + (b * NDIM + a) * n;
+      // Eight independent lanes (the compiler vectorises them: no reassociation), then one.
+      T l[8], h[8];
+      std::fill(l, l + 8, lo[a]);
+      std::fill(h, h + 8, hi[a]);
+      int64_t q = q0;
+      for (; q + 8 <= q1; q += 8) {
+        for (int j = 0; j < 8; ++j) {
+          const T d = scale * static_cast<T>(x[q + j]);
+          l[j] = d < l[j] ? d : l[j];  // comparisons skip NaN
+          h[j] = d > h[j] ? d : h[j];
+        }
+      }
+      for (; q < q1; ++q) {
+        const T d = scale * static_cast<T>(x[q]);
+        l[0] = d < l[0] ? d : l[0];
+        h[0] = d > h[0] ? d : h[0];
+      }
+      for (int j = 0; j < 8; ++j) {
+        lo[a] = l[j] < lo[a] ? l[j] : lo[a];
+        hi[a] = h[j] > hi[a] ? h[j] : hi[a];
+      }
     }
-  }
+  });
   int64_t dlo = 0, dhi = 0;
   for (int a = 0; a < NDIM; ++a) {
     T l = std::min(lo[a], T(0)), h = std::max(hi[a], T(0));
