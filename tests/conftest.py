@@ -60,3 +60,41 @@ def backend(request):
 @pytest.fixture
 def device(backend) -> torch.device:
     return backend_device(backend)
+
+
+# Displacement patterns along the last axis that steer the CPU's 8-voxel AVX2 blocks
+# through each way of reading (and, backward, scattering) the cell rows: offsets in one run
+# (one window), two runs whose windows overlap or lie in other rows (two windows), and no
+# runs (one load per lane). Fractions stay 0.2 or more from a voxel boundary, so float32 and
+# float64 positions share their cells (no gradient kinks between them).
+BLOCK_PATTERNS = ("one run", "drop mid-block", "rise mid-block", "other row mid-block", "alternating")
+
+
+def _block_pattern(pattern: str, x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(ndim, W) displacement of a row with last-axis index x, for BLOCK_PATTERNS."""
+    lane = x % 8
+    base = torch.tensor([0.3, -0.7, 1.4][:ndim], dtype=torch.float64).view(ndim, 1).repeat(1, x.numel())
+    if pattern == "drop mid-block":  # lanes 5..7 one voxel back: their window overlaps the first
+        base[-1] -= (lane >= 5).double()
+    elif pattern == "rise mid-block":
+        base[-1] += (lane >= 3).double()
+    elif pattern == "other row mid-block":  # lanes 3..7 in the next row of the first axis
+        base[0] += (lane >= 3).double()
+    elif pattern == "alternating":
+        base[-1] -= (lane % 2).double()
+    return base
+
+
+@pytest.fixture
+def block_field():
+    """block_field(pattern, shape, batch, dtype, device): a displacement (batch, ndim, *shape)
+    in voxels following BLOCK_PATTERNS along the last axis, with noise of 0.05 voxel."""
+
+    def make(pattern, shape, batch=2, dtype=torch.float32, device="cpu"):
+        ndim = len(shape)
+        x = torch.arange(shape[-1])
+        row = _block_pattern(pattern, x, ndim).view(1, ndim, *[1] * (ndim - 1), shape[-1])
+        field = row.expand(batch, ndim, *shape) + 0.05 * (2 * torch.rand(batch, ndim, *shape, dtype=torch.float64) - 1)
+        return field.to(dtype=dtype, device=device)
+
+    return make

@@ -8,6 +8,7 @@ import fastreg
 from fastreg.data import random_smooth_field
 from fastreg.reference import integrate as ref
 from fastreg.reference.warp import compose
+from conftest import BLOCK_PATTERNS
 
 PADDINGS = ("zeros", "border", "reflection")
 SHAPES = {2: (9, 11), 3: (6, 7, 5)}
@@ -84,6 +85,21 @@ def test_float32_long_rows_match_reference(backend, device, ndim, padding):
     out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, 6, padding), v.double(), weight.double())
     assert_close(out.double(), out_ref, rtol=2e-5)
     assert_grad_close_but_kinks(grad.double(), grad_ref, rtol=2e-4)
+
+
+@pytest.mark.parametrize("pattern", BLOCK_PATTERNS)
+@pytest.mark.parametrize("shape", [(7, 40), (5, 6, 40)])
+@pytest.mark.parametrize("padding", ("zeros", "border"))
+def test_float32_block_read_patterns(backend, device, block_field, pattern, shape, padding):
+    """One step (u = v / 2 follows the pattern) through every way an AVX2 block reads and
+    scatters its cell rows (conftest.BLOCK_PATTERNS): values and gradients of the reference."""
+    skip_in_interpreter(backend, device)
+    v = 2 * block_field(pattern, shape, device=device)
+    weight = torch.randn_like(v)
+    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 1, padding), v, weight)
+    out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, 1, padding), v.double(), weight.double())
+    assert_close(out.double(), out_ref, rtol=2e-5)
+    assert_close(grad.double(), grad_ref, rtol=2e-5)
 
 
 def test_forward_is_bit_identical_across_thread_counts():

@@ -8,6 +8,7 @@ import torch
 import fastreg
 from fastreg.data import random_smooth_field
 from fastreg.reference import warp as ref
+from conftest import BLOCK_PATTERNS
 
 MODES = ("bilinear", "nearest")
 PADDINGS = ("zeros", "border", "reflection")
@@ -226,6 +227,28 @@ def test_float32_long_rows(backend, device, shape, padding, field_batch):
     nan = torch.isnan(expected)
     assert torch.equal(torch.isnan(out), nan)
     assert_close(out[~nan].double(), expected[~nan], rtol=1e-5)  # float32 positions: ulp(45) ~ 4e-6 voxel
+
+
+@pytest.mark.parametrize("pattern", BLOCK_PATTERNS)
+@pytest.mark.parametrize("shape", [(7, 40), (5, 6, 40)])
+@pytest.mark.parametrize("padding", ("zeros", "border"))
+def test_float32_block_read_patterns(backend, device, block_field, pattern, shape, padding):
+    """Every way an AVX2 block reads its cell rows (conftest.BLOCK_PATTERNS) gives the
+    reference's values and gradients."""
+    image = torch.randn(2, 3, *shape, device=device)
+    disp = block_field(pattern, shape, device=device)
+    weight = torch.randn_like(image)
+    got = grads(lambda i, d: fastreg.warp(i, d, "bilinear", padding), image, disp, weight)
+    expected = grads(lambda i, d: ref.warp(i, d, "bilinear", padding), image.double(), disp.double(), weight.double())
+    for a, b in zip(got, expected):
+        assert_close(a.double(), b, rtol=2e-5)
+
+
+def grads(fn, image, disp, weight):
+    """fn(image, disp), d(sum(out * weight))/d image and / d disp."""
+    image, disp = image.detach().clone().requires_grad_(True), disp.detach().clone().requires_grad_(True)
+    out = fn(image, disp)
+    return (out.detach(), *torch.autograd.grad((out * weight).sum(), (image, disp)))
 
 
 def test_multithreaded_chunks_match_reference():
