@@ -3,9 +3,9 @@
 // gradient range the calling chunk owns. Same math as step_backward_voxel's interior path
 // (cell_backward, nested differences), vectorised over the 8 voxels; corners are read with
 // warp's Windows8/pairs8 and scattered the same way: by one or two 8-wide read-modify-writes
-// per row of the cell when the block's offsets form at most two runs, else by scalar adds. Compiled for AVX2 with a target
-// attribute and used only when the running CPU has it (warp::cpu_has_avx2); any other block
-// takes the scalar path.
+// per row of the cell when the block's offsets form at most two runs, else by scalar adds.
+// Compiled for AVX2 with a target attribute and used only when the running CPU has it
+// (warp::cpu_has_avx2); any other block takes the scalar path.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +17,20 @@
 namespace fastreg {
 namespace integrate {
 
+// Lanes moved up by one: lane l + 1 gets lane l, lane 0 gets 0.
+FASTREG_AVX2_INLINE __m256 shift_up(__m256 x) {
+  return _mm256_blend_ps(_mm256_permutevar8x32_ps(x, _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6)),
+                         _mm256_setzero_ps(), 1);
+}
+
+// q[l] += w0[l] + w1[l - 1] over the lanes in mask (w0 = rw * sl, w1 = rw * tl): the two
+// corners of one cell row for the lanes of one window starting at q.
+FASTREG_AVX2_INLINE void add_window8(float* q, __m256 mask, __m256 rw, __m256 sl, __m256 tl) {
+  const __m256 w0 = _mm256_and_ps(mask, _mm256_mul_ps(rw, sl));
+  const __m256 w1 = _mm256_and_ps(mask, _mm256_mul_ps(rw, tl));
+  _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), _mm256_add_ps(w0, shift_up(w1))));
+}
+
 // Adds the weights of 8 lanes to the two corners of each cell row: lane l adds
 // rw[k][l] * sl[l] at dst + row_off[k] + o[l] and rw[k][l] * tl[l] one element further, with
 // o given by the windows (at most two runs; lanes whose gu is zero add zeros). One 8-wide
@@ -24,35 +38,18 @@ namespace integrate {
 // same window; the last lane's second corner, past the window, by a scalar add. All rows'
 // first windows are written before any second window: the two may overlap, and a load
 // right after an overlapping store cannot take its data from the store buffer.
-// Lanes moved up by one: lane l + 1 gets lane l, lane 0 gets 0.
-FASTREG_AVX2_INLINE __m256 shift_up(__m256 x) {
-  return _mm256_blend_ps(_mm256_permutevar8x32_ps(x, _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6)), _mm256_setzero_ps(), 1);
-}
-
 template <int kRows>
-FASTREG_AVX2_INLINE void scatter_windows8(float* dst, const int64_t* row_off,
-                                                                const warp::Windows8& win, const __m256* rw,
-                                                                __m256 sl, __m256 tl) {
-  const bool two = win.second != win.first;
-  __m256 w1[kRows];
-  for (int k = 0; k < kRows; ++k) {
-    const __m256 w0 = _mm256_mul_ps(rw[k], sl);
-    w1[k] = _mm256_mul_ps(rw[k], tl);
-    __m256 add = _mm256_add_ps(w0, shift_up(w1[k]));
-    if (two) add = _mm256_add_ps(_mm256_andnot_ps(win.upper, w0), shift_up(_mm256_andnot_ps(win.upper, w1[k])));
-    float* q = dst + row_off[k] + win.first;
-    _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), add));
-  }
-  if (two) {
-    for (int k = 0; k < kRows; ++k) {
-      const __m256 w0 = _mm256_and_ps(win.upper, _mm256_mul_ps(rw[k], sl));
-      const __m256 add = _mm256_add_ps(w0, shift_up(_mm256_and_ps(win.upper, w1[k])));
-      float* q = dst + row_off[k] + win.second;
-      _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), add));
-    }
+FASTREG_AVX2_INLINE void scatter_windows8(float* dst, const int64_t* row_off, const warp::Windows8& win,
+                                          const __m256* rw, __m256 sl, __m256 tl) {
+  // Each window takes its own lanes (win.upper is all clear for one run).
+  const __m256 lower = _mm256_andnot_ps(win.upper, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+  for (int k = 0; k < kRows; ++k) add_window8(dst + row_off[k] + win.first, lower, rw[k], sl, tl);
+  if (win.second != win.first) {
+    for (int k = 0; k < kRows; ++k) add_window8(dst + row_off[k] + win.second, win.upper, rw[k], sl, tl);
   }
   for (int k = 0; k < kRows; ++k) {
-    dst[row_off[k] + win.second + 8] += _mm256_cvtss_f32(_mm256_permutevar8x32_ps(w1[k], _mm256_set1_epi32(7)));
+    const __m256 w1 = _mm256_mul_ps(rw[k], tl);
+    dst[row_off[k] + win.second + 8] += _mm256_cvtss_f32(_mm256_permutevar8x32_ps(w1, _mm256_set1_epi32(7)));
   }
 }
 
@@ -62,9 +59,8 @@ FASTREG_AVX2_INLINE void scatter_windows8(float* dst, const int64_t* row_off,
 // order keeps those read-modify-writes apart instead of chaining them through store
 // forwarding.
 template <int kRows>
-FASTREG_AVX2_INLINE void scatter_pairs8(float* dst, const int64_t* row_off, __m256i o,
-                                                              const int32_t* handled, const __m256* rw,
-                                                              __m256 sl, __m256 tl) {
+FASTREG_AVX2_INLINE void scatter_pairs8(float* dst, const int64_t* row_off, __m256i o, const int32_t* handled,
+                                        const __m256* rw, __m256 sl, __m256 tl) {
   alignas(32) int32_t b[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(b), o);
   alignas(32) float w[2][kRows][8];

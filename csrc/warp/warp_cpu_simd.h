@@ -1,10 +1,9 @@
 // AVX2 fast path of the CPU warp forward (float32, linear interpolation, zeros or border
 // padding): 8 consecutive output voxels along the last axis whose cells all lie inside the
 // image, positions computed 8 at a time and corners read as windows or pairs (Windows8).
-// Compiled for AVX2 with a
-// target attribute and used only when the running CPU has AVX2 and FMA, so the default build
-// flags stay portable; any other block (border cells, NaN, size-1 axes) takes the scalar
-// path of warp.h. Same math as interior_cell/interpolate_cell (nested lerps).
+// Compiled for AVX2 with a target attribute and used only when the running CPU has AVX2 and
+// FMA, so the default build flags stay portable; any other block (border cells, NaN, size-1
+// axes) takes the scalar path of warp.h. Same math as interior_cell/interpolate_cell (nested lerps).
 #pragma once
 
 #include <cstdint>

@@ -64,7 +64,8 @@ def run(
     fwd_ms, fwd_bwd_ms, fwd_gbps, fwd_bwd_gbps, fwd_copy_frac, fwd_bwd_copy_frac,
     fwd_peak_bytes, fwd_bwd_peak_bytes, fwd_bytes, fwd_bwd_bytes, ratio_fwd,
     ratio_fwd_bwd, fwd_rounds_ms, fwd_bwd_rounds_ms (the time of each round), copy_gbps,
-    error (None when the implementation ran). A value that was not measured (no backward, no byte count, CPU copy fraction) is None.
+    error (None when the implementation ran). A value that was not measured (no backward,
+    no byte count, CPU copy fraction) is None.
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():

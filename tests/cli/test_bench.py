@@ -231,7 +231,9 @@ def test_round_times_interleave_the_calls_and_name_the_one_that_fails():
     assert order == ["reset a", "a", "reset b", "b"] * 3
     assert [len(t) for t in times] == [3, 3] and all(t > 0 for ts in times for t in ts)
 
-    def fails_third_time(count=[0]):
+    count = [0]
+
+    def fails_third_time():
         count[0] += 1
         if count[0] == 3:
             raise RuntimeError("boom")
