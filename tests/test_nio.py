@@ -1,0 +1,232 @@
+"""fastreg.nio: neural instance optimization and instance optimization of a field.
+
+The models are small pyramids defined here (subclasses of RegistrationModel with 1, 2 and 3
+levels), so these tests need none of fastreg's trained models.
+"""
+import copy
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastreg
+from fastreg import nio
+from fastreg.data.fields import random_smooth_field
+from fastreg.models import RegistrationModel
+
+
+class Pyramid(RegistrationModel):
+    """LapIRN-like toy: level k of L sees both images at 1/2^(L-k) resolution, the moving one
+    warped by the field of the levels before, and adds a residual field of that resolution
+    upsampled to full resolution. A frozen stem, a batch norm (buffers) and a buffer gain
+    make the "never modified" checks meaningful."""
+
+    def __init__(self, ndim: int = 2, num_levels: int = 3, width: int = 6):
+        super().__init__()
+        self.ndim, self.num_levels, self.multiple = ndim, num_levels, 2 ** (num_levels - 1)
+        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        self.stem = conv(2, width, 3, padding=1).requires_grad_(False)
+        self.norm = (nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d)(width)
+        self.heads = nn.ModuleList(conv(width, ndim, 3, padding=1) for _ in range(num_levels))
+        self.register_buffer("gain", torch.tensor(0.5))
+
+    def predict(self, fixed, moving, levels):
+        pool = F.avg_pool2d if self.ndim == 2 else F.avg_pool3d
+        disp = None
+        for k in range(levels):
+            factor = 2 ** (self.num_levels - 1 - k)
+            moved = moving if disp is None else fastreg.warp(moving, disp)
+            x = torch.cat([fixed, moved], 1)
+            x = pool(x, factor) if factor > 1 else x
+            residual = self.heads[k](F.leaky_relu(self.norm(self.stem(x)), 0.2)) * self.gain
+            up = fastreg.resize_field(residual, size=fixed.shape[2:])
+            disp = up if disp is None else disp + up
+        return disp
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These images are tiny: one thread is fastest, and on a shared, loaded machine two
+    threads spin-wait on each other (10-50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smooth_image(shape, batch=1, dtype=torch.float32):
+    """(batch, 1, *shape) smooth random image in [0, 1] (coarse noise upsampled)."""
+    x = random_smooth_field(shape, batch=batch, spacing=4, dtype=dtype)[:, :1]
+    low = x.flatten(1).min(1).values.view(-1, *[1] * len(shape) + [1])
+    high = x.flatten(1).max(1).values.view(-1, *[1] * len(shape) + [1])
+    return (x - low) / (high - low)
+
+
+def known_pair(shape, batch=1, dtype=torch.float32, magnitude=1.5):
+    """(fixed, moving, true field): fixed = moving warped by the field."""
+    moving = smooth_image(shape, batch, dtype)
+    truth = random_smooth_field(shape, batch=batch, magnitude=magnitude, spacing=12, dtype=dtype)
+    return fastreg.warp(moving, truth), moving, truth
+
+
+def rms(a, b, margin=3):
+    inner = (slice(None), slice(None)) + (slice(margin, -margin),) * (a.dim() - 2)
+    return (a - b)[inner].square().mean().sqrt().item()
+
+
+def snapshot(model):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        {n: m.training for n, m in model.named_modules()},
+    )
+
+
+def test_default_levels():
+    assert [nio.default_levels(n) for n in (1, 2, 3, 4, 5)] == [(1,), (1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5)]
+
+
+def test_model_never_modified():
+    model = Pyramid(2, 3).train()
+    model(*known_pair((16, 16))[:2])  # batch-norm statistics move in train mode
+    before = snapshot(model)
+    fixed, moving, _ = known_pair((16, 16), batch=2)
+    result = nio.optimize(model, fixed, moving, iterations=(3, 2, 2), lr=1e-2, return_weights=True)
+    after = snapshot(model)
+    assert before[1] == after[1] and before[2] == after[2]
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert all(p.grad is None for p in model.parameters())
+    for i, weights in enumerate(result.weights):
+        assert torch.equal(weights["stem.weight"], model.stem.weight)  # frozen stays frozen
+        assert not torch.equal(weights["heads.0.weight"], model.heads[0].weight)
+        adapted = copy.deepcopy(model).eval()
+        adapted.load_state_dict(weights)
+        with torch.no_grad():
+            torch.testing.assert_close(adapted(fixed[i : i + 1], moving[i : i + 1]), result.disp[i : i + 1])
+
+
+def test_deterministic_on_cpu():
+    model = Pyramid(2, 2)
+    fixed, moving, _ = known_pair((16, 20))
+    a = nio.optimize(model, fixed, moving, iterations=(4, 3), lr=1e-2)
+    b = nio.optimize(model, fixed, moving, iterations=(4, 3), lr=1e-2)
+    assert torch.equal(a.disp, b.disp) and torch.equal(a.log["loss"], b.log["loss"])
+
+
+@pytest.mark.parametrize("ndim, levels, shape", [(2, 3, (40, 36)), (3, 2, (16, 20, 16))])
+def test_loss_decreases_and_field_approaches_truth(ndim, levels, shape):
+    model = Pyramid(ndim, levels)
+    fixed, moving, truth = known_pair(shape)
+    with torch.no_grad():
+        initial = model(fixed, moving)
+    iterations = (40, 30, 20)[:levels]
+    result = nio.optimize(model, fixed, moving, iterations=iterations, lr=1e-2)
+    loss = result.log["loss"][:, 0]
+    assert loss.shape == (sum(iterations),) and result.stopped == "done"
+    last = result.log["stage"] == levels - 1
+    assert loss[last][-1] < loss[last][0]
+    final_loss = nio.nio_loss(fixed, moving, result.disp, 0.4, 7)[0]
+    assert final_loss < nio.nio_loss(fixed, moving, initial, 0.4, 7)[0]
+    assert rms(result.disp, truth) < 0.8 * rms(initial, truth)
+
+
+def test_instance_optimize_dense_and_grid():
+    fixed, moving, truth = known_pair((40, 40), batch=2)
+    start = 0.3 * truth + 0.2 * random_smooth_field((40, 40), batch=2, spacing=10)
+    for grid in (None, 5):
+        result = nio.instance_optimize(start, fixed, moving, iterations=60, lr=0.05, grid=grid)
+        assert result.disp.shape == start.shape and result.log["loss"].shape == (60, 2)
+        for i in range(2):
+            assert rms(result.disp[i : i + 1], truth[i : i + 1]) < 0.8 * rms(start[i : i + 1], truth[i : i + 1])
+
+
+def test_max_seconds():
+    model = Pyramid(2, 3)
+    fixed, moving, _ = known_pair((32, 32))
+    limit = 0.5
+    start = time.perf_counter()
+    result = nio.optimize(model, fixed, moving, iterations=(10**6, 10, 10), max_seconds=limit)
+    elapsed = time.perf_counter() - start
+    seconds = result.log["seconds"]
+    assert result.stopped == "max_seconds" and 0 < len(seconds) < 10**6
+    assert (seconds[:-1] < limit).all()  # no step starts after the limit
+    assert elapsed < limit + 5.0  # the last step and the final prediction (loaded machine)
+    assert result.disp.shape == (1, 2, 32, 32) and torch.isfinite(result.disp).all()
+
+
+def test_stages_run_their_levels():
+    model = Pyramid(2, 3)
+    fixed, moving, _ = known_pair((16, 16))
+    result = nio.optimize(model, fixed, moving, iterations=(3, 2, 1), lr=1e-2)
+    assert result.log["levels"].tolist() == [1, 1, 1, 2, 2, 3]
+    assert result.log["stage"].tolist() == [0, 0, 0, 1, 1, 2]
+    # one stage with the coarsest level only: the finer heads get no gradient
+    only = nio.optimize(model, fixed, moving, iterations=(4,), levels=(1,), lr=1e-2, return_weights=True)
+    weights = only.weights[0]
+    assert not torch.equal(weights["heads.0.weight"], model.heads[0].weight)
+    assert torch.equal(weights["heads.1.weight"], model.heads[1].weight)
+    assert torch.equal(weights["heads.2.weight"], model.heads[2].weight)
+
+
+def test_tol_ends_stages_early_and_callback_stops():
+    model = Pyramid(2, 2)
+    fixed, moving, _ = known_pair((16, 16))
+    result = nio.optimize(model, fixed, moving, iterations=(200, 200), lr=1e-6, tol=1e-2)
+    counts = torch.bincount(result.log["stage"], minlength=2).tolist()
+    assert counts == [nio.TOL_EVERY + 1] * 2  # lr too small to improve 1 % in 10 steps
+    seen = []
+    stop = nio.optimize(model, fixed, moving, iterations=(5, 5), callback=lambda info: seen.append(info) or len(seen) == 7)
+    assert stop.stopped == "callback" and len(stop.log["loss"]) == 7
+    assert [s["levels"] for s in seen] == [1] * 5 + [2] * 2
+
+
+def test_batched_equals_sequential():
+    model = Pyramid(2, 3).double()
+    fixed, moving, _ = known_pair((24, 20), batch=3, dtype=torch.float64)
+    batched = nio.optimize(model, fixed, moving, iterations=(6, 4, 3), lr=1e-2, return_weights=True)
+    for i in range(3):
+        one = nio.optimize(model, fixed[i : i + 1], moving[i : i + 1], iterations=(6, 4, 3), lr=1e-2)
+        torch.testing.assert_close(batched.disp[i : i + 1], one.disp, rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(batched.log["loss"][:, i : i + 1], one.log["loss"], rtol=1e-7, atol=1e-9)
+
+
+def test_bad_input():
+    model = Pyramid(2, 3)
+    fixed, moving, _ = known_pair((16, 16))
+    with pytest.raises(TypeError, match="model"):
+        nio.optimize(nn.Conv2d(2, 2, 3), fixed, moving)
+    flat = Pyramid(2, 3)
+    flat.num_levels = 0
+    with pytest.raises(ValueError, match="num_levels"):
+        nio.optimize(flat, fixed, moving)
+    with pytest.raises(ValueError, match="moving"):
+        nio.optimize(model, fixed, moving[..., :12])
+    with pytest.raises(ValueError, match="fixed"):
+        nio.optimize(model, fixed[:, :, None], moving[:, :, None])
+    with pytest.raises(ValueError, match="iterations: expected 3 counts"):
+        nio.optimize(model, fixed, moving, iterations=(10, 10))
+    with pytest.raises(ValueError, match="levels"):
+        nio.optimize(model, fixed, moving, levels=(2, 1), iterations=(1, 1))
+    with pytest.raises(ValueError, match="levels"):
+        nio.optimize(model, fixed, moving, levels=(1, 4), iterations=(1, 1))
+    bad = moving.clone()
+    bad[0, 0, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="moving: expected finite"):
+        nio.optimize(model, fixed, bad)
+    with pytest.raises(TypeError, match="fixed: expected dtype"):
+        nio.optimize(model, fixed.double(), moving.double())
+    with pytest.raises(ValueError, match="window"):
+        nio.optimize(model, fixed, moving, window=6)
+    with pytest.raises(ValueError, match="lam"):
+        nio.optimize(model, fixed, moving, lam=1.5)
+    with pytest.raises(ValueError, match="max_seconds"):
+        nio.optimize(model, fixed, moving, max_seconds=-1.0)
+    disp = random_smooth_field((16, 16))
+    with pytest.raises(ValueError, match="disp"):
+        nio.instance_optimize(disp[..., :8], fixed, moving)
+    with pytest.raises(ValueError, match="grid"):
+        nio.instance_optimize(disp, fixed, moving, grid=0)
+    with pytest.raises(ValueError, match="fixed: expected finite"):
+        nio.instance_optimize(disp, fixed * float("inf"), moving)
