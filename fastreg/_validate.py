@@ -2,6 +2,7 @@
 was expected (TypeError for a wrong type or dtype, ValueError for a wrong value/shape)."""
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Sequence
 
@@ -102,3 +103,28 @@ def non_negative_int(value, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name}: expected a non-negative int, got {value}")
     return int(value)
+
+
+def positive_number(value, name: str) -> float:
+    """`value` is a finite real number > 0 (bools rejected), as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value}")
+    return float(value)
+
+
+def unit_interval(value, name: str) -> float:
+    """`value` is a real number in [0, 1] (bools rejected), as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
+    return float(value)
+
+
+def finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """`x` holds no NaN or inf (one host sync on a GPU)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: expected finite values, found NaN or inf")
+    return x

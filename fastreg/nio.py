@@ -148,8 +148,8 @@ def optimize(
     plan = _levels(levels, model.num_levels)
     steps = _iterations(iterations, len(plan))
     window = window_sizes(window, fixed.shape[2:])
-    lam = _fraction(lam, "lam")
-    lr = _positive(lr, "lr")
+    lam = check.unit_interval(lam, "lam")
+    lr = check.positive_number(lr, "lr")
     _check_callback(callback)
 
     template = copy.deepcopy(model).eval().requires_grad_(False)
@@ -211,11 +211,11 @@ def instance_optimize(
             f"disp: expected shape {(fixed.shape[0], ndim, *fixed.shape[2:])} (one field per pair "
             f"on the fixed grid), got {tuple(disp.shape)}"
         )
-    _finite(disp, "disp")
+    check.finite(disp, "disp")
     steps = _iterations(iterations if isinstance(iterations, (list, tuple)) else (iterations,), 1)
     window = window_sizes(window, fixed.shape[2:])
-    lam = _fraction(lam, "lam")
-    lr = _positive(lr, "lr")
+    lam = check.unit_interval(lam, "lam")
+    lr = check.positive_number(lr, "lr")
     size = tuple(disp.shape[2:])
     if grid is None:
         coarse = size
@@ -247,8 +247,8 @@ def _adam(params: torch.Tensor, objective, steps: Sequence[int], lr: float, max_
     """Adam on ``params`` (N, ...), one row per pair, stage by stage; ``objective(params, stage)`` gives
     (loss, similarity, regulariser), each (N,). Returns (the best params of the last stage
     reached, per pair; the log; why it stopped)."""
-    max_seconds = None if max_seconds is None else _positive(max_seconds, "max_seconds")
-    tol = None if tol is None else _positive(tol, "tol")
+    max_seconds = None if max_seconds is None else check.positive_number(max_seconds, "max_seconds")
+    tol = None if tol is None else check.positive_number(tol, "tol")
     _check_callback(callback)
     params = params.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([params], lr=lr)
@@ -379,18 +379,13 @@ def _check_pair(fixed, moving, ndim: int, dtype: torch.dtype, device: torch.devi
             raise ValueError(f"{name}: expected a tensor on {device} like {like}, got {x.device}")
     if moving.shape != fixed.shape:
         raise ValueError(f"moving: expected the shape of fixed {tuple(fixed.shape)}, got {tuple(moving.shape)}")
-    _finite(fixed, "fixed")
-    _finite(moving, "moving")
+    check.finite(fixed, "fixed")
+    check.finite(moving, "moving")
 
 
 def _check_callback(callback) -> None:
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
-
-
-def _finite(x: torch.Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: expected finite values, found NaN or inf")
 
 
 def _levels(levels, num_levels: int) -> tuple[int, ...]:
@@ -419,19 +414,3 @@ def _iterations(iterations, stages: int) -> tuple[int, ...]:
             f"iterations: expected {stages} counts (one per stage of levels), got {len(iterations)}: {tuple(iterations)}"
         )
     return tuple(check.non_negative_int(n, "iterations") for n in iterations)
-
-
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a positive number, got {type(value).__name__} {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _fraction(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__} {value!r}")
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
-    return float(value)

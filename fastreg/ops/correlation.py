@@ -97,7 +97,7 @@ def vfa_attention(
         q = q / temperature.to(q.dtype).reshape(())
         scale = 1.0
     else:
-        scale = 1.0 / _positive_number(temperature, "temperature")
+        scale = 1.0 / check.positive_number(temperature, "temperature")
     backend = _backend.select("vfa_attention", q.device)
     if backend == "reference":
         return reference.vfa_attention(q, k, radius, 1.0 / scale)
@@ -137,14 +137,6 @@ def _check_radius(radius) -> None:
         raise TypeError(f"radius: expected an int, got {type(radius).__name__}")
     if radius < 1:
         raise ValueError(f"radius: expected an integer >= 1, got {radius}")
-
-
-def _positive_number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a finite number > 0, got {value}")
-    return float(value)
 
 
 def _scale(scale, channels: int) -> float:
