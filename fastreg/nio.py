@@ -9,7 +9,13 @@ weights minimises, coarse to fine,
 
 where ``u = model(fixed, moving, levels=k)`` is the field of the k coarsest levels, already at
 full resolution, so the objective is the same at every stage. IO (the paper's baseline) runs
-the same loss with Adam on the field itself.
+the same loss with Adam on the field itself. Example::
+
+    from fastreg import nio
+    result = nio.optimize(model, fixed, moving)            # eta = (100, 60, 30), lr 1e-4, lam 0.4
+    warped = fastreg.warp(moving, result.disp)
+    result.log["loss"]                                     # (T, N): one column per pair
+    baseline = nio.instance_optimize(model(fixed, moving).detach(), fixed, moving, grid=4)
 
 Conventions:
   fixed, moving  (N, 1, *S) images in [0, 1]; the batch holds N independent *pairs*: each pair
@@ -22,7 +28,8 @@ Conventions:
                  voxel units (LapIRN measures u in [-1, 1] grid units, which weights this
                  term by roughly (2 / S)^2 less)
 The optimiser minimises the sum of the pairs' losses; the pairs share no parameter and Adam
-acts per element, so N pairs at once give the results of N single-pair calls.
+acts per element, so N pairs at once give the results of N single-pair calls (to rounding:
+the batched convolutions sum in another order).
 
 Stages (``levels``): stage i optimises the field of ``model(..., levels=levels[i])`` for
 ``iterations[i]`` Adam steps, continuing from the weights and Adam state of stage i - 1.
@@ -251,7 +258,7 @@ def _adam(params: torch.Tensor, objective, steps: Sequence[int], lr: float, max_
     tol = None if tol is None else check.positive_number(tol, "tol")
     _check_callback(callback)
     params = params.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([params], lr=lr)
+    optimizer = torch.optim.Adam([params], lr=lr, fused=True if params.device.type == "cuda" else None)
     sync = params.device.type == "cuda" and (max_seconds is not None or callback is not None)
     rows = (params.shape[0],) + (1,) * (params.dim() - 1)
     terms: list[tuple[torch.Tensor, ...]] = []

@@ -143,6 +143,16 @@ def test_instance_optimize_dense_and_grid():
             assert rms(result.disp[i : i + 1], truth[i : i + 1]) < 0.8 * rms(start[i : i + 1], truth[i : i + 1])
 
 
+def test_zero_iterations_give_the_model_prediction():
+    model = Pyramid(2, 2).train()
+    fixed, moving, _ = known_pair((16, 24), batch=2)
+    result = nio.optimize(model, fixed, moving, iterations=(0, 0))
+    with torch.no_grad():
+        expected = copy.deepcopy(model).eval()(fixed, moving)
+    torch.testing.assert_close(result.disp, expected)
+    assert result.log["loss"].shape == (0, 2) and result.stopped == "done"
+
+
 def test_max_seconds():
     model = Pyramid(2, 3)
     fixed, moving, _ = known_pair((32, 32))
