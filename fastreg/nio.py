@@ -152,6 +152,7 @@ def optimize(
     """
     _check_model(model)
     _check_images(model, fixed, moving)
+    fixed, moving = fixed.detach(), moving.detach()
     plan = _levels(levels, model.num_levels)
     steps = _iterations(iterations, len(plan))
     window = window_sizes(window, fixed.shape[2:])
@@ -219,6 +220,7 @@ def instance_optimize(
             f"on the fixed grid), got {tuple(disp.shape)}"
         )
     check.finite(disp, "disp")
+    fixed, moving = fixed.detach(), moving.detach()
     steps = _iterations(iterations if isinstance(iterations, (list, tuple)) else (iterations,), 1)
     window = window_sizes(window, fixed.shape[2:])
     lam = check.unit_interval(lam, "lam")

@@ -93,7 +93,10 @@ def test_model_never_modified():
     model(*known_pair((16, 16))[:2])  # batch-norm statistics move in train mode
     before = snapshot(model)
     fixed, moving, _ = known_pair((16, 16), batch=2)
+    fixed.requires_grad_(True)
     result = nio.optimize(model, fixed, moving, iterations=(3, 2, 2), lr=1e-2, return_weights=True)
+    assert fixed.grad is None and not result.disp.requires_grad
+    fixed = fixed.detach()
     after = snapshot(model)
     assert before[1] == after[1] and before[2] == after[2]
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
