@@ -97,7 +97,7 @@ def default_levels(num_levels: int) -> tuple[int, ...]:
     return tuple(range(max(1, num_levels - 2), num_levels + 1))
 
 
-def nio_loss(
+def _loss(
     fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, lam: float, window
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, similarity, regulariser), each (N,): the objective above, per pair."""
@@ -169,7 +169,7 @@ def optimize(
     predict = _predictor(template, names, shapes, pairs)
 
     def objective(weights: torch.Tensor, stage: int):
-        return nio_loss(fixed, moving, predict(weights, fixed, moving, plan[stage]), lam, window)
+        return _loss(fixed, moving, predict(weights, fixed, moving, plan[stage]), lam, window)
 
     def on_step(info: dict) -> object:
         info["levels"] = plan[info["stage"]]
@@ -241,7 +241,7 @@ def instance_optimize(
         return base + (r if coarse == size else F.interpolate(r, size=size, mode=mode, align_corners=True))
 
     def objective(r: torch.Tensor, stage: int):
-        return nio_loss(fixed, moving, field_of(r), lam, window)
+        return _loss(fixed, moving, field_of(r), lam, window)
 
     residual, log, stopped = _adam(residual, objective, steps, lr, max_seconds, tol, callback)
     with torch.no_grad():
