@@ -12,7 +12,8 @@ reference / fused of the per-iteration times, so both sides of a ratio share the
 load. Per-iteration time: (end of the last step - end of the first) / (iterations - 1), from
 the run's log, so the first (warm-up) step is left out. The same is measured for
 ``fastreg.nio.instance_optimize`` (Adam on a dense field: the loss and the warp alone, no
-network) on the same pair. Peak memory: bytes allocated above
+network) on the same pair. ``--batched`` instead times the pairs at once (vmap over per-pair
+weights) against one pair at a time. Peak memory: bytes allocated above
 the start during one run of 2 iterations (fastreg.bench.timing.peak_memory: CUDA counters, or
 the CPU profiler's allocation events), divided by the number of pairs.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +104,8 @@ def main(argv=None) -> None:
     parser.add_argument("--iterations", type=int, default=4, help="Adam steps per run (>= 2)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--batched", action="store_true",
+                        help="instead: time NIO (one step per level stage) on the pairs at once vs one by one")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.iterations < 2:
@@ -116,6 +120,8 @@ def main(argv=None) -> None:
     fixed, moving = make_pair(args.shape, args.pairs, device)
     start = random_smooth_field(args.shape, batch=args.pairs, magnitude=2.0).to(device)
     finest = (model.num_levels,)
+    if args.batched:
+        return compare_batched(model, fixed, moving, args)
     loops = {  # name -> run(iterations) -> Result
         "nio": lambda n: nio.optimize(model, fixed, moving, iterations=(n,), levels=finest),
         "io": lambda n: nio.instance_optimize(start, fixed, moving, iterations=n),
@@ -143,6 +149,35 @@ def main(argv=None) -> None:
         ratios = [ref / fused for ref, fused in zip(times[loop, "reference"], times[loop, "fused"])]
         print(f"  {loop:3s} ratio reference / fused per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
               f"median {statistics.median(ratios):.2f}x")
+
+
+def compare_batched(model, fixed, moving, args) -> None:
+    """Wall time of ``optimize`` on all pairs at once (vmap over per-pair weights) and on each
+    pair alone, in paired rounds after one warm-up call (default backend, ``--iterations`` steps
+per stage)."""
+    iterations = (args.iterations,) * len(nio.default_levels(model.num_levels))
+    start = time.perf_counter()
+    nio.optimize(model, fixed, moving, iterations=iterations)  # warm-up, untimed in the rounds
+    print(f"first call at once (warm-up): {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    ratios = []
+    for r in range(args.rounds):
+        start = time.perf_counter()
+        nio.optimize(model, fixed, moving, iterations=iterations)
+        together = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(args.pairs):
+            nio.optimize(model, fixed[i : i + 1], moving[i : i + 1], iterations=iterations)
+        alone = time.perf_counter() - start
+        ratios.append(alone / together)
+        print(f"round {r}: {args.pairs} pairs at once {together:.2f} s, one by one {alone:.2f} s", file=sys.stderr)
+    print(f"{describe_device(device_of(model))}, torch {torch.__version__}; model {args.model}, "
+          f"{args.pairs} pairs of {'x'.join(map(str, args.shape))}, iterations {iterations}")
+    print(f"  one by one / at once per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+          f"median {statistics.median(ratios):.2f}x")
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 if __name__ == "__main__":
