@@ -262,6 +262,8 @@ def test_bad_input():
     disp = random_smooth_field((16, 16))
     with pytest.raises(ValueError, match="disp"):
         nio.instance_optimize(disp[..., :8], fixed, moving)
+    with pytest.raises(TypeError, match="iterations"):
+        nio.instance_optimize(disp, fixed, moving, iterations=2.5)
     with pytest.raises(ValueError, match="grid"):
         nio.instance_optimize(disp, fixed, moving, grid=0)
     with pytest.raises(ValueError, match="fixed: expected finite"):
