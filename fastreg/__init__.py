@@ -4,12 +4,13 @@ Ops (2-D and 3-D, batched, autograd to every differentiable input):
   warp, sample, compose, lncc, jacobian_det, local_correlation, vfa_attention, integrate_svf,
   resize_field
 Metrics: fastreg.metrics (jacobian_stats, cc, mutual_information, dice, hd95, tre, ssim)
+Files: fastreg.io (images and fields in physical space: load, save, resample, save_field, ...)
 
 Backends: reference (torch), cpu (C++/OpenMP), cuda, triton; see set_backend/use_backend.
 Conventions: fields are (B, ndim, *S) in voxels, ij channel order, align_corners=True.
 """
 from fastreg._backend import available_backends, get_backend, set_backend, use_backend
-from fastreg import data, metrics, nn
+from fastreg import data, io, metrics, nn
 from fastreg.ops import compose, jacobian_det, lncc, local_correlation, sample, vfa_attention, warp
 from fastreg.ops import integrate_svf, resize_field
 
