@@ -137,10 +137,23 @@ def load(path, *, ndim: int | None = None, channels: int | None = None) -> Image
         array = _channels_first(raw, path)
         affine, header, dtype = img.affine, img.header, img.get_data_dtype()
     float_dtype = np.float64 if np.dtype(dtype) == np.float64 else np.float32
-    data = torch.from_numpy(np.array(array, dtype=float_dtype, order="C"))  # own, writable copy
+    data = torch.from_numpy(c_order(array, float_dtype))
     image = Image(data, affine, header, np.dtype(dtype).newbyteorder("="), path)
     _expect(image, ndim, channels)
     return image
+
+
+def c_order(array: np.ndarray, dtype) -> np.ndarray:
+    """A C-ordered copy of ``array`` (C, *S) in ``dtype``. nibabel's arrays are Fortran-ordered:
+    one whole-volume transposing copy thrashes the cache (3x slower at 256^3), so 3-D volumes
+    are copied one plane of the second spatial axis at a time."""
+    if array.ndim < 4 or array.flags.c_contiguous:
+        return np.array(array, dtype=dtype, order="C")
+    out = np.empty(array.shape, dtype=dtype)
+    for c in range(array.shape[0]):
+        for j in range(array.shape[2]):
+            out[c, :, j] = array[c, :, j]
+    return out
 
 
 def _expect(image: Image, ndim, channels) -> None:
