@@ -114,6 +114,10 @@ def test_mgh_round_trip(tmp_path, ext):
     again = fio.load(tmp_path / f"a{ext}")
     assert torch.equal(again.data, anatomical.data) and again.dtype == np.int16
     np.testing.assert_allclose(again.affine, anatomical.affine, atol=1e-4)
+    fio.save(tmp_path / "from_mgh.nii.gz", again)  # an MGH header is not a NIfTI one: a fresh header
+    crossed = fio.load(tmp_path / "from_mgh.nii.gz")
+    assert torch.equal(crossed.data, anatomical.data) and crossed.dtype == np.int16
+    np.testing.assert_allclose(crossed.affine, anatomical.affine, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -291,31 +295,41 @@ def test_world_field_holds_ras_millimetres(tmp_path):
     np.testing.assert_allclose(raw[tuple(index)], (end - start)[:3], atol=1e-4)
 
 
-def _inside(disp: torch.Tensor, margin: float = 0.0) -> np.ndarray:
-    """Voxels whose sample position x + disp(x) falls inside the image (ITK's border rules differ)."""
-    shape = disp.shape[1:]
-    grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")).to(disp.dtype)
-    pos = grid + disp
-    inside = torch.ones(shape, dtype=torch.bool)
-    for k, n in enumerate(shape):
-        inside &= (pos[k] >= margin) & (pos[k] <= n - 1 - margin)
-    return inside.numpy()
+def _inside(fixed: fio.Image, moving: fio.Image, disp: torch.Tensor, margin: float = 0.01) -> np.ndarray:
+    """Voxels of the fixed grid whose sample position A_moving^-1 A_fixed (x + disp(x)) lies inside
+    the moving image (ITK's rules at the border differ from zero padding)."""
+    ndim = fixed.ndim
+    rows = list(range(ndim)) + [3]
+    matrix = np.linalg.inv(moving.affine[np.ix_(rows, rows)]) @ fixed.affine[np.ix_(rows, rows)]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in fixed.shape], indexing="ij")).reshape(ndim, -1)
+    pos = matrix[:ndim, :ndim] @ (grid + disp.double().numpy().reshape(ndim, -1)) + matrix[:ndim, ndim:]
+    inside = np.all((pos >= margin) & (pos <= np.array(moving.shape)[:, None] - 1 - margin), axis=0)
+    return inside.reshape(fixed.shape)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_itk_field_applied_by_antspy_and_simpleitk_equals_fastreg_warp(tmp_path, ndim):
+@pytest.mark.parametrize("grid", ["shared", "other"])
+def test_itk_field_applied_by_antspy_and_simpleitk_equals_fastreg(tmp_path, ndim, grid):
+    """ANTs and SimpleITK apply the saved "itk" field to the moving image as fastreg.warp does
+    (moving on the fixed grid) or fastreg.io.apply_field (moving on its own oblique grid)."""
     import ants
     import SimpleITK as sitk
 
     fixed, disp = field_case(ndim)
-    moving = fio.Image(fixed.data.flip(1) * 0.5 + torch.rand_like(fixed.data) * 0.2, fixed.affine)
+    affine = fixed.affine if grid == "shared" else oblique_affine(ndim)
+    if grid == "other":  # centre the moving grid on the fixed one
+        centre = lambda img, a: a[:3, :3] @ (np.array(img.shape + (0,) * (3 - ndim)) / 2) + a[:3, 3]  # noqa: E731
+        affine[:3, 3] += centre(fixed, fixed.affine) - centre(fixed, affine)
+    moving = fio.Image(fixed.data.flip(1) * 0.5 + torch.rand_like(fixed.data) * 0.2, affine)
     fio.save(tmp_path / "fixed.nii.gz", fixed)
     fio.save(tmp_path / "moving.nii.gz", moving)
     fio.save_field(tmp_path / "warp.nii.gz", disp, fixed, format="itk")
     assert nib.load(tmp_path / "warp.nii.gz").header.get_intent()[0] == "vector"
-    ours = fastreg.warp(moving.data[None], disp[None])[0, 0].double().numpy()
-    inside = _inside(disp, margin=0.01)
-    assert inside.mean() > 0.5
+    ours = fio.apply_field(moving, disp, fixed).data[0].double().numpy()
+    if grid == "shared":
+        np.testing.assert_array_equal(ours, fastreg.warp(moving.data[None], disp[None])[0, 0].double().numpy())
+    inside = _inside(fixed, moving, disp)
+    assert inside.mean() > 0.3
 
     warped = ants.apply_transforms(
         fixed=ants.image_read(str(tmp_path / "fixed.nii.gz")),
@@ -397,6 +411,10 @@ def test_bad_fields(tmp_path):
         fio.save_field(tmp_path / "d.nii.gz", disp[:2], fixed)
     with pytest.raises(TypeError, match="disp: expected a floating-point tensor"):
         fio.save_field(tmp_path / "d.nii.gz", disp.round().int(), fixed)
+    with pytest.raises(ValueError, match=r"disp: expected a field \(3, 33, 41, 25\) on like's grid"):
+        fio.apply_field(fixed, disp[:, :, 1:], fixed)
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        fio.apply_field(fixed, disp, fixed, mode="cubic")
     with pytest.raises(ValueError, match="format: expected one of"):
         fio.save_field(tmp_path / "d.nii.gz", disp, fixed, format="mm")
     with pytest.raises(ValueError, match="fields are written as NIfTI"):

@@ -122,10 +122,13 @@ def read_nibabel(path: str):
 def load(path, *, ndim: int | None = None, channels: int | None = None) -> Image:
     """Read an image file into an `Image` (formats: module docstring).
 
-    The tensor is float32 (float64 for float64 files), contiguous, (C, *S). ``ndim`` (2 or 3)
-    and ``channels`` state what the caller expects; a file of another kind raises a
-    ValueError naming the file (e.g. a 4-D series where one 3-D volume is expected).
+    The tensor is float32 (float64 for float64 files; integers beyond 2^24 in int32/uint32
+    files lose precision), contiguous, (C, *S). ``ndim`` (2 or 3) and ``channels`` state what
+    the caller expects; a file of another kind raises a ValueError naming the file (e.g. a
+    4-D series where one 3-D volume is expected).
     """
+    if ndim not in (None, 2, 3):
+        raise ValueError(f"ndim: expected None, 2 or 3, got {ndim!r}")
     ext = extension(path)
     path = os.fspath(path)
     if not os.path.isfile(path):

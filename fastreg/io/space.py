@@ -40,12 +40,40 @@ def resample(image, like, mode: str = "bilinear", padding_mode: str = "zeros") -
     spatial shape and ``image``'s channels, header and on-disk dtype. The only full-size
     temporary is the (ndim, *S_like) coordinate tensor `fastreg.sample` reads.
     """
-    image, like = as_image(image, "image"), as_image(like, "like")
-    if like.ndim != image.ndim:
-        raise ValueError(f"like: expected a {image.ndim}-D image like image, got a {like.ndim}-D one")
+    return _onto(image, "image", like, None, mode, padding_mode)
+
+
+def apply_field(moving, disp: torch.Tensor, like, mode: str = "bilinear", padding_mode: str = "zeros") -> Image:
+    """``moving`` (an Image or path, on any grid) warped onto ``like``'s grid by ``disp``, in one
+    interpolation.
+
+    ``disp``: (ndim, *S) or (1, ndim, *S) in voxels of ``like``'s grid (`fastreg.io.fields`);
+    voxel x of ``like`` takes the value of ``moving`` at the world point A_like (x + disp(x)),
+    i.e. at the voxel position ``A_moving^-1 A_like (x + disp(x))``. On a shared grid this is
+    `fastreg.warp(moving, disp)`; it is what ANTs and SimpleITK compute with the "itk" file.
+    Returns an Image with ``like``'s affine and ``moving``'s channels, header and dtype.
+    """
+    check.tensor(disp, "disp")
+    return _onto(moving, "moving", like, disp, mode, padding_mode)
+
+
+def _onto(image, name: str, like, disp, mode: str, padding_mode: str) -> Image:
+    """``image`` sampled at ``A_image^-1 A_like (x + disp(x))`` for every voxel x of ``like``."""
+    image, like = as_image(image, name), as_image(like, "like")
+    ndim = like.ndim
+    if ndim != image.ndim:
+        raise ValueError(f"like: expected a {image.ndim}-D image like {name}, got a {ndim}-D one")
     check.choice(mode, "mode", ("bilinear", "nearest"))
-    source = np.linalg.inv(grid_map(image, "image.affine")) @ grid_map(like, "like.affine")
+    source = np.linalg.inv(grid_map(image, f"{name}.affine")) @ grid_map(like, "like.affine")
     coords = voxel_coords(source, like.shape, image.data.dtype, image.data.device)
+    if disp is not None:
+        field = disp[0] if disp.dim() == ndim + 2 and disp.shape[0] == 1 else disp
+        if tuple(field.shape) != (ndim, *like.shape):
+            raise ValueError(
+                f"disp: expected a field {(ndim, *like.shape)} on like's grid (or with a batch of 1), got {tuple(disp.shape)}"
+            )
+        linear = torch.as_tensor(source[:ndim, :ndim], dtype=coords.dtype, device=coords.device)
+        coords[0] += torch.tensordot(linear, field.to(coords), dims=1)
     out = sample(image.data[None], coords, mode=mode, padding_mode=padding_mode)[0]
     return Image(out, like.affine.copy(), image.header, image.dtype)
 
