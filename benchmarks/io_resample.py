@@ -115,7 +115,8 @@ def main() -> None:
         total = median[f"load {ext}"] + median["resample fastreg.io"]
         fastest = best[f"load {ext}"] + best["resample fastreg.io"]
         verdict = "< 1 s: ok" if total < 1 else ">= 1 s: MISSED"
-        print(f"  {'load ' + ext + ' + resample':<36} {total * 1000:8.1f} ms median, {fastest * 1000:8.1f} ms best  {verdict}")
+        name = f"load {ext} + resample"
+        print(f"  {name:<36} {total * 1000:8.1f} ms median, {fastest * 1000:8.1f} ms best  {verdict}")
     print(f"  grid_sample / fastreg.io resample: {statistics.median(ratios):.2f}x (median of per-round ratios);"
           f" max |difference| {difference:.2e}")
 

@@ -69,7 +69,8 @@ class ImagePairs(torch.utils.data.Dataset):
         }
         if fixed_labels is not None:
             item["fixed_labels"] = _labels(fixed_labels, fixed).data.round().long()
-            item["moving_labels"] = io.resample(_labels(moving_labels, moving), fixed, mode="nearest").data.round().long()
+            moved = io.resample(_labels(moving_labels, moving), fixed, mode="nearest")
+            item["moving_labels"] = moved.data.round().long()
         return item
 
     def _normalized(self, image: io.Image) -> io.Image:
@@ -99,7 +100,9 @@ def _csv_pairs(path: str) -> list[tuple]:
         rows = list(csv.DictReader(handle))
         columns = tuple(rows[0].keys()) if rows else ()
     if not rows or not {"fixed", "moving"} <= set(columns):
-        raise ValueError(f"{path}: expected a header row with the columns fixed,moving and at least one pair, got {columns}")
+        raise ValueError(
+            f"{path}: expected a header row with the columns fixed,moving and at least one pair, got {columns}"
+        )
     labelled = "fixed_labels" in columns or "moving_labels" in columns
     if labelled and not {"fixed_labels", "moving_labels"} <= set(columns):
         raise ValueError(f"{path}: expected both columns fixed_labels and moving_labels or neither, got {columns}")
@@ -159,11 +162,15 @@ def _named_pairs(folder: str, named: dict[str, str]) -> list[tuple]:
     moving = {k: v for k, v in role("moving_").items() if not k.startswith("labels_")}
     if set(fixed) != set(moving):
         unmatched = sorted(set(fixed) ^ set(moving))
-        raise ValueError(f"source: in {folder}, fixed_<key> and moving_<key> files do not pair up; unmatched keys {unmatched}")
+        raise ValueError(
+            f"source: in {folder}, fixed_<key> and moving_<key> files do not pair up; unmatched keys {unmatched}"
+        )
     labelled = [k in fixed_labels and k in moving_labels for k in fixed]
     if any(labelled) and not all(labelled):
         missing = [k for k, ok in zip(fixed, labelled) if not ok]
-        raise ValueError(f"source: in {folder}, label maps fixed_labels_<key> and moving_labels_<key> are missing for keys {missing}")
+        raise ValueError(
+            f"source: in {folder}, label maps fixed_labels_<key> and moving_labels_<key> are missing for keys {missing}"
+        )
     return [
         (fixed[k], moving[k], fixed_labels.get(k), moving_labels.get(k))
         for k in sorted(fixed)

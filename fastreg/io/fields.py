@@ -115,7 +115,8 @@ def _field_tensor(disp, like: Image) -> torch.Tensor:
         disp = disp[0]
     if disp.dim() != ndim + 1 or disp.shape[0] != ndim:
         raise ValueError(
-            f"disp: expected a field ({ndim}, *S) or (1, {ndim}, *S) for the {ndim}-D grid of like, got {tuple(disp.shape)}"
+            f"disp: expected a field ({ndim}, *S) or (1, {ndim}, *S) for the {ndim}-D grid of like,"
+            f" got {tuple(disp.shape)}"
         )
     if tuple(disp.shape[1:]) != like.shape:
         raise ValueError(f"disp: expected the spatial shape {like.shape} of like, got {tuple(disp.shape[1:])}")

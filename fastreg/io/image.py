@@ -286,7 +286,8 @@ def _nibabel_writer(array, image: Image, dtype, ext, path) -> Callable[[str], No
             raise ValueError(f"dtype: MGH stores {[np.dtype(d).name for d in MGH_DTYPES]}, got {dtype}")
         data = np.moveaxis(array, 0, -1) if channels > 1 else array[0]
         data = _on_disk(data, dtype, path, scalable=False)
-        img = nib.MGHImage(data, image.affine, header.copy() if isinstance(header, nib.freesurfer.mghformat.MGHHeader) else None)
+        own = isinstance(header, nib.freesurfer.mghformat.MGHHeader)
+        img = nib.MGHImage(data, image.affine, header.copy() if own else None)
         return img.to_filename
     if channels == 1:
         data = array[0]

@@ -70,7 +70,8 @@ def _onto(image, name: str, like, disp, mode: str, padding_mode: str) -> Image:
         field = disp[0] if disp.dim() == ndim + 2 and disp.shape[0] == 1 else disp
         if tuple(field.shape) != (ndim, *like.shape):
             raise ValueError(
-                f"disp: expected a field {(ndim, *like.shape)} on like's grid (or with a batch of 1), got {tuple(disp.shape)}"
+                f"disp: expected a field {(ndim, *like.shape)} on like's grid (or with a batch of 1),"
+                f" got {tuple(disp.shape)}"
             )
         linear = torch.as_tensor(source[:ndim, :ndim], dtype=coords.dtype, device=coords.device)
         coords[0] += torch.tensordot(linear, field.to(coords), dims=1)
@@ -117,7 +118,8 @@ def reorient(image, axcodes: str = "RAS") -> Image:
         transform = orientations.ornt_transform(current, target)
     except ValueError as err:
         raise ValueError(
-            f"axcodes: expected one of L/R, P/A, I/S per axis, each world axis of the image once, got {axcodes!r} ({err})"
+            f"axcodes: expected one of L/R, P/A, I/S per axis, each world axis of the image once,"
+            f" got {axcodes!r} ({err})"
         ) from None
     data = image.data
     flips = [1 + a for a in range(ndim) if transform[a, 1] == -1]

@@ -107,7 +107,8 @@ def test_folder_all_pairs_with_label_subfolder(tmp_path):
     anatomical = fio.load(ANATOMICAL)
     for name in ("s1.nii.gz", "s2.nii", "s3.mgz"):
         fio.save(tmp_path / name, fio.Image(anatomical.data * torch.rand(()), random_affine()))
-        fio.save(tmp_path / "labels" / name, fio.Image(torch.randint(0, 3, (1, *anatomical.shape)).float(), dtype=np.uint8))
+        labels = torch.randint(0, 3, (1, *anatomical.shape)).float()
+        fio.save(tmp_path / "labels" / name, fio.Image(labels, dtype=np.uint8))
     pairs = ImagePairs(tmp_path)
     assert len(pairs) == 6 and len({(p[0], p[1]) for p in pairs.pairs}) == 6
     assert all(p[0] != p[1] and p[2].startswith(str(tmp_path / "labels")) for p in pairs.pairs)
