@@ -18,7 +18,7 @@ SimpleITK (DisplacementFieldTransform) read: for a point p of the fixed (output)
 LPS mm, T(p) = p + d(p) is where the moving image is sampled: the same map as fastreg.warp
 (`fastreg.io.apply_field` when the moving image has its own grid). 2-D fields hold the two
 in-plane world components (R, A; L, P for ITK), as ITK reads 2-D NIfTI files. `load_field`
-tells the three apart by the header (format= overrides); Learn2Reg's float16 files load too.
+tells the three apart by the header (format= overrides).
 """
 from __future__ import annotations
 
