@@ -34,6 +34,18 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(_seed_line())  # -q hides the header
 
 
+def pytest_collection_modifyitems(items):
+    """Mark `gpu` every test that touches the CUDA or Triton backends (scripts/gpu_check.sh
+    runs only these on a GPU machine): the `backend`/`device` fixtures' cuda and triton
+    cases, tests marked `cuda`, and tests in files or with names about Triton or CUDA."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        touches = params.get("backend") in ("cuda", "triton") or item.get_closest_marker("cuda") is not None
+        words = item.nodeid.lower()
+        if touches or "triton" in words or "cuda" in words:
+            item.add_marker(pytest.mark.gpu)
+
+
 def backend_device(name: str) -> torch.device:
     """The device whose tensors backend `name` runs in the tests."""
     if name == "cuda" or (name == "triton" and torch.cuda.is_available()):

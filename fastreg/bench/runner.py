@@ -95,7 +95,7 @@ def run(
             for peer, fn in (case.peers.items() if peers else ()):
                 impls.append(({"impl": peer, "backend": None}, None, fn))
             group = measure(case, impls, inputs, lambda row: _log(log, f"{case.op} {case.name} {base['dtype']} "
-                                                                       f"{_label(row)}"))
+                                                                       f"{impl_label(row)}"))
             reference = {phase: group[0][f"{phase}_times"] for phase in PHASES}
             for row in group:
                 row["baseline"] = f"fastreg[{group[0]['backend']}]"
@@ -182,7 +182,7 @@ def _on_backend(backend: str | None, calls: tuple[timing.Call, timing.Call]) -> 
     return on_backend, reset
 
 
-def _label(row: dict) -> str:
+def impl_label(row: dict) -> str:
     return f"fastreg[{row['backend']}]" if row["impl"] == "fastreg" else row["impl"]
 
 

@@ -26,11 +26,17 @@ Peak memory, in bytes above what was allocated when the call started:
     seen), and frees of blocks allocated before the call. Resident-set growth
     (/proc VmHWM) was tried and rejected: glibc keeps freed memory resident and the
     counts drifted by several MiB. ``None`` ("n/a") if the profiler does not expose
-    its events.
+    its events. The profiler's C++ side logs every start and stop to file descriptor 2;
+    those lines are dropped (anything else written there meanwhile is passed on).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -142,7 +148,7 @@ def peak_memory(call: Call, reset: Call, device: torch.device) -> int | None:
 def _peak_memory_cpu(call: Call) -> int | None:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _profiler_log_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         call()
     try:
         events = prof.profiler.kineto_results.events()
@@ -158,6 +164,35 @@ def _peak_memory_cpu(call: Call) -> int | None:
         running += nbytes
         peak = max(peak, running)
     return peak
+
+
+# Lines the profiler's C++ side (kineto) writes to file descriptor 2 at every start and stop.
+_PROFILER_LOG = re.compile(rb"^USDT:.*ActivityProfiler")
+
+
+@contextlib.contextmanager
+def _profiler_log_silenced():
+    """Capture file descriptor 2 (what C++ writes, which Python's sys.stderr cannot
+    redirect) while the profiler starts and stops; give back every captured line that is
+    not the profiler's own start/stop log, so a real error message is never lost."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if not _PROFILER_LOG.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, repeat: int = 10) -> float:

@@ -4,6 +4,7 @@ Example::
 
     fastreg-bench                                   # every op, default sizes, input-device backend
     fastreg-bench --ops warp --sizes large --device cuda --backends cuda,triton --json
+    fastreg-bench --quiet --plot ratios.png         # table only, and a bar chart of the ratios
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from fastreg import _backend
 from fastreg.bench import format_table, load_cases, run
 from fastreg.bench.cases import REGISTRY, SIZES
+from fastreg.bench.plot import plot_ratios
 from fastreg.bench.runner import check_backends
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -41,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_count(0), default=None,
                    help="untimed calls first, at least 1 (default: 3 on cuda, 1 on cpu)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (progress goes to stderr, only when it is a terminal)")
+    p.add_argument("--plot", metavar="PNG", default=None, help="also draw the ratios per op and size into this PNG (matplotlib)")
     p.add_argument("--no-peers", action="store_true", help="time fastreg only")
     p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
     return p
@@ -67,10 +71,23 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
         peers=not args.no_peers,
         backward=not args.no_backward,
-        log=None if args.json else lambda msg: print(f"... {msg}", file=sys.stderr, flush=True),
+        log=_progress(args.quiet),
     )
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    if args.plot:
+        try:
+            plot_ratios(rows, args.plot)
+        except (ValueError, OSError) as exc:
+            print(f"fastreg-bench: --plot: {exc}", file=sys.stderr)
+            return 2
     return 1 if any(r["error"] and r["impl"] == "fastreg" for r in rows) else 0
+
+
+def _progress(quiet: bool):
+    """Progress lines on stderr, only for a person watching a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    return lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)
 
 
 def _choices(options, what: str):

@@ -4,7 +4,9 @@ table prints, bad arguments name the option, peers compute what fastreg computes
 import contextlib
 import io
 import json
+import os
 import statistics
+import sys
 
 import pytest
 import torch
@@ -71,6 +73,46 @@ def test_table_prints(capsys):
     assert titles.split()[:4] == ["op", "case", "dtype", "impl"] and "ratio f+b" in titles
     assert set(rule) == {"-", " "}
     assert len(lines) == 2 and all(line.startswith("warp") and "fastreg[cpu]" in line for line in lines)
+
+
+def test_output_is_the_table_alone(capfd):
+    """Not a terminal: no progress lines, and nothing from the memory profiler's C++ log
+    (it writes to file descriptor 2, so capfd sees what a user's terminal would)."""
+    assert main(TINY) == 0
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert out.splitlines()[0].startswith("device cpu")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_only_on_a_terminal_and_not_quiet(quiet, capfd, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main([*TINY, "--no-peers", "--no-backward", *(["--quiet"] if quiet else [])]) == 0
+    err_lines = capfd.readouterr().err.splitlines()
+    if quiet:
+        assert err_lines == []
+    else:
+        assert len(err_lines) == 2 and all(line.startswith("... warp") for line in err_lines)
+
+
+def test_profiler_silencing_passes_other_messages_on(capfd):
+    with timing._profiler_log_silenced():
+        os.write(2, b"USDT:2026-01-01 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"a real error\n")
+    assert capfd.readouterr().err == "a real error\n"
+
+
+def test_plot_draws_the_ratios(tmp_path, capsys):
+    path = tmp_path / "ratios.png"
+    assert main([*TINY, "--quiet", "--plot", str(path)]) == 0
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert [p.name for p in tmp_path.iterdir()] == ["ratios.png"]  # no temporary file left
+
+
+def test_plot_without_ratios_is_refused(tmp_path, capsys):
+    assert main([*TINY, "--no-peers", "--quiet", "--plot", str(tmp_path / "r.png")]) == 2
+    assert "--plot" in capsys.readouterr().err and not (tmp_path / "r.png").exists()
 
 
 def test_dtype_and_backend_lists(capsys):
