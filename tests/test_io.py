@@ -71,6 +71,17 @@ def test_nifti_round_trip_keeps_data_affine_header_dtype(tmp_path, ext):
     assert back.spacing == pytest.approx((2.0, 2.0, 2.0)) and src.axcodes == "LAS"
 
 
+def test_nifti2_round_trip_stays_nifti2(tmp_path):
+    src = fio.load(os.path.join(data_path, "example_nifti2.nii.gz"))
+    assert isinstance(src.header, nib.Nifti2Header) and src.data.shape == (2, 32, 20, 12)
+    fio.save(tmp_path / "n2.nii.gz", src)
+    assert isinstance(nib.load(tmp_path / "n2.nii.gz"), nib.Nifti2Image)
+    back = fio.load(tmp_path / "n2.nii.gz")
+    assert torch.equal(back.data, src.data) and back.dtype == src.dtype
+    np.testing.assert_allclose(back.affine, src.affine, atol=1e-6)
+    assert repr(back).startswith("Image(channels=2, shape=(32, 20, 12), spacing=(")
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nifti_random_float_round_trip(tmp_path, ndim, dtype):

@@ -60,6 +60,13 @@ class Image:
         self.affine = affine
         self.dtype = np.dtype(self.dtype)
 
+    def __repr__(self) -> str:
+        spacing = ", ".join(f"{s:.4g}" for s in self.spacing)
+        return (
+            f"Image(channels={self.data.shape[0]}, shape={self.shape}, spacing=({spacing}) mm,"
+            f" axcodes={self.axcodes!r}, dtype={self.dtype.name}, path={self.path!r})"
+        )
+
     @property
     def ndim(self) -> int:
         """Number of spatial dimensions (2 or 3)."""
@@ -80,7 +87,8 @@ class Image:
         """Orientation code, one letter per spatial axis (e.g. "RAS", "LPS"; 2-D: "RA")."""
         import nibabel.orientations as orientations
 
-        return "".join(orientations.aff2axcodes(spatial_affine(self.affine, self.ndim)))
+        codes = orientations.aff2axcodes(spatial_affine(self.affine, self.ndim))
+        return "".join(code or "?" for code in codes)  # "?": an axis the affine collapses
 
 
 def spatial_affine(affine: np.ndarray, ndim: int) -> np.ndarray:
