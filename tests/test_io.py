@@ -328,7 +328,9 @@ def test_itk_field_applied_by_antspy_and_simpleitk_equals_fastreg(tmp_path, ndim
 
     fixed, disp = field_case(ndim)
     affine = fixed.affine if grid == "shared" else oblique_affine(ndim)
-    if grid == "other":  # centre the moving grid on the fixed one
+    if grid == "other":  # voxel sizes within 25 % of the fixed ones, centred on the fixed grid
+        scale = np.array(fixed.spacing) * (0.8 + 0.4 * torch.rand(ndim).numpy())
+        affine[:3, :ndim] *= scale / np.linalg.norm(affine[:3, :ndim], axis=0)
         centre = lambda img, a: a[:3, :3] @ (np.array(img.shape + (0,) * (3 - ndim)) / 2) + a[:3, 3]  # noqa: E731
         affine[:3, 3] += centre(fixed, fixed.affine) - centre(fixed, affine)
     moving = fio.Image(fixed.data.flip(1) * 0.5 + torch.rand_like(fixed.data) * 0.2, affine)

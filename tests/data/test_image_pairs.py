@@ -18,9 +18,9 @@ SERIES = os.path.join(data_path, "example4d.nii.gz")  # (128, 96, 24, 2)
 def random_affine() -> np.ndarray:
     affine = np.eye(4)
     rotation = Rotation.from_euler("xyz", (torch.rand(3) * 20 - 10).tolist(), degrees=True).as_matrix()
-    affine[:3, :3] = rotation @ np.diag((1.5 + 0.8 * torch.rand(3)).tolist())
-    affine[:3, 3] = (torch.rand(3) * 6 - 3).tolist()
-    return affine
+    affine[:3, :3] = rotation @ np.diag((1.6 + 0.4 * torch.rand(3)).tolist())
+    affine[:3, 3] = (torch.rand(3) * 6 - 3).tolist() - affine[:3, :3] @ np.array([16.0, 20.0, 12.0])
+    return affine  # the centre of a (33, 41, 25) grid lies within 3 mm of the origin
 
 
 def normalized(data: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:
