@@ -1,0 +1,111 @@
+"""Batches for the training loop: the data protocol, each rank's share, resuming mid-stream.
+
+A batch is a dict of batched tensors (the keys of fastreg.data's pair streams):
+  fixed, moving        (B, 1, *S) floating images in [0, 1]                      (required)
+  moving_mono          (B, 1, *S) the mono-modal twin of a multimodal moving image: the loss
+                       and the CC metric compare ``fixed`` with it, warped
+  disp                 (B, ndim, *S) the true field, in voxels (not used by the loop)
+  fixed_labels, moving_labels  (B, 1, *S) int64 label maps (Dice, label losses)
+
+Two kinds of data, told apart by the methods they have:
+
+Indexed streams (exact resume and exact multi-process equivalence) have
+  ``batch_size``               items in one batch of one process;
+  ``take(start, count)``       the batch of the ``count`` items ``start, ..., start+count-1``
+                               of the stream (each tensor's first dimension is ``count``),
+where item ``i`` is a pure function of the stream's seed and ``i`` (e.g. drawn with a
+``torch.Generator`` seeded from (seed, i)), the same whichever batch it falls in. The loop
+asks rank ``r`` of ``W`` for micro-batch ``m`` (``m = step * grad_accum + a``) as
+``take((m * W + r) * B, B)``: resuming at step ``k`` starts at ``m = k * grad_accum`` with no
+replay, and the ``W`` ranks together see exactly the items of one process with batch
+``W * B``. DataLoader workers (``workers > 0``) take every ``workers``-th micro-batch in turn,
+so the stream does not depend on the number of workers either. ``take`` may return tensors on
+any device (generators may run on the GPU; then keep ``workers = 0``).
+
+Any other iterable of batch dicts works too, with weaker guarantees: each rank keeps every
+``W``-th batch of one pass over ``iter(data)`` (micro-batch ``m`` of rank ``r`` is batch
+``m * W + r``), and resuming at step ``k`` re-draws and drops the batches before it, which is
+exact only when ``iter(data)`` starts the same stream again each time.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+IMAGE_KEYS = ("fixed", "moving", "moving_mono")
+LABEL_KEYS = ("fixed_labels", "moving_labels")
+
+
+def is_indexed(data) -> bool:
+    """Whether ``data`` follows the indexed protocol (``batch_size`` and ``take``)."""
+    return callable(getattr(data, "take", None)) and isinstance(getattr(data, "batch_size", None), int)
+
+
+class _Micro(IterableDataset):
+    """Micro-batches ``first, first + 1, ...`` of one rank of an indexed stream; DataLoader
+    worker ``w`` of ``n`` makes those with ``(index - first) % n == w``."""
+
+    def __init__(self, data, first: int, rank: int, world_size: int):
+        self.data, self.first, self.rank, self.world_size = data, first, rank, world_size
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        size = self.data.batch_size
+        for m in itertools.count(self.first + worker, workers):
+            yield self.data.take((m * self.world_size + self.rank) * size, size)
+
+
+def micro_batches(data, *, first: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0) -> Iterator[dict]:
+    """This rank's micro-batches ``first, first + 1, ...`` of ``data`` (see the module docstring)."""
+    if is_indexed(data):
+        source = _Micro(data, first, rank, world_size)
+        if workers == 0:
+            return iter(source)
+        return iter(DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=2))
+    if not isinstance(data, Iterable):
+        raise TypeError(f"data: expected an iterable of batch dicts or an indexed stream (batch_size, take), got {type(data).__name__}")
+    return itertools.islice(iter(data), first * world_size + rank, None, world_size)
+
+
+def first_batches(data, count: int) -> list[dict]:
+    """The first ``count`` batches of ``data`` (a fixed validation set, drawn once)."""
+    batches = list(itertools.islice(micro_batches(data), count))
+    if len(batches) < count:
+        raise ValueError(f"validation: expected {count} batches, the stream yielded {len(batches)}")
+    for batch in batches:
+        check_batch(batch, "validation")
+    return batches
+
+
+def check_batch(batch, name: str = "data") -> dict:
+    """A batch holds floating ``fixed`` and ``moving`` (B, 1, *S) of one shape, optional
+    ``moving_mono`` of that shape and integer label maps (B, 1, *S)."""
+    if not isinstance(batch, dict):
+        raise TypeError(f"{name}: expected batches as dicts of tensors, got {type(batch).__name__}")
+    missing = [k for k in ("fixed", "moving") if k not in batch]
+    if missing:
+        raise ValueError(f"{name}: every batch needs 'fixed' and 'moving', missing {missing} (keys {sorted(batch)})")
+    fixed = batch["fixed"]
+    for key in IMAGE_KEYS + LABEL_KEYS:
+        if key not in batch:
+            continue
+        x = batch[key]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: '{key}' expected a torch.Tensor, got {type(x).__name__}")
+        if key in IMAGE_KEYS and not x.is_floating_point():
+            raise TypeError(f"{name}: '{key}' expected a floating-point image in [0, 1], got {x.dtype}")
+        if key in LABEL_KEYS and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+            raise TypeError(f"{name}: '{key}' expected an integer label map, got {x.dtype}")
+        if x.dim() not in (4, 5) or x.shape[1] != 1:
+            raise ValueError(f"{name}: '{key}' expected (B, 1, H, W) or (B, 1, D, H, W), got shape {tuple(x.shape)}")
+        if x.shape != fixed.shape:
+            raise ValueError(f"{name}: '{key}' has shape {tuple(x.shape)}, 'fixed' has {tuple(fixed.shape)}: pairs must match")
+    return batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

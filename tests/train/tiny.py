@@ -1,0 +1,60 @@
+"""A tiny registration model, pair stream and loss for the training-loop tests (importable by
+name in recipes as "tiny:TinyNet", "tiny:TinyPairs", "tiny:tiny_loss" with this folder on
+PYTHONPATH), so the loop is tested without the real models and generators."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastreg
+from fastreg.data import random_smooth_field
+from fastreg.models import RegistrationModel
+
+
+class TinyNet(RegistrationModel):
+    """Two 3x3 convolutions on cat(fixed, moving) -> a 2-D displacement in voxels; ``dropout``
+    makes the forward draw from torch's generator (to test that resume restores it)."""
+
+    ndim = 2
+
+    def __init__(self, width: int = 8, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2, 3, padding=1)
+        self.dropout = dropout
+
+    def predict(self, fixed, moving, levels):
+        x = F.leaky_relu(self.conv1(torch.cat([fixed, moving], 1)), 0.2)
+        return self.conv2(F.dropout(x, self.dropout, self.training))
+
+
+class TinyPairs:
+    """An indexed stream (fastreg.train.stream) of 16x16 pairs: item i is drawn from a generator
+    seeded by (seed, i); moving is fixed warped by a smooth field; ``labels`` adds label maps."""
+
+    def __init__(self, seed: int = 0, batch_size: int = 2, size: int = 16, labels: bool = False):
+        self.seed, self.batch_size, self.size, self.labels = seed, batch_size, size, labels
+
+    def item(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        fixed = F.interpolate(torch.rand(1, 1, 5, 5, generator=g), size=(self.size,) * 2, mode="bilinear", align_corners=True)
+        disp = random_smooth_field((self.size,) * 2, magnitude=1.0, spacing=8, generator=g)
+        out = {"fixed": fixed, "moving": fastreg.warp(fixed, disp), "disp": disp}
+        if self.labels:
+            out["fixed_labels"] = (fixed * 3.999).long()
+            out["moving_labels"] = (out["moving"] * 3.999).long()
+        return out
+
+    def take(self, start: int, count: int) -> dict:
+        items = [self.item(i) for i in range(start, start + count)]
+        return {k: torch.cat([it[k] for it in items]) for k in items[0]}
+
+
+def tiny_loss(batch, disp):
+    """MSE of fixed and warped moving + 0.1 mean squared forward differences of disp (in
+    float32 under autocast)."""
+    disp = disp.float()
+    mse = F.mse_loss(fastreg.warp(batch["moving"], disp), batch["fixed"])
+    smooth = sum(d.pow(2).mean() for d in (disp.diff(dim=2), disp.diff(dim=3)))
+    return {"loss": mse + 0.1 * smooth, "mse": mse, "smooth": smooth}
