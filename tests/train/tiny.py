@@ -58,3 +58,40 @@ def tiny_loss(batch, disp):
     mse = F.mse_loss(fastreg.warp(batch["moving"], disp), batch["fixed"])
     smooth = sum(d.pow(2).mean() for d in (disp.diff(dim=2), disp.diff(dim=3)))
     return {"loss": mse + 0.1 * smooth, "mse": mse, "smooth": smooth}
+
+
+# A recipe training TinyNet on TinyPairs (this folder must be on PYTHONPATH to resolve it).
+RECIPE = """
+description = "TinyNet on TinyPairs"
+
+[model]
+name = "tiny:TinyNet"
+
+[model.args]
+width = 8
+
+[data]
+kind = "tiny:TinyPairs"
+batch_size = 2
+
+[loss]
+name = "tiny:tiny_loss"
+
+[train]
+steps = 3
+lr = 1e-2
+device = "cpu"
+
+[validation]
+every = 2
+batches = 1
+best = "cc"
+
+[checkpoint]
+every = 2
+
+[log]
+every = 1
+progress = false
+tensorboard = false
+"""

@@ -1,0 +1,28 @@
+"""torchrun with 2 gloo processes (DistributedDataParallel on the CPU) ends with the weights of
+one process trained on the doubled batch: rank r draws its half of each doubled batch."""
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from fastreg.cli.main import main
+from test_cli import ENV, recipe, weights  # noqa: F401  (recipe is a fixture)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_torchrun_two_gloo_processes_match_one_with_the_doubled_batch(recipe, tmp_path):
+    common = ["--steps", "3", "--device", "cpu", "--set", "validation.every=0", "--set", "train.grad_accum=2"]
+    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "fastreg.cli.train", str(recipe),
+           "--out", str(tmp_path / "ddp"), "--set", "data.batch_size=2", *common]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", str(recipe), "--out", str(tmp_path / "one"), "--set", "data.batch_size=4", *common]) == 0
+    ddp, one = weights(tmp_path / "ddp/checkpoints/step-00000003.pt"), weights(tmp_path / "one/checkpoints/step-00000003.pt")
+    start = weights(tmp_path / "one/checkpoints/step-00000002.pt")
+    for k in one:
+        assert not torch.equal(one[k], start[k])  # the last step moved the weights
+        torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-6)
+    state = torch.load(tmp_path / "ddp/checkpoints/step-00000003.pt", weights_only=False)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert len((tmp_path / "ddp/train.csv").read_text().splitlines()) == 4  # one writer: header + 3 steps
