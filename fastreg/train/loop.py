@@ -39,8 +39,10 @@ AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class FitResult:
     """What ``fit`` did: the last step reached, whether a signal stopped it, the last
-    checkpoint written (None without ``out``), the best validation record and the last
-    training and validation metrics."""
+    checkpoint written (None without ``out``), the best validation record, the last
+    training and validation metrics, and this call's training steps: their seconds (without
+    validation and checkpoints), the seconds of those spent waiting for batches, and the pairs
+    trained on (all ranks)."""
 
     step: int
     interrupted: bool
@@ -48,6 +50,9 @@ class FitResult:
     best: dict | None
     train: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    data_seconds: float = 0.0
+    pairs: int = 0
 
 
 def fit(
@@ -156,10 +161,12 @@ def fit(
         start, best_record, rng = state["step"], state["best"], state["rng"][rank]
 
     batches = micro_batches(data, first=start * grad_accum, rank=rank, world_size=world, workers=workers)
+    drawn = time.perf_counter()
     try:
-        pending = next(batches)
+        pending = next(batches)  # counted in the first step's time and data wait
     except StopIteration:
         raise ValueError("data: the stream yielded no batches (no readable pairs?)") from None
+    pending_wait = time.perf_counter() - drawn
     check_batch(pending)
     val_batches = first_batches(validation, validation_batches) if validate_every and main else []
 
@@ -201,19 +208,26 @@ def fit(
     with stop:
         try:
             for step in range(start, steps):
+                began = time.perf_counter()
                 model.train()
                 opt.zero_grad(set_to_none=True)
                 terms: dict[str, float] = {}
                 for a in range(grad_accum):
                     waited = time.perf_counter()
-                    batch = pending if pending is not None else next(batches, None)
-                    pending = None
+                    if pending is not None:
+                        batch, pending, began = pending, None, began - pending_wait
+                        waited -= pending_wait
+                    else:
+                        batch = next(batches, None)
                     if batch is None:
                         print(f"fastreg.train: the data ran out at step {step}", file=sys.stderr)
                         raise _DataExhausted
-                    window_wait += time.perf_counter() - waited
+                    waited = time.perf_counter() - waited
+                    window_wait += waited
+                    result.data_seconds += waited
                     batch = to_device(check_batch(batch), device)
                     window_items += batch["fixed"].shape[0] * world
+                    result.pairs += batch["fixed"].shape[0] * world
                     sync = train_model.no_sync() if world > 1 and a < grad_accum - 1 else contextlib.nullcontext()
                     with sync:
                         with autocast():
@@ -238,6 +252,7 @@ def fit(
                     averaged.update_parameters(model)
                 done = step + 1
                 result.step, result.train = done, terms
+                result.seconds += time.perf_counter() - began
                 if log is not None and log_every and (done % log_every == 0 or done == steps):
                     elapsed = time.perf_counter() - tick
                     log.write("train", done, {**terms, "lr": lr_now, "pairs_per_s": window_items / elapsed,

@@ -65,7 +65,9 @@ def micro_batches(data, *, first: int = 0, rank: int = 0, world_size: int = 1, w
         source = _Micro(data, first, rank, world_size)
         if workers == 0:
             return iter(source)
-        return iter(DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=2))
+        # Its own generator: creating the loader draws worker seeds, never from torch's global one.
+        loader = DataLoader(source, batch_size=None, num_workers=workers, generator=torch.Generator().manual_seed(0))
+        return iter(loader)
     if not isinstance(data, Iterable):
         raise TypeError(f"data: expected an iterable of batch dicts or an indexed stream (batch_size, take), got {type(data).__name__}")
     return itertools.islice(iter(data), first * world_size + rank, None, world_size)

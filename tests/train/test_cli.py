@@ -1,32 +1,14 @@
 """``fastreg train``: a run, bad input (exit 2, nothing overwritten), Ctrl-C (a checkpoint and
 exit 130, then --resume)."""
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
 
 from fastreg.cli.main import main
-from tiny import RECIPE
-
-HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def recipe(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(RECIPE)
-    return path
-
-
-def weights(path):
-    return torch.load(path, weights_only=False)["model"]
+from tiny import SUBPROCESS_ENV
 
 
 def test_train_runs_a_recipe(recipe, tmp_path, capsys):
@@ -66,7 +48,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(recipe, tmp_path, capsy
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fastreg.cli.train", str(recipe), "--out", str(out), "--steps", "100000",
            "--set", "checkpoint.every=0", "--set", "validation.every=0"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     csv = out / "train.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

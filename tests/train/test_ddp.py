@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from fastreg.cli.main import main
-from test_cli import ENV, recipe, weights  # noqa: F401  (recipe is a fixture)
+from tiny import SUBPROCESS_ENV
+
+
+def weights(path):
+    return torch.load(path, weights_only=False)["model"]
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
@@ -15,7 +19,7 @@ def test_torchrun_two_gloo_processes_match_one_with_the_doubled_batch(recipe, tm
     common = ["--steps", "3", "--device", "cpu", "--set", "validation.every=0", "--set", "train.grad_accum=2"]
     cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "fastreg.cli.train", str(recipe),
            "--out", str(tmp_path / "ddp"), "--set", "data.batch_size=2", *common]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["train", str(recipe), "--out", str(tmp_path / "one"), "--set", "data.batch_size=4", *common]) == 0
     ddp, one = weights(tmp_path / "ddp/checkpoints/step-00000003.pt"), weights(tmp_path / "one/checkpoints/step-00000003.pt")

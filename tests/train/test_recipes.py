@@ -9,13 +9,6 @@ from fastreg import recipes
 from tiny import RECIPE, TinyNet, TinyPairs
 
 
-@pytest.fixture
-def tiny_recipe(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(RECIPE)
-    return path
-
-
 @pytest.mark.parametrize("name", recipes.available())
 def test_shipped_recipe_round_trips_and_resolves(tmp_path, name):
     recipe = recipes.load(name)
@@ -49,9 +42,9 @@ def test_unknown_recipe_lists_the_shipped_ones():
         recipes.load("unireg-2d-labelmm")
 
 
-def test_unknown_key_lists_the_valid_ones(tiny_recipe, tmp_path):
+def test_unknown_key_lists_the_valid_ones(recipe, tmp_path):
     with pytest.raises(ValueError, match="unknown recipe key 'train.lrr'; valid keys: .*train.lr"):
-        recipes.override(recipes.load(tiny_recipe), ["train.lrr=0.1"])
+        recipes.override(recipes.load(recipe), ["train.lrr=0.1"])
     bad = tmp_path / "bad.toml"
     bad.write_text(RECIPE + "\n[optimizer]\nname = 'sgd'\n")
     with pytest.raises(ValueError, match=f"{bad}: unknown recipe key 'optimizer.name'"):
@@ -68,14 +61,14 @@ def test_unknown_key_lists_the_valid_ones(tiny_recipe, tmp_path):
         ("model.args=3", TypeError, "model.args expected a table"),
     ],
 )
-def test_set_checks_types(tiny_recipe, assignment, error, match):
+def test_set_checks_types(recipe, assignment, error, match):
     with pytest.raises(error, match=match):
-        recipes.override(recipes.load(tiny_recipe), [assignment])
+        recipes.override(recipes.load(recipe), [assignment])
 
 
-def test_set_parses_toml_values(tiny_recipe):
+def test_set_parses_toml_values(recipe):
     lr = float(torch.rand(()) * 1e-2)
-    recipe = recipes.override(recipes.load(tiny_recipe), [f"train.lr={lr!r}", "train.steps=7", "train.amp=bf16",
+    recipe = recipes.override(recipes.load(recipe), [f"train.lr={lr!r}", "train.steps=7", "train.amp=bf16",
                                                           "model.args.width=4", "data.args.size=12", "log.tensorboard=false"])
     assert recipe["train"]["lr"] == lr and recipe["train"]["steps"] == 7 and recipe["train"]["amp"] == "bf16"
     assert recipe["model"]["args"] == {"width": 4} and recipe["data"]["args"] == {"size": 12}
@@ -97,14 +90,14 @@ def test_set_parses_toml_values(tiny_recipe):
         ("model.pretrained='/no/such.pt'", ValueError, "model.pretrained: no such file"),
     ],
 )
-def test_resolve_errors_name_the_key(tiny_recipe, assignment, error, match):
-    recipe = recipes.override(recipes.load(tiny_recipe), [assignment])
+def test_resolve_errors_name_the_key(recipe, assignment, error, match):
+    recipe = recipes.override(recipes.load(recipe), [assignment])
     with pytest.raises(error, match=match):
         recipes.resolve(recipe, torch.device("cpu"))
 
 
-def test_run_writes_the_resolved_recipe_and_fine_tunes_from_it(tiny_recipe, tmp_path):
-    recipe = recipes.override(recipes.load(tiny_recipe), ["train.steps=2"])
+def test_run_writes_the_resolved_recipe_and_fine_tunes_from_it(recipe, tmp_path):
+    recipe = recipes.override(recipes.load(recipe), ["train.steps=2"])
     result = recipes.run(recipe, tmp_path / "run")
     assert result.step == 2 and result.best["metric"] == "cc"
     assert recipes.load(tmp_path / "run" / "recipe.toml") == recipe

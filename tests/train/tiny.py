@@ -3,6 +3,9 @@ name in recipes as "tiny:TinyNet", "tiny:TinyPairs", "tiny:tiny_loss" with this 
 PYTHONPATH), so the loop is tested without the real models and generators."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +62,13 @@ def tiny_loss(batch, disp):
     smooth = sum(d.pow(2).mean() for d in (disp.diff(dim=2), disp.diff(dim=3)))
     return {"loss": mse + 0.1 * smooth, "mse": mse, "smooth": smooth}
 
+
+# The environment of a subprocess that resolves this module's names (and this checkout's fastreg).
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[2])]),
+    "OMP_NUM_THREADS": "1",
+}
 
 # A recipe training TinyNet on TinyPairs (this folder must be on PYTHONPATH to resolve it).
 RECIPE = """
