@@ -165,3 +165,22 @@ def test_bad_arguments(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         fit(TinyNet(), TinyPairs(), tiny_loss, out=tmp_path / "run", **QUIET, **kw)
     assert not (tmp_path / "run").exists()
+
+
+def test_progress_bar_and_tensorboard(tmp_path, capsys):
+    torch.manual_seed(0)
+    fit(TinyNet(), TinyPairs(), tiny_loss, steps=2, out=tmp_path, validation=TinyPairs(seed=3), validate_every=1,
+        best="cc", progress=True, tensorboard=True)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "val cc=" in err and "step/s" in err
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    assert list(rows(tmp_path / "validation.csv")[0]) == ["step", "loss", "cc", "mi", "folding_percent", "sdlogj"]
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one():
+    seed = torch.randint(0, 2**30, ()).item()
+    eager, _ = run(None, 2, seed=seed)
+    compiled, _ = run(None, 2, seed=seed, compile=True)
+    for a, b in zip(eager.state_dict().values(), compiled.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
