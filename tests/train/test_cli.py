@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from fastreg.cli.main import main
 from tiny import SUBPROCESS_ENV
@@ -33,6 +34,24 @@ def test_bad_input_exits_2_before_training(recipe, tmp_path, capsys, args, match
     assert main(["train", *args, "--out", str(tmp_path / "run")]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "pairs, match",
+    [
+        ({}, "data: the stream yielded no batches"),
+        ({"a.pt": (16, 15), "b.pt": (16, 16)}, "data: 'moving' has shape (1, 1, 16, 15), 'fixed' has (1, 1, 16, 16)"),
+    ],
+)
+def test_a_data_folder_without_good_pairs_exits_2(recipe, tmp_path, capsys, pairs, match):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for name, size in pairs.items():
+        torch.save({"fixed": torch.rand(1, 1, 16, 16), "moving": torch.rand(1, 1, *size)}, folder / name)
+    assert main(["train", str(recipe), "--data", str(folder), "--set", "data.kind='tiny:FolderPairs'",
+                 "--set", "data.batch_size=1", "--set", "validation.every=0", "--out", str(tmp_path / "run")]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_existing_run_is_not_overwritten(recipe, tmp_path, capsys):

@@ -54,6 +54,19 @@ class TinyPairs:
         return {k: torch.cat([it[k] for it in items]) for k in items[0]}
 
 
+class FolderPairs:
+    """Pairs read from ``path``: one ``*.pt`` file per pair holding {"fixed", "moving"} (1, 1, H, W)
+    tensors (a stand-in for fastreg.data.ImagePairs, to test what the loop does with a folder
+    holding no pairs or mismatched ones)."""
+
+    def __init__(self, path, batch_size: int = 1, seed: int = 0):
+        self.files = sorted(Path(path).glob("*.pt"))
+
+    def __iter__(self):
+        for f in self.files:
+            yield torch.load(f)
+
+
 def tiny_loss(batch, disp):
     """MSE of fixed and warped moving + 0.1 mean squared forward differences of disp (in
     float32 under autocast)."""
