@@ -65,6 +65,8 @@ def _quote(text: str) -> str:
 
 def _summary(result) -> str:
     lines = [f"{'interrupted at' if result.interrupted else 'trained to'} step {result.step}"]
+    if result.seconds > 0:
+        lines.append(f"{result.pairs / result.seconds:.3g} pairs/s, {result.data_seconds / result.seconds:.1%} of step time waiting for data")
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint}")
     if result.best is not None:
