@@ -4,6 +4,7 @@
   stream.py       the data protocol (indexed streams for exact resume), each rank's batches
   checkpoint.py   atomic checkpoints, their contents and the checks before resuming
   validate.py     validation metrics through fastreg.metrics
+  objective.py    pair_loss: fastreg.nn's (fixed, warped, disp) losses as fit's loss(batch, disp)
   log.py          CSV and TensorBoard logs
   distributed.py  torchrun process groups (NCCL on GPU, gloo on CPU)
 Recipes (fastreg.recipes) and ``fastreg train`` (fastreg.cli.train) build the arguments of

@@ -29,7 +29,7 @@ from fastreg import _validate as check
 from fastreg.train import checkpoint, distributed
 from fastreg.train.log import MetricsLog
 from fastreg.train.stream import check_batch, first_batches, micro_batches, to_device
-from fastreg.train.validate import HIGHER_IS_BETTER, evaluate, loss_value
+from fastreg.train.validate import HIGHER_IS_BETTER, evaluate, loss_value, metric_names
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine_warm_restarts")
@@ -107,8 +107,8 @@ def fit(
         ema: decay of an exponential moving average of the weights (None: off); validation
             and best.pt use the average.
         validation: a stream like ``data`` (another seed); its first ``validation_batches``
-            batches are drawn once and scored every ``validate_every`` steps (0: never) by rank
-            0; ``best`` names the metric (fastreg.train.validate) that picks best.pt.
+            batches are drawn once (by every rank, so all fail alike on a bad stream) and scored
+            every ``validate_every`` steps (0: never) by rank 0; ``best`` names the metric (fastreg.train.validate) that picks best.pt.
         checkpoint_every: steps between checkpoints (0: only at the end and on a signal);
             keep_last of them are kept.
         resume: continue from the newest checkpoint in ``out`` (a fresh start when there is
@@ -168,7 +168,9 @@ def fit(
         raise ValueError("data: the stream yielded no batches (no readable pairs?)") from None
     pending_wait = time.perf_counter() - drawn
     check_batch(pending)
-    val_batches = first_batches(validation, validation_batches) if validate_every and main else []
+    val_batches = first_batches(validation, validation_batches) if validate_every else []
+    if val_batches and best not in metric_names(val_batches):
+        raise ValueError(f"best: the validation gives no {best!r} (it gives {', '.join(metric_names(val_batches))})")
 
     if out is not None and main:
         checkpoint.folder(out).mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,11 @@ def fit(
         checkpoint.prune(out, keep_last)
         result.checkpoint = path
 
-    with stop:
+    with stop, contextlib.ExitStack() as closing:
+        if bar is not None:
+            closing.callback(bar.close)
+        if log is not None:
+            closing.callback(log.close)
         try:
             for step in range(start, steps):
                 began = time.perf_counter()
@@ -258,13 +264,11 @@ def fit(
                     log.write("train", done, {**terms, "lr": lr_now, "pairs_per_s": window_items / elapsed,
                                               "data_wait": window_wait / elapsed})
                     tick, window_items, window_wait = time.perf_counter(), 0, 0.0
-                if val_batches and done % validate_every == 0:
+                if main and val_batches and done % validate_every == 0:
                     scores = evaluate(averaged.module if averaged is not None else model, val_batches, loss, device, autocast())
                     result.validation = scores
                     if log is not None:
                         log.write("validation", done, scores)
-                    if best not in scores:
-                        raise ValueError(f"best: the validation has no metric {best!r} (it has {sorted(scores)})")
                     if _improves(scores[best], result.best, best):
                         result.best = {"metric": best, "value": scores[best], "step": done}
                         if out is not None:
@@ -287,10 +291,6 @@ def fit(
             pass
         if result.step != last_saved and not result.interrupted:
             save(result.step)
-    if bar is not None:
-        bar.close()
-    if log is not None:
-        log.close()
     return result
 
 

@@ -25,6 +25,12 @@ from fastreg.train.stream import to_device
 HIGHER_IS_BETTER = {"loss": False, "cc": True, "mi": True, "dice": True, "folding_percent": False, "sdlogj": False}
 
 
+def metric_names(batches) -> list[str]:
+    """The metrics ``evaluate`` gives on ``batches`` (dice only when every batch has labels)."""
+    labelled = all("fixed_labels" in b and "moving_labels" in b for b in batches)
+    return [k for k in HIGHER_IS_BETTER if k != "dice" or labelled]
+
+
 @torch.no_grad()
 def evaluate(model, batches, loss_fn, device: torch.device, autocast: AbstractContextManager) -> dict[str, float]:
     """The metrics above on ``batches`` (a list of batch dicts); ``model`` is put in eval mode
@@ -33,6 +39,7 @@ def evaluate(model, batches, loss_fn, device: torch.device, autocast: AbstractCo
     model.eval()
     sums: dict[str, float] = {}
     count = 0
+    names = metric_names(batches)
     try:
         for batch in batches:
             batch = to_device(batch, device)
@@ -44,7 +51,7 @@ def evaluate(model, batches, loss_fn, device: torch.device, autocast: AbstractCo
             items = {"loss": value.detach().double().expand(fixed.shape[0])}
             items["cc"] = metrics.cc(fixed, warp(batch.get("moving_mono", batch["moving"]).float(), disp))
             items["mi"] = metrics.mutual_information(fixed, warp(batch["moving"].float(), disp))
-            if "fixed_labels" in batch and "moving_labels" in batch:
+            if "dice" in names:
                 warped = warp(batch["moving_labels"].double(), disp.double(), mode="nearest").round().long()
                 items["dice"] = metrics.dice(batch["fixed_labels"], warped).nanmean(1)
             stats = metrics.jacobian_stats(disp)

@@ -156,6 +156,7 @@ def test_bad_data_fails_before_writing(tmp_path, data, error, match):
         (dict(steps=0), "steps: expected a positive int"),
         (dict(best="accuracy"), "best: expected one of"),
         (dict(validate_every=2), "validation: validate_every > 0 needs"),
+        (dict(validation=TinyPairs(), validate_every=1, best="dice"), "best: the validation gives no 'dice'"),
         (dict(grad_accum=0), "grad_accum: expected a positive int"),
         (dict(clip_grad=-1.0), "clip_grad: expected"),
     ],
