@@ -49,11 +49,13 @@ def evaluate(model, batches, loss_fn, device: torch.device, autocast: AbstractCo
             disp = disp.float()
             fixed = batch["fixed"].float()
             items = {"loss": value.detach().double().expand(fixed.shape[0])}
-            items["cc"] = metrics.cc(fixed, warp(batch.get("moving_mono", batch["moving"]).float(), disp))
-            items["mi"] = metrics.mutual_information(fixed, warp(batch["moving"].float(), disp))
+            warped = warp(batch["moving"].float(), disp)
+            mono = warp(batch["moving_mono"].float(), disp) if "moving_mono" in batch else warped
+            items["cc"] = metrics.cc(fixed, mono)
+            items["mi"] = metrics.mutual_information(fixed, warped)
             if "dice" in names:
-                warped = warp(batch["moving_labels"].double(), disp.double(), mode="nearest").round().long()
-                items["dice"] = metrics.dice(batch["fixed_labels"], warped).nanmean(1)
+                labels = warp(batch["moving_labels"].double(), disp.double(), mode="nearest").round().long()
+                items["dice"] = metrics.dice(batch["fixed_labels"], labels).nanmean(1)
             stats = metrics.jacobian_stats(disp)
             items["folding_percent"] = stats["folding_percent"]
             items["sdlogj"] = stats["sdlogj"]

@@ -1,6 +1,7 @@
 """fastreg.train.fit on a tiny model and pair stream: learning, exact resume, checkpoints,
 validation, logs, precision options and bad input (everything before any step or write)."""
 import csv
+import math
 
 import pytest
 import torch
@@ -69,6 +70,29 @@ def test_workers_draw_the_same_stream(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_accumulation_equals_the_larger_batch():
+    """Two micro-batches of 2 per step = one batch of 4: the same items (the indexed stream) and
+    the loss divided by the number of micro-batches."""
+    seed = torch.randint(0, 2**30, ()).item()
+    a, _ = run(None, 3, seed=seed, data=TinyPairs(seed=seed, batch_size=2), grad_accum=2)
+    b, _ = run(None, 3, seed=seed, data=TinyPairs(seed=seed, batch_size=4))
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_cosine_warm_restarts_step_once_per_step(tmp_path):
+    lr, eta_min, t0 = 1e-2, 1e-4, 2
+    run(tmp_path, 7, seed=0, schedule="cosine_warm_restarts", lr=lr, eta_min=eta_min, T_0=t0, T_mult=2, grad_accum=2)
+    expected, t_cur, t_i = [], 0, t0
+    for _ in range(7):  # the lr each step used: restarts after 2, then 4 steps
+        expected.append(eta_min + (lr - eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2)
+        t_cur += 1
+        if t_cur == t_i:
+            t_cur, t_i = 0, t_i * 2
+    logged = [float(r["lr"]) for r in rows(tmp_path / "train.csv")]
+    assert logged == pytest.approx(expected, rel=1e-9)
+
+
 def test_plain_iterable_data_resumes_by_skipping(tmp_path):
     seed = torch.randint(0, 2**30, ()).item()
     batches = [TinyPairs(seed=seed).take(2 * i, 2) for i in range(4)]
@@ -80,7 +104,7 @@ def test_plain_iterable_data_resumes_by_skipping(tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_autocast_trains_and_checkpoints_its_scaler(tmp_path, amp):
-    _, result = run(tmp_path, 2, seed=0, amp=amp)
+    _, result = run(tmp_path, 2, seed=0, amp=amp, clip_grad=1.0)
     state = torch.load(result.checkpoint, weights_only=False)
     assert torch.isfinite(torch.tensor(result.train["loss"]))
     assert (state["scaler"] is not None) == (amp == "fp16")
