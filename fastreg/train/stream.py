@@ -7,7 +7,7 @@ A batch is a dict of batched tensors (the keys of fastreg.data's pair streams):
   disp                 (B, ndim, *S) the true field, in voxels (not used by the loop)
   fixed_labels, moving_labels  (B, 1, *S) int64 label maps (Dice, label losses)
 
-Two kinds of data, told apart by the methods they have:
+Three kinds of data, told apart by what they have:
 
 Indexed streams (exact resume and exact multi-process equivalence) have
   ``batch_size``               items in one batch of one process;
@@ -18,9 +18,19 @@ where item ``i`` is a pure function of the stream's seed and ``i`` (e.g. drawn w
 asks rank ``r`` of ``W`` for micro-batch ``m`` (``m = step * grad_accum + a``) as
 ``take((m * W + r) * B, B)``: resuming at step ``k`` starts at ``m = k * grad_accum`` with no
 replay, and the ``W`` ranks together see exactly the items of one process with batch
-``W * B``. DataLoader workers (``workers > 0``) take every ``workers``-th micro-batch in turn,
-so the stream does not depend on the number of workers either. ``take`` may return tensors on
-any device (generators may run on the GPU; then keep ``workers = 0``).
+``W * B``.
+
+Drawn streams (exact resume, no replay; each rank its own batches) have
+  ``seed``                     an int, and optionally ``device`` (where to make the generator);
+  ``draw(generator)``          one batch drawn from the given ``torch.Generator``;
+micro-batch ``m`` of rank ``r`` of ``W`` is ``draw`` from a generator seeded by
+``batch_seed(seed, m * W + r)``: a function of the position in the stream only, so resuming
+needs no replay and the number of workers does not matter; ranks draw distinct batches, but
+``W`` ranks are not one process with a ``W`` times larger batch (that needs ``take``).
+
+For both, DataLoader workers (``workers > 0``) make every ``workers``-th micro-batch in turn,
+so the stream does not depend on the number of workers either. Batches may be made on any
+device (generators may run on the GPU; then keep ``workers = 0``).
 
 Any other iterable of batch dicts works too, with weaker guarantees: each rank keeps every
 ``W``-th batch of one pass over ``iter(data)`` (micro-batch ``m`` of rank ``r`` is batch
@@ -32,6 +42,7 @@ from __future__ import annotations
 import itertools
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -44,9 +55,30 @@ def is_indexed(data) -> bool:
     return callable(getattr(data, "take", None)) and isinstance(getattr(data, "batch_size", None), int)
 
 
+def is_drawn(data) -> bool:
+    """Whether ``data`` follows the drawn protocol (``seed`` and ``draw``)."""
+    seed = getattr(data, "seed", None)
+    return callable(getattr(data, "draw", None)) and isinstance(seed, int) and not isinstance(seed, bool)
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for batch ``index`` of the stream of ``seed`` (numpy's SeedSequence hash:
+    neighbouring indices give independent generators)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def micro_batch(data, index: int, rank: int, world_size: int) -> dict:
+    """Micro-batch ``index`` of ``rank`` from an indexed or drawn stream."""
+    if is_indexed(data):
+        size = data.batch_size
+        return data.take((index * world_size + rank) * size, size)
+    generator = torch.Generator(getattr(data, "device", None) or "cpu")
+    return data.draw(generator.manual_seed(batch_seed(data.seed, index * world_size + rank)))
+
+
 class _Micro(IterableDataset):
-    """Micro-batches ``first, first + 1, ...`` of one rank of an indexed stream; DataLoader
-    worker ``w`` of ``n`` makes those with ``(index - first) % n == w``."""
+    """Micro-batches ``first, first + 1, ...`` of one rank of an indexed or drawn stream;
+    DataLoader worker ``w`` of ``n`` makes those with ``(index - first) % n == w``."""
 
     def __init__(self, data, first: int, rank: int, world_size: int):
         self.data, self.first, self.rank, self.world_size = data, first, rank, world_size
@@ -54,14 +86,13 @@ class _Micro(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        size = self.data.batch_size
         for m in itertools.count(self.first + worker, workers):
-            yield self.data.take((m * self.world_size + self.rank) * size, size)
+            yield micro_batch(self.data, m, self.rank, self.world_size)
 
 
 def micro_batches(data, *, first: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0) -> Iterator[dict]:
     """This rank's micro-batches ``first, first + 1, ...`` of ``data`` (see the module docstring)."""
-    if is_indexed(data):
+    if is_indexed(data) or is_drawn(data):
         source = _Micro(data, first, rank, world_size)
         if workers == 0:
             return iter(source)

@@ -8,7 +8,8 @@ import torch
 
 from fastreg.train import checkpoint, fit
 from fastreg.train.validate import evaluate
-from tiny import TinyNet, TinyPairs, tiny_loss
+from fastreg.train.stream import micro_batch
+from tiny import TinyDrawn, TinyNet, TinyPairs, tiny_loss
 
 QUIET = dict(progress=False, tensorboard=False)
 
@@ -91,6 +92,18 @@ def test_cosine_warm_restarts_step_once_per_step(tmp_path):
             t_cur, t_i = 0, t_i * 2
     logged = [float(r["lr"]) for r in rows(tmp_path / "train.csv")]
     assert logged == pytest.approx(expected, rel=1e-9)
+
+
+def test_drawn_stream_resumes_exactly_whatever_the_workers(tmp_path):
+    seed = torch.randint(0, 2**30, ()).item()
+    a, _ = run(tmp_path / "a", 4, seed=seed, data=TinyDrawn(seed=seed))
+    run(tmp_path / "b", 2, seed=seed, data=TinyDrawn(seed=seed))
+    b, _ = run(tmp_path / "b", 4, seed=seed, data=TinyDrawn(seed=seed), resume=True, workers=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    data = TinyDrawn(seed=seed)
+    rank0, rank1 = micro_batch(data, 3, 0, 2), micro_batch(data, 3, 1, 2)
+    assert not torch.equal(rank0["fixed"], rank1["fixed"])  # ranks draw distinct batches
+    assert torch.equal(micro_batch(data, 7, 0, 1)["fixed"], rank1["fixed"])  # batch 3 * 2 + 1 of the stream
 
 
 def test_plain_iterable_data_resumes_by_skipping(tmp_path):

@@ -39,19 +39,33 @@ class TinyPairs:
     def __init__(self, seed: int = 0, batch_size: int = 2, size: int = 16, labels: bool = False):
         self.seed, self.batch_size, self.size, self.labels = seed, batch_size, size, labels
 
-    def item(self, i: int) -> dict:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        fixed = F.interpolate(torch.rand(1, 1, 5, 5, generator=g), size=(self.size,) * 2, mode="bilinear", align_corners=True)
-        disp = random_smooth_field((self.size,) * 2, magnitude=1.0, spacing=8, generator=g)
-        out = {"fixed": fixed, "moving": fastreg.warp(fixed, disp), "disp": disp}
-        if self.labels:
-            out["fixed_labels"] = (fixed * 3.999).long()
-            out["moving_labels"] = (out["moving"] * 3.999).long()
-        return out
-
     def take(self, start: int, count: int) -> dict:
-        items = [self.item(i) for i in range(start, start + count)]
-        return {k: torch.cat([it[k] for it in items]) for k in items[0]}
+        generators = [torch.Generator().manual_seed(self.seed * 1_000_003 + i) for i in range(start, start + count)]
+        return _pairs(generators, self.size, self.labels)
+
+
+class TinyDrawn:
+    """A drawn stream (fastreg.train.stream) of the same pairs: ``draw(generator)`` makes a batch."""
+
+    def __init__(self, seed: int = 0, batch_size: int = 2, size: int = 16):
+        self.seed, self.batch_size, self.size = seed, batch_size, size
+
+    def draw(self, generator: torch.Generator) -> dict:
+        return _pairs([generator] * self.batch_size, self.size, labels=False)
+
+
+def _pairs(generators, size: int, labels: bool) -> dict:
+    """One pair per generator, batched."""
+    items = []
+    for g in generators:
+        fixed = F.interpolate(torch.rand(1, 1, 5, 5, generator=g), size=(size,) * 2, mode="bilinear", align_corners=True)
+        disp = random_smooth_field((size,) * 2, magnitude=1.0, spacing=8, generator=g)
+        item = {"fixed": fixed, "moving": fastreg.warp(fixed, disp), "disp": disp}
+        if labels:
+            item["fixed_labels"] = (fixed * 3.999).long()
+            item["moving_labels"] = (item["moving"] * 3.999).long()
+        items.append(item)
+    return {k: torch.cat([it[k] for it in items]) for k in items[0]}
 
 
 class FolderPairs:
