@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         result = recipes.run(recipe, args.out or Path("runs") / name, resume=args.resume)
     except (ValueError, TypeError) as exc:
         print(f"fastreg train: error: {exc}", file=sys.stderr)
+        distributed.teardown(wait=False)
         return 2
-    finally:
-        distributed.teardown()
+    distributed.teardown(wait=True)
     if os.environ.get("RANK", "0") == "0":
         print(_summary(result))
     return 130 if result.interrupted else 0

@@ -30,8 +30,12 @@ def setup(device: str | None) -> torch.device:
     return torch.device("cuda", local) if use_cuda else torch.device(device or "cpu")
 
 
-def teardown() -> None:
+def teardown(wait: bool) -> None:
+    """Leave the process group; ``wait``: first wait for every rank (rank 0 may still be
+    writing its last checkpoint; a peer that leaves early can abort the others' sockets)."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -57,8 +61,3 @@ def gather(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def barrier() -> None:
-    if rank_and_size()[1] > 1:
-        dist.barrier()
