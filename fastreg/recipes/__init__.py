@@ -9,7 +9,9 @@ data class that lands later:
   model.name   a name of fastreg.models' registry (``fastreg.models.create``) or "module:Class"
   data.kind    a class of fastreg.data (LabelMPairs, SynthMorphPairs, ImagePairs) or "module:Class";
                built as ``Class([data.path,] **data.args, seed=..., batch_size=...)`` (``path``
-               first when set; seed/batch_size/device passed when the constructor takes them)
+               first when set; seed/batch_size/device passed when the constructor takes them);
+               a map-style dataset of single pairs (ImagePairs) is read through
+               fastreg.train.stream.Shuffled with data.batch_size and the seed
   loss.name    a preset of ``fastreg.nn.loss_for`` (adapted by fastreg.train.objective.pair_loss,
                with one-hot warped labels when ``loss.labels``) or "module:function" taking
                (batch, disp) as fastreg.train.fit does
@@ -32,10 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
 
 from fastreg import train
 from fastreg.train import distributed
 from fastreg.train.objective import pair_loss
+from fastreg.train.stream import Shuffled, is_drawn, is_indexed
 from fastreg.train.validate import HIGHER_IS_BETTER
 
 DEFAULTS: dict = {
@@ -304,11 +308,12 @@ def _data(cfg: dict, seed: int, path: str, device: torch.device, key: str):
     for name, value in (("seed", seed), ("batch_size", cfg["batch_size"]), ("device", device)):
         if name in params and name not in args:
             args[name] = value
-    if not path:
-        return cls(**args)
-    if not Path(path).exists():
+    if path and not Path(path).exists():
         raise ValueError(f"{key}.path: no such file or folder {path!r}")
-    return cls(path, **args)
+    data = cls(path, **args) if path else cls(**args)
+    if is_indexed(data) or is_drawn(data) or isinstance(data, IterableDataset) or not hasattr(data, "__getitem__"):
+        return data
+    return Shuffled(data, cfg["batch_size"], seed)  # a map-style dataset of single pairs
 
 
 def _loss(cfg: dict, data):

@@ -11,5 +11,6 @@ Recipes (fastreg.recipes) and ``fastreg train`` (fastreg.cli.train) build the ar
 ``fit`` from a TOML file.
 """
 from fastreg.train.loop import FitResult, fit
+from fastreg.train.stream import Shuffled
 
-__all__ = ["fit", "FitResult"]
+__all__ = ["fit", "FitResult", "Shuffled"]

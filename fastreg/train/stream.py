@@ -32,6 +32,10 @@ For both, DataLoader workers (``workers > 0``) make every ``workers``-th micro-b
 so the stream does not depend on the number of workers either. Batches may be made on any
 device (generators may run on the GPU; then keep ``workers = 0``).
 
+Map-style datasets of single pairs (``len`` and ``dataset[i]`` -> a dict of (1, *S) tensors,
+e.g. fastreg.data.ImagePairs) become an indexed stream through ``Shuffled``: epoch after epoch
+of seeded permutations.
+
 Any other iterable of batch dicts works too, with weaker guarantees: each rank keeps every
 ``W``-th batch of one pass over ``iter(data)`` (micro-batch ``m`` of rank ``r`` is batch
 ``m * W + r``), and resuming at step ``k`` re-draws and drops the batches before it, which is
@@ -74,6 +78,43 @@ def micro_batch(data, index: int, rank: int, world_size: int) -> dict:
         return data.take((index * world_size + rank) * size, size)
     generator = torch.Generator(getattr(data, "device", None) or "cpu")
     return data.draw(generator.manual_seed(batch_seed(data.seed, index * world_size + rank)))
+
+
+class Shuffled:
+    """An indexed stream over a map-style dataset of single pairs: item ``i`` is
+    ``dataset[p_e[i % n]]`` with ``n = len(dataset)``, epoch ``e = i // n`` and ``p_e`` a random
+    permutation of range(n) seeded by ``batch_seed(seed, e)``; items (1, *S) are stacked into
+    batches (B, 1, *S), so every item of a batch must have one shape (batch_size 1 takes pairs
+    of any shapes)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0):
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"data: expected a map-style dataset (len and [i]), got {type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise ValueError(f"data: the dataset holds no pairs ({dataset!r})")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self._epoch = (-1, None)
+
+    def order(self, epoch: int) -> list[int]:
+        if self._epoch[0] != epoch:
+            g = torch.Generator().manual_seed(batch_seed(self.seed, epoch))
+            self._epoch = (epoch, torch.randperm(len(self.dataset), generator=g).tolist())
+        return self._epoch[1]
+
+    def take(self, start: int, count: int) -> dict:
+        n = len(self.dataset)
+        picks = [self.order(i // n)[i % n] for i in range(start, start + count)]
+        items = [self.dataset[j] for j in picks]
+        batch = {}
+        for key in items[0]:
+            shapes = {tuple(it[key].shape) for it in items}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"data: the pairs {picks} of one batch have '{key}' of different shapes {sorted(shapes)}; "
+                    "a batch needs one shape (batch_size = 1 takes pairs of any shapes)"
+                )
+            batch[key] = torch.stack([it[key] for it in items])
+        return batch
 
 
 class _Micro(IterableDataset):

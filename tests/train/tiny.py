@@ -54,6 +54,24 @@ class TinyDrawn:
         return _pairs([generator] * self.batch_size, self.size, labels=False)
 
 
+class TinyMap:
+    """A map-style dataset of ``n`` single pairs (1, 1, size, size) like fastreg.data.ImagePairs'
+    items, pair ``i`` drawn from seed i; ``odd`` pairs (indices) have one row less."""
+
+    def __init__(self, n: int = 5, size: int = 16, odd: tuple = ()):
+        self.n, self.size, self.odd = n, size, set(odd)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        pair = _pairs([torch.Generator().manual_seed(i)], self.size, labels=False)
+        pair = {k: v[0] for k, v in pair.items()}  # (1, *S): one item, no batch dimension
+        return {k: v[:, :-1] for k, v in pair.items()} if i in self.odd else pair
+
+
 def _pairs(generators, size: int, labels: bool) -> dict:
     """One pair per generator, batched."""
     items = []
