@@ -30,3 +30,23 @@ def test_torchrun_two_gloo_processes_match_one_with_the_doubled_batch(recipe, tm
     state = torch.load(tmp_path / "ddp/checkpoints/step-00000003.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert len((tmp_path / "ddp/train.csv").read_text().splitlines()) == 4  # one writer: header + 3 steps
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_torchrun_resume_is_exact(recipe, tmp_path):
+    """2 gloo processes stopped at step 2 and resumed to 3 end as 2 processes run straight to 3."""
+    common = ["--device", "cpu", "--set", "validation.every=0", "--set", "data.batch_size=2", "--set", "model.args.dropout=0.2"]
+
+    def torchrun(out, *args):
+        cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "fastreg.cli.train", str(recipe),
+               "--out", str(out), *common, *args]
+        done = subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun(tmp_path / "straight", "--steps", "3")
+    torchrun(tmp_path / "resumed", "--steps", "2")
+    torchrun(tmp_path / "resumed", "--steps", "3", "--resume")
+    a = weights(tmp_path / "straight/checkpoints/step-00000003.pt")
+    b = weights(tmp_path / "resumed/checkpoints/step-00000003.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
