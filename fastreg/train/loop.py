@@ -8,7 +8,7 @@ fastreg.train.checkpoint; logs: fastreg.train.log; validation metrics: fastreg.t
 Exact resume: a run stopped after step k (Ctrl-C, a crash after a checkpoint, or ``steps`` = k)
 and resumed with ``resume=True`` ends with the same weights, bit for bit on the CPU, as one
 run straight through: the checkpoint restores model, optimizer, schedule, GradScaler, EMA and
-every rank's RNG states, and indexed streams restart at micro-batch k * grad_accum.
+every rank's RNG states, and indexed and drawn streams restart at micro-batch k * grad_accum.
 """
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ def fit(
 
     Args:
         model: ``model(fixed, moving) -> disp`` (B, ndim, *S) in voxels (fastreg.models).
-        data: batches of pairs (fastreg.train.stream: an indexed stream for exact resume).
+        data: batches of pairs (fastreg.train.stream: an indexed or drawn stream resumes
+            exactly without replay; wrap a map-style dataset of single pairs in Shuffled).
         loss: ``loss(batch, disp)`` -> a scalar tensor, or a dict with the scalar ``loss`` and
             other terms to log (scalars).
         steps: the step to train up to.

@@ -7,7 +7,7 @@ A batch is a dict of batched tensors (the keys of fastreg.data's pair streams):
   disp                 (B, ndim, *S) the true field, in voxels (not used by the loop)
   fixed_labels, moving_labels  (B, 1, *S) int64 label maps (Dice, label losses)
 
-Three kinds of data, told apart by what they have:
+Kinds of data, told apart by what they have:
 
 Indexed streams (exact resume and exact multi-process equivalence) have
   ``batch_size``               items in one batch of one process;
