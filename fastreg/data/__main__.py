@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.seed < 0 or (args.size is not None and args.size < 16):
         parser.error("--pairs must be >= 1, --seed >= 0 and --size >= 16")
+    if not args.preview.lower().endswith(".png"):
+        parser.error(f"--preview: expected a .png file, got {args.preview!r}")
     size = args.size or (224 if args.kind == "labelm" else 128)
     from fastreg import viz
 
