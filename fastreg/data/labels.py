@@ -26,8 +26,9 @@ For the noise kinds ``size`` picks the coarse grid (r_p = s_L): 12 "small", 6 "m
 (default 4, at least 48 voxels per axis: the noise and its deformations vary over tens of
 voxels; at 192^3 about 94 % of the voxels get the label of the full-resolution recipe, the
 others lie within a voxel or two of a boundary) with the fused
-``fastreg.sample``, then upsamples all labels linearly and takes the argmax in slabs, so
-peak memory stays a few volumes whatever J is; no grid tensor of the full image is built.
+``fastreg.sample``, then upsamples all labels linearly and takes the argmax in slabs
+(``upsampled_argmax``), so peak memory stays a few volumes whatever J is; no grid tensor
+of the full image is built.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ LABEL_WARP_STEPS = 5
 COVERAGE = 4.0
 MIN_WORK = 48  # the work grid of "synthmorph" keeps at least this many voxels per axis
 SLAB_VALUES = 1 << 23
-LINEAR = {2: "bilinear", 3: "trilinear"}  # values per slab of the upsample + argmax (32 MiB in float32)
+LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}  # values per slab of the upsample + argmax (32 MiB in float32)
 
 
 def label_map(
@@ -129,18 +130,36 @@ def _warped_noise(noise: torch.Tensor, shape: tuple[int, ...], size: str, work_f
 
 def upsampled_argmax(values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """argmax over channels of ``values`` (B, J, *g) upsampled linearly (align_corners=True)
-    to ``shape``: (B, 1, *shape) int64. Works in slabs along the first spatial axis, each
-    interpolated by ``fastreg.sample`` at the slab's voxel positions in the coarse grid, so
-    the J upsampled volumes are never held at once."""
+    to ``shape``: (B, 1, *shape) int64, without holding the J upsampled volumes.
+
+    Linear upsampling is separable: along the first axis each output row lies between two
+    coarse planes, which are upsampled over the other axes (F.interpolate) once each, and the
+    rows between them are their linear blends, made and reduced a slab at a time
+    (at most SLAB_VALUES values)."""
     batch, labels = values.shape[:2]
-    grid = values.shape[2:]
-    positions = [torch.linspace(0, g - 1, s, device=values.device, dtype=values.dtype) for g, s in zip(grid, shape)]
+    grid, ndim = values.shape[2:], len(shape)
     out = torch.empty((batch, 1, *shape), dtype=torch.int64, device=values.device)
-    rows = max(1, SLAB_VALUES // (batch * labels * math.prod(shape[1:])))
-    for start in range(0, shape[0], rows):
-        axes = [positions[0][start:start + rows]] + positions[1:]
-        coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0)
-        out[:, :, start:start + rows] = sample(values, coords).max(1, keepdim=True).indices
+    position = torch.linspace(0, grid[0] - 1, shape[0], dtype=torch.float64)
+    cell = position.floor().clamp(max=grid[0] - 2).long()
+    weight = (position - cell).to(device=values.device, dtype=values.dtype)
+    rows_per_slab = max(1, SLAB_VALUES // (batch * labels * math.prod(shape[1:])))
+
+    def plane(k: int) -> torch.Tensor:
+        return F.interpolate(values[:, :, k], size=tuple(shape[1:]), mode=LINEAR[ndim - 1], align_corners=True)
+
+    upper, upper_index = None, -1
+    bounds = torch.searchsorted(cell, torch.arange(grid[0], dtype=torch.int64)).tolist() + [shape[0]]
+    for k in range(grid[0] - 1):
+        first, last = bounds[k], bounds[k + 1]
+        if first == last:
+            continue
+        low = upper if upper_index == k else plane(k)
+        upper, upper_index = plane(k + 1), k + 1
+        for start in range(first, last, rows_per_slab):
+            stop = min(last, start + rows_per_slab)
+            w = weight[start:stop].view((1, 1, stop - start) + (1,) * (ndim - 1))
+            blend = torch.lerp(low.unsqueeze(2), upper.unsqueeze(2), w)
+            out[:, :, start:stop] = blend.max(1, keepdim=True).indices
     return out
 
 
