@@ -42,7 +42,7 @@ def test_reproducible_and_distinct(kind):
 def test_sizes_order_the_region_sizes():
     """small < medium < large: fewer label changes along a line for larger shapes."""
     def changes(kind, size):
-        labels = label_map((64, 64, 64), num_labels=8, kind=kind, size=size, batch=2,
+        labels = label_map((160, 160), num_labels=8, kind=kind, size=size, batch=4,
                            generator=torch.Generator().manual_seed(_seed()))
         return (labels[..., 1:] != labels[..., :-1]).double().mean()
     for kind in ("labelm", "spheres"):

@@ -96,11 +96,11 @@ def test_synthmorph_outputs_and_disp_convention(shape):
 
 
 def test_synthmorph_defaults_at_paper_recipe_scales():
-    stream = SynthMorphPairs((48, 48, 48), batch_size=1)
+    stream = SynthMorphPairs((32, 32, 32), batch_size=1)
     assert stream.num_labels == 26 and stream.contrast == "dynamic"
     assert stream.field == dict(scales=(24, 12, 6), max_std=3.0, half_res=True) and stream.steps == 5
     batch = stream.draw(_generator())
-    assert "disp" not in batch and batch["fixed"].shape == (1, 1, 48, 48, 48)
+    assert "disp" not in batch and batch["fixed"].shape == (1, 1, 32, 32, 32)
 
 
 def _first(stream: IterableDataset, n: int = 1):
