@@ -9,7 +9,8 @@ and can repeat in space (several blobs of one label). Kinds:
   "synthmorph"  SynthMorph's random geometry (Hoffmann et al. 2022; the cascaded U-Net
                 paper, appendix A): as "labelm" on an s_L^ndim grid, but each label's noise
                 image is first warped by its own random diffeomorphism (velocity: 6^ndim grid,
-                sigma ~ U(0, b) per label, 5 steps of scaling and squaring), then argmax.
+                sigma ~ U(0, b) per label, 5 steps of scaling and squaring on a grid of 4
+                voxels per coarse cell, resized), then argmax.
                 The paper's sizes: (s_L, b) = (12, 10) small, (6, 50) medium, (3, 50) large,
                 b in voxels at 192^3 (scaled with the image size here, so a map looks alike
                 at any resolution). The per-label spatial-noise scale sigma ~ U(0, 1) of the
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 
 from fastreg import _validate as check
 from fastreg.data import _random
-from fastreg.ops import integrate_svf, sample
+from fastreg.ops import integrate_svf, resize_field, sample
 
 KINDS = ("labelm", "synthmorph", "spheres", "rectangles")
 SIZES = ("small", "medium", "large")
@@ -50,6 +51,7 @@ SHAPE_RADIUS = {"small": (5.0, 10.0), "medium": (15.0, 25.0), "large": (30.0, 45
 REFERENCE_SIZE = 192
 LABEL_WARP_GRID = 6
 LABEL_WARP_STEPS = 5
+LABEL_WARP_CELLS = 4  # integration grid of the per-label velocities: voxels per coarse cell
 COVERAGE = 4.0
 MIN_WORK = 48  # the work grid of "synthmorph" keeps at least this many voxels per axis
 SLAB_VALUES = 1 << 23
@@ -117,11 +119,16 @@ def _warped_noise(noise: torch.Tensor, shape: tuple[int, ...], size: str, work_f
     count = batch * labels
     sigma = _random.uniform(0.0, strength, (count, 1) + (1,) * ndim, generator, noise.device)
     coarse = _random.randn((count, ndim) + (LABEL_WARP_GRID,) * ndim, generator, noise.device) * sigma
+    # The velocities vary over (work - 1) / (LABEL_WARP_GRID - 1) voxels: integrating them on
+    # a grid of LABEL_WARP_CELLS voxels per coarse cell and resizing the result loses little.
+    steps_grid = tuple(min(w, LABEL_WARP_CELLS * (LABEL_WARP_GRID - 1) + 1) for w in work)
+    coarse = coarse * torch.tensor([(g - 1) / (w - 1) for g, w in zip(steps_grid, work)],
+                                   device=noise.device).view(1, ndim, *[1] * ndim)
     chunk = max(1, SLAB_VALUES // (ndim * math.prod(work)))
     out = []
     for start in range(0, count, chunk):
-        velocity = F.interpolate(coarse[start:start + chunk], size=work, mode=LINEAR[ndim], align_corners=True)
-        coords = integrate_svf(velocity, LABEL_WARP_STEPS)
+        velocity = F.interpolate(coarse[start:start + chunk], size=steps_grid, mode=LINEAR[ndim], align_corners=True)
+        coords = resize_field(integrate_svf(velocity, LABEL_WARP_STEPS), size=work)
         for axis in range(ndim):
             coords[:, axis].mul_((grid[axis] - 1) / (work[axis] - 1)).add_(identity[axis])
         out.append(sample(flat[start:start + chunk], coords, padding_mode="border"))
