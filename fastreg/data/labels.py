@@ -18,7 +18,8 @@ and can repeat in space (several blobs of one label). Kinds:
   "spheres"     balls (disks in 2-D) of random centre, label and radius, painted in a random
                 order: radius U(15, 25) voxels at 192^3 for "medium" (the paper), U(5, 10)
                 "small", U(30, 45) "large" (scaled with the size). Enough balls to cover
-                each voxel about 4 times; label 0 also fills what no ball covers (e^-4, ~2 %).
+                each voxel about 4 times (the paper paints 2000 per label, mostly hidden);
+                label 0 also fills what no ball covers (e^-4, ~2 %).
   "rectangles"  axis-aligned boxes painted the same way, half-extents per axis drawn from
                 the same ranges as the radii.
 
@@ -54,8 +55,8 @@ LABEL_WARP_STEPS = 5
 LABEL_WARP_CELLS = 4  # integration grid of the per-label velocities: voxels per coarse cell
 COVERAGE = 4.0
 MIN_WORK = 48  # the work grid of "synthmorph" keeps at least this many voxels per axis
-SLAB_VALUES = 1 << 23
-LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}  # values per slab of the upsample + argmax (32 MiB in float32)
+SLAB_VALUES = 1 << 23  # values per slab of the upsample + argmax (32 MiB in float32)
+LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def label_map(
