@@ -21,7 +21,8 @@ and can repeat in space (several blobs of one label). Kinds:
                 each voxel about 4 times (the paper paints 2000 per label, mostly hidden);
                 label 0 also fills what no ball covers (e^-4, ~2 %).
   "rectangles"  axis-aligned boxes painted the same way, half-extents per axis drawn from
-                the same ranges as the radii.
+                the same ranges as the radii (the paper takes the argmax of sparse random
+                values on 8^3 grids upsampled, boxes of one size; here their sizes vary).
 
 For the noise kinds ``size`` picks the coarse grid (r_p = s_L): 12 "small", 6 "medium",
 3 "large". Speed: "synthmorph" warps each label's noise on a grid of ``shape / work_factor``
