@@ -6,8 +6,9 @@ with F.interpolate + grid_sample (VoxelMorph-style scaling and squaring and warp
 Rows:
   synthmorph pair  one SynthMorphPairs batch of 1 at size^3 with 26 labels (base label map,
                    two half-resolution deformations, both label maps warped nearest, two
-                   dynamic-contrast images): fastreg.data as shipped (per-label noise warped on
-                   the size/4 grid with fastreg.sample, upsample + argmax in slabs) against
+                   dynamic-contrast images): fastreg.data as shipped (per-label velocities
+                   integrated on 4 voxels per coarse cell, noise warped on the size/4 grid
+                   with fastreg.sample, upsample + argmax in slabs) against
                    * peer-same-grids: the same reduced-resolution recipe with F.interpolate +
                      grid_sample (the numbers fastreg computes, written the usual way);
                    * peer-full-res: the recipe as the paper writes it (each label's velocity
@@ -31,7 +32,9 @@ import torch.nn.functional as F
 
 from fastreg.data import LabelMPairs, SynthMorphPairs, pair_contrast, render
 from fastreg.data import _random
-from fastreg.data.labels import LABEL_WARP_GRID, LABEL_WARP_STD, LABEL_WARP_STEPS, NOISE_GRID, REFERENCE_SIZE
+from fastreg.data.labels import (
+    LABEL_WARP_CELLS, LABEL_WARP_GRID, LABEL_WARP_STD, LABEL_WARP_STEPS, MIN_WORK, NOISE_GRID, REFERENCE_SIZE,
+)
 
 
 # --- the peer: F.interpolate + grid_sample ------------------------------------------------
@@ -79,13 +82,20 @@ def peer_label_map(shape, num_labels, generator, work_factor):
     """SynthMorph random geometry ("medium"); work_factor None: every label at full size."""
     ndim = len(shape)
     grid = NOISE_GRID["medium"]
-    work = shape if work_factor is None else tuple(math.ceil((s - 1) / work_factor) + 1 for s in shape)
+    work = shape if work_factor is None else tuple(
+        min(s, max(MIN_WORK, math.ceil((s - 1) / work_factor) + 1)) for s in shape)
     strength = LABEL_WARP_STD["medium"] * (sum(shape) / ndim / REFERENCE_SIZE) * (work[0] - 1) / (shape[0] - 1)
     noise = _random.randn((1, num_labels) + (grid,) * ndim, generator)
     best = labels = None
+    # fastreg's reduced grids integrate on LABEL_WARP_CELLS voxels per coarse cell and resize
+    steps_grid = work if work_factor is None else tuple(
+        min(w, LABEL_WARP_CELLS * (LABEL_WARP_GRID - 1) + 1) for w in work)
+    to_steps = (steps_grid[0] - 1) / (work[0] - 1)
     for j in range(num_labels):
-        velocity = peer_velocity(work, work, (LABEL_WARP_GRID,), strength, generator)
+        velocity = peer_velocity(work, steps_grid, (LABEL_WARP_GRID,), strength * to_steps, generator)
         disp = grid_integrate(velocity, LABEL_WARP_STEPS)
+        if steps_grid != work:
+            disp = F.interpolate(disp, size=work, mode=_linear(ndim), align_corners=True) / to_steps
         up = F.interpolate(noise[:, j:j + 1], size=work, mode=_linear(ndim), align_corners=True)
         warped = grid_warp(up, disp, padding_mode="border")
         if work != shape:
