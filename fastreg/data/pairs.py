@@ -84,7 +84,9 @@ class LabelMPairs(_PairStream):
         the image, drawn per sample, upsampled to a grid ``integrate_factor`` (4) times
         coarser than the image, integrated there by ``steps`` (7) scaling-and-squaring steps
         and upsampled with ``fastreg.resize_field`` (the paper integrates at a coarse
-        resolution and upsamples; 1 integrates on the image grid);
+        resolution and upsamples; 1 integrates on the image grid). The paper's "N SVFs, N the
+        number of image channels" is read as one 2-component velocity shared by every
+        channel, so that all channels move alike;
       * moving = fixed warped by phi (linear, border padding) on the large map, then cropped;
       * ``disp`` = exp(-v), the inverse of phi (see the module docstring): warps moving onto
         fixed.
