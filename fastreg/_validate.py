@@ -2,6 +2,7 @@
 was expected (TypeError for a wrong type or dtype, ValueError for a wrong value/shape)."""
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Sequence
 
@@ -102,3 +103,59 @@ def non_negative_int(value, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name}: expected a non-negative int, got {value}")
     return int(value)
+
+
+def spatial_shape(value, name: str = "shape") -> tuple[int, ...]:
+    """A spatial size of 2 or 3 positive ints."""
+    if isinstance(value, torch.Size):
+        value = tuple(value)
+    if not isinstance(value, (list, tuple)) or len(value) not in (2, 3):
+        raise ValueError(f"{name}: expected 2 or 3 spatial sizes (H, W) or (D, H, W), got {value!r}")
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in value):
+        raise TypeError(f"{name}: expected integers, got {value!r}")
+    if any(s < 2 for s in value):
+        raise ValueError(f"{name}: expected sizes of at least 2, got {value!r}")
+    return tuple(int(s) for s in value)
+
+
+def positive_int(value, name: str, minimum: int = 1) -> int:
+    """An int >= ``minimum`` (bools and floats are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def non_negative(value, name: str) -> float:
+    """A finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a non-negative number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
+
+
+def probability(value, name: str) -> float:
+    """A number in [0, 1]."""
+    p = non_negative(value, name)
+    if p > 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
+    return p
+
+
+def interval(value, name: str) -> tuple[float, float]:
+    """A pair (low, high) of finite numbers with 0 <= low <= high."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name}: expected a pair (low, high), got {value!r}")
+    low, high = (non_negative(v, name) for v in value)
+    if low > high:
+        raise ValueError(f"{name}: expected low <= high, got {value!r}")
+    return low, high
+
+
+def generator(value, name: str = "generator") -> torch.Generator | None:
+    """A torch.Generator or None."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(value).__name__}")
+    return value
