@@ -12,21 +12,15 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
+from fastreg.nn.losses import REDUCTIONS, reduce
 from fastreg.ops.jacobian import MODES, jacobian_det
-
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def jacobian_loss(disp: torch.Tensor, eps: float = 0.0, mode: str = "central",
                   spacing: float | Sequence[float] | None = None, reduction: str = "mean") -> torch.Tensor:
     """The folding penalty relu(eps - det) of ``JacobianLoss`` as a function (arguments there)."""
     check.choice(reduction, "reduction", REDUCTIONS)
-    penalty = torch.relu(eps - jacobian_det(disp, mode, spacing))
-    if reduction == "mean":
-        return penalty.mean()
-    if reduction == "sum":
-        return penalty.sum()
-    return penalty
+    return reduce(torch.relu(eps - jacobian_det(disp, mode, spacing)), reduction)
 
 
 class JacobianLoss(nn.Module):

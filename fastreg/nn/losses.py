@@ -52,6 +52,15 @@ REDUCTIONS = ("mean", "sum", "none")
 SIMILARITIES = ("mse", "lncc", "dice")
 
 
+def reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    """x.mean(), x.sum() or x itself for reduction "mean", "sum", "none" (validated by the caller)."""
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    return x
+
+
 def _field(disp, name: str = "disp") -> int:
     check.tensor(disp, name)
     ndim = check.spatial_ndim(disp, name, "(B, ndim, H, W) or (B, ndim, D, H, W)")
@@ -239,11 +248,7 @@ def bending_energy(disp: torch.Tensor, normalize: bool = False, reduction: str =
             if normalize:
                 d2 = d2 * (sizes[a - 2] * sizes[b - 2] / scale)
             energy = energy + (d2 * d2 if a == b else 2.0 * d2 * d2)
-    if reduction == "mean":
-        return energy.mean()
-    if reduction == "sum":
-        return energy.sum()
-    return energy
+    return reduce(energy, reduction)
 
 
 class BendingEnergyLoss(nn.Module):
