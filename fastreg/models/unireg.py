@@ -8,11 +8,12 @@ Shapes (the RegistrationModel contract, fastreg/models/base.py):
   -> displacement (B, ndim, *S) in voxels, ij order: fastreg.warp(moving, disp) ~ fixed.
 Pipeline on the padded pair:
   features  extractor(fixed), extractor(moving): (B, C, *S/2) each (C = 64 for VGG16; 3-D:
-            slice-wise along the three axes, see fastreg.models.extractors.features), in one
-            batched call, frozen (no parameter of the extractor trains)
+            slice-wise along the three axes, see fastreg.models.extractors.features), both
+            images batched together, frozen (no parameter of the extractor trains)
   FeatureUNet on cat(features) (B, 2C, *S/2): three levels at S/2, S/4, S/8 with widths
             (64, 128, 256); encoder: conv block per level, max-pool 2 between levels;
-            decoder: nearest x2 upsampling, concatenation with the encoder's skip, conv block;
+            decoder: nearest x2 upsampling, concatenation with the encoder's skip, conv block
+            (computed as two convolutions that store neither, see UpBlock);
             conv block = 3^ndim conv (bias) + LeakyReLU(0.2) (VoxelMorph-like: the paper
             publishes neither widths, norms nor head init)
   head      3^ndim conv -> ndim channels at S/2, weights N(0, 1e-5), zero bias
@@ -22,13 +23,18 @@ Pipeline on the padded pair:
             full-resolution layer keeps the network at S/2, where it costs 4x (8x in 3-D) less.
 Number of levels for NIO: 1. Loss of the paper: fastreg.nn.loss_for("unireg") (MSE + 0.01
 L1 forward-difference gradient).
-Parameters (2-D, defaults): 38,720 frozen (VGG16 block 1) + 1,000,706 trainable.
+Parameters (defaults): 38,720 frozen (VGG16 block 1) + 997,122 trainable in 2-D
+(2,991,811 in 3-D).
+Speed: the extractor runs a few images at a time (bounded transient memory), the 2-D network
+in channels_last, LeakyReLU in place, decoder blocks without stored concatenations; training under torch.autocast("cpu", torch.bfloat16)
+works and is faster still on CPUs with bf16 instructions (BENCHMARKS.md, "UniReg").
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastreg.models import extractors
@@ -41,15 +47,69 @@ def _conv(ndim: int):
 
 
 class ConvBlock(nn.Module):
-    """3^ndim convolution (stride 1, padding 1, bias) + LeakyReLU(0.2): (B, cin, *S) -> (B, cout, *S)."""
+    """3^ndim convolution (stride 1, padding 1, bias) + LeakyReLU(0.2): (B, cin, *S) -> (B, cout, *S).
+
+    The activation runs in place on the convolution's output (the convolution's backward
+    needs only its input, LeakyReLU's only its output), so a block keeps one tensor for
+    backward instead of two."""
 
     def __init__(self, ndim: int, cin: int, cout: int):
         super().__init__()
         self.conv = _conv(ndim)(cin, cout, 3, padding=1)
-        self.act = nn.LeakyReLU(0.2)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
+
+
+def _conv_nd(ndim: int):
+    return F.conv2d if ndim == 2 else F.conv3d
+
+
+class _UpsampledConv(torch.autograd.Function):
+    """conv(nearest_x2(x), weight, bias), 3^ndim kernel, padding 1, that keeps x for backward
+    instead of its 2^ndim times larger upsampled copy (recomputed in backward: a copy, no
+    arithmetic). x (B, cin, *S) -> (B, cout, *2S). Under autocast the convolution runs in the
+    autocast dtype and the backward in the dtype of the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return _conv_nd(x.dim() - 2)(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        nd = x.dim() - 2
+        dtype = grad.dtype
+        up = F.interpolate(x.to(dtype), scale_factor=2, mode="nearest")
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        gi, gw, gb = torch.ops.aten.convolution_backward(
+            grad, up, weight.to(dtype), [bias.shape[0]], [1] * nd, [1] * nd, [1] * nd, False, [0] * nd, 1, mask)
+        gx = None
+        if gi is not None:  # nearest x2 upsampling's adjoint: the sum over each 2^ndim block
+            gx = ((F.avg_pool2d if nd == 2 else F.avg_pool3d)(gi, 2) * 2 ** nd).to(x.dtype)
+        return gx, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype)
+
+
+class UpBlock(nn.Module):
+    """Decoder block: LeakyReLU(0.2)(conv(cat(nearest_x2(x), skip))) with the convolution split
+    along its input channels, conv_up(nearest_x2(x)) + conv_skip(skip): the same function and
+    parameters (initialised as the one convolution), but neither the concatenation nor the
+    upsampled copy is stored for backward (skip is kept by the encoder anyway, x by this
+    block's predecessor). x (B, cin_up, *S/2), skip (B, cin_skip, *S) -> (B, cout, *S)."""
+
+    def __init__(self, ndim: int, cin_up: int, cin_skip: int, cout: int):
+        super().__init__()
+        full = _conv(ndim)(cin_up + cin_skip, cout, 3, padding=1)  # torch's default init over the full fan-in
+        self.weight_up = nn.Parameter(full.weight[:, :cin_up].detach().clone())
+        self.weight_skip = nn.Parameter(full.weight[:, cin_up:].detach().clone())
+        self.bias = nn.Parameter(full.bias.detach().clone())
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        out = _UpsampledConv.apply(x, self.weight_up, self.bias)
+        return self.act(out + _conv_nd(skip.dim() - 2)(skip, self.weight_skip, padding=1))
 
 
 class FeatureUNet(nn.Module):
@@ -63,10 +123,9 @@ class FeatureUNet(nn.Module):
             ConvBlock(ndim, cin, cout) for cin, cout in zip((in_channels, *widths[:-1]), widths)
         )
         self.decoder = nn.ModuleList(
-            ConvBlock(ndim, widths[k + 1] + widths[k], widths[k]) for k in reversed(range(len(widths) - 1))
+            UpBlock(ndim, widths[k + 1], widths[k], widths[k]) for k in reversed(range(len(widths) - 1))
         )
         self.pool = (nn.MaxPool2d if ndim == 2 else nn.MaxPool3d)(2)
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -75,7 +134,7 @@ class FeatureUNet(nn.Module):
             skips.append(x)
         x = skips.pop()
         for block in self.decoder:
-            x = block(torch.cat([self.up(x), skips.pop()], dim=1))
+            x = block(x, skips.pop())
         return x
 
 

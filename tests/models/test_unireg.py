@@ -153,6 +153,28 @@ def test_3d_features_average_the_three_slicing_axes():
 # --- the model -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_up_block_is_upsample_concat_conv(ndim):
+    """The decoder block equals LeakyReLU(conv(cat(nearest_x2(x), skip))) with the joined
+    weights, in values and gradients (float64); its upsampled convolution passes gradcheck."""
+    from fastreg.models.unireg import UpBlock, _UpsampledConv
+
+    block = UpBlock(ndim, 3, 2, 4).double()
+    x = torch.randn(2, 3, *[3] * ndim, dtype=torch.float64, requires_grad=True)
+    skip = torch.randn(2, 2, *[6] * ndim, dtype=torch.float64, requires_grad=True)
+    conv = F.conv2d if ndim == 2 else F.conv3d
+    joined = torch.cat([F.interpolate(x, scale_factor=2, mode="nearest"), skip], 1)
+    expected = F.leaky_relu(conv(joined, torch.cat([block.weight_up, block.weight_skip], 1), block.bias, padding=1), 0.2)
+    got = block(x, skip)
+    torch.testing.assert_close(got, expected)
+    g = torch.randn_like(got)
+    inputs = (x, skip, block.weight_up, block.weight_skip, block.bias)
+    for a, b in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(expected, inputs, g)):
+        torch.testing.assert_close(a, b)
+    w = block.weight_up.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(_UpsampledConv.apply, (x[:1, :, :2, :2], w, block.bias))
+
+
 @pytest.mark.parametrize("ndim, shape", [(2, (32, 40)), (2, (29, 35)), (3, (16, 8, 24)), (3, (9, 13, 7))])
 def test_output_shape_any_size(ndim, shape):
     model = UniReg(ndim=ndim, widths=(8, 16, 32))
@@ -195,6 +217,17 @@ def test_gradients_reach_every_trainable_parameter_and_not_the_extractor():
             assert p.grad is None, name
         else:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bf16_autocast_trains():
+    model = UniReg(widths=(8, 16, 32))
+    fixed, moving = pair((16, 24))
+    with torch.autocast("cpu", torch.bfloat16):
+        disp = model(fixed, moving)
+    disp = disp.float()
+    fastreg.nn.loss_for("unireg")(fixed, fastreg.warp(moving, disp), disp).backward()
+    assert disp.shape == (2, 2, 16, 24) and torch.isfinite(disp).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.unet.parameters())
 
 
 def test_state_dict_round_trip(tmp_path):
