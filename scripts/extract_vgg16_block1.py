@@ -49,8 +49,8 @@ def consumer(graph: onnx.GraphProto, tensor: str, op_type: str) -> onnx.NodeProt
     return nodes[0]
 
 
-def block1(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], str]:
-    """The block1 weights (PyTorch layout) and the name of the block1_pool output tensor."""
+def block1(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The block1 weights (PyTorch layout), checked to end in the block's max-pool."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     inputs = [i.name for i in graph.input if i.name not in inits]
@@ -69,13 +69,13 @@ def block1(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], str]:
         state[f"{conv_name}.weight"] = numpy_helper.to_array(inits[conv.input[1]])
         state[f"{conv_name}.bias"] = numpy_helper.to_array(inits[conv.input[2]])
         tensor = consumer(graph, conv.output[0], "Relu").output[0]
-    pool = consumer(graph, tensor, "MaxPool")
+    consumer(graph, tensor, "MaxPool")  # block1_pool ends the block
     for name, shape in SHAPES.items():
         if state[name].shape != shape:
             raise ValueError(f"onnx graph: {name} has shape {state[name].shape}, expected {shape}")
     if not np.allclose(state["conv1.bias"][:4], KNOWN_BIAS, atol=1e-4):
         raise ValueError(f"onnx graph: block1_conv1 bias starts {state['conv1.bias'][:4]}, not the ImageNet {KNOWN_BIAS}")
-    return state, pool.output[0]
+    return state
 
 
 def sha256(path: Path) -> str:
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     source = args.onnx or default_onnx()
     if not source.is_file():
         parser.error(f"--onnx: no such file {source}")
-    state, _ = block1(onnx.load(str(source)))
+    state = block1(onnx.load(str(source)))
     tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32, copy=True)) for k, v in state.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     pt = args.out / "vgg16_block1.pt"
