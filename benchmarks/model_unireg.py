@@ -12,6 +12,7 @@ way its authors' code is written, in one process (paired, interleaved rounds).
                       (the 2-D network already runs its activations in channels_last)
              bf16     torch.autocast("cpu", torch.bfloat16) around the model's forward
              compile  torch.compile(model)
+             nchw     the model's channels_last activations turned off (their worth)
 A training step is forward + warp + loss + backward + Adam step (set_to_none zero_grad
 first). Peak memory: bytes allocated by torch during one warm step above what was allocated
 before it (fastreg.bench.timing.peak_memory: the profiler's allocation events on CPU).
@@ -101,6 +102,26 @@ def make_step(net, warp, loss_fn, fixed, moving, autocast=False):
     return step
 
 
+def without_channels_last(fn):
+    """fn with every ``Tensor.contiguous(memory_format=torch.channels_last)`` it makes (the
+    model's own layout choice) turned into the default layout: what channels_last is worth."""
+    original = torch.Tensor.contiguous
+
+    def contiguous(self, memory_format=torch.contiguous_format):
+        if memory_format == torch.channels_last:
+            memory_format = torch.contiguous_format
+        return original(self, memory_format=memory_format)
+
+    def wrapped():
+        torch.Tensor.contiguous = contiguous
+        try:
+            return fn()
+        finally:
+            torch.Tensor.contiguous = original
+
+    return wrapped
+
+
 def variants(args, fixed, moving):
     """name -> (training step on the batch, inference on its first pair) callables; every variant
     starts from the same weights."""
@@ -130,6 +151,8 @@ def variants(args, fixed, moving):
         net = torch.compile(model) if "compile" in parts else model
         loss_fn = fastreg.nn.loss_for("unireg")
         step = make_step(net, fastreg.warp, loss_fn, f, m, autocast="bf16" in parts)
+        if "nchw" in parts:
+            step = without_channels_last(step)
 
         def forward(net=net, f=f[:1], m=m[:1], bf16="bf16" in parts):
             with torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext():
