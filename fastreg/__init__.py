@@ -2,7 +2,7 @@
 
 Ops (2-D and 3-D, batched, autograd to every differentiable input):
   warp, sample, compose, lncc, jacobian_det, local_correlation, vfa_attention, integrate_svf,
-  resize_field
+  resize_field, invert_field
 Metrics: fastreg.metrics (jacobian_stats, cc, mutual_information, dice, hd95, tre, ssim)
 
 Backends: reference (torch), cpu (C++/OpenMP), cuda, triton; see set_backend/use_backend.
@@ -12,6 +12,7 @@ from fastreg._backend import available_backends, get_backend, set_backend, use_b
 from fastreg import data, metrics, nn
 from fastreg.ops import compose, jacobian_det, lncc, local_correlation, sample, vfa_attention, warp
 from fastreg.ops import integrate_svf, resize_field
+from fastreg.ops import invert_field
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "vfa_attention",
     "integrate_svf",
     "resize_field",
+    "invert_field",
     "available_backends",
     "get_backend",
     "set_backend",

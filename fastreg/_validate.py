@@ -102,3 +102,19 @@ def non_negative_int(value, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name}: expected a non-negative int, got {value}")
     return int(value)
+
+
+def positive_int(value, name: str) -> int:
+    """`value` is an int >= 1 (bools and floats are rejected)."""
+    if non_negative_int(value, name) < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
+def non_negative_number(value, name: str) -> float:
+    """`value` is a finite real number >= 0 (bools are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    if not (0 <= value < float("inf")):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
