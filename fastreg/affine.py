@@ -146,6 +146,24 @@ def affine_field(matrix: torch.Tensor, shape: Sequence[int], dtype: torch.dtype 
     return coords - _coords(identity, torch.zeros_like(identity[:, 0]), shape, dtype)
 
 
+def affine_error(
+    estimate: torch.Tensor,
+    truth: torch.Tensor,
+    shape: Sequence[int],
+    spacing=None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and largest distance (B,) float64, in the units of ``spacing`` (voxel sizes of
+    the moving grid; default voxels), between the points where two voxel matrices send the
+    voxels of a fixed grid of size ``shape`` (only those where ``mask`` (*shape, bool) holds)."""
+    diff = affine_coords(estimate, shape, torch.float64) - affine_coords(truth, shape, torch.float64)
+    sp = torch.tensor(check.spacing(spacing, "spacing", len(shape)), dtype=torch.float64, device=diff.device)
+    dist = (diff * sp.view(1, -1, *[1] * len(shape))).norm(dim=1).flatten(1)
+    if mask is not None:
+        dist = dist[:, mask.flatten().to(dist.device)]
+    return dist.mean(1), dist.amax(1)
+
+
 # --- geometry -----------------------------------------------------------------------------
 
 

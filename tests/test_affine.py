@@ -1,6 +1,5 @@
 """affine_register on real images (dipy's bundled head volume and T1 slice) moved by known
 random affines; identity, batches, the field helpers, reproducibility, bad input."""
-import math
 import os
 
 import nibabel
@@ -10,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import fastreg
-from fastreg.affine import _parzen_mi, affine_coords, affine_field, affine_register
+from fastreg.affine import _parzen_mi, affine_coords, affine_error, affine_field, affine_register
+from fastreg.data.affines import random_affine
 
 DATA = os.path.join(os.path.dirname(__import__("dipy.data").data.__file__), "files")
 
@@ -34,47 +34,14 @@ def slice2d():
     return F.avg_pool2d(normalise(x)[None, None], 2), (1.0, 1.0)
 
 
-def random_affine(shape, spacing, dof, rotation=10.0, scale=0.08, shear=0.04, shift=4.0):
-    """A random voxel matrix (n+1, n+1) of the given dof about the grid's centre: rotation
-    up to ``rotation`` degrees, per-axis scale 1 +- ``scale`` and ``shear`` in physical
-    space, translation up to ``shift`` voxels per axis."""
-    ndim = len(shape)
-    u = lambda *size: 2 * torch.rand(*size, dtype=torch.float64) - 1  # noqa: E731
-    linear = torch.eye(ndim, dtype=torch.float64)
-    if dof >= 6:
-        omega = math.radians(rotation) * u(1 if ndim == 2 else 3)
-        zero = torch.zeros(())
-        if ndim == 2:
-            skew = torch.stack([torch.stack([zero, -omega[0]]), torch.stack([omega[0], zero])])
-        else:
-            x, y, z = omega
-            skew = torch.stack([torch.stack([zero, -z, y]), torch.stack([z, zero, -x]), torch.stack([-y, x, zero])])
-        linear = torch.linalg.matrix_exp(skew.double())
-    if dof >= 9:
-        linear = linear @ torch.diag(1 + scale * u(ndim))
-    if dof == 12:
-        linear = linear + shear * u(ndim, ndim)
-    sp = torch.tensor(spacing, dtype=torch.float64)
-    linear = linear * sp / sp.unsqueeze(-1)  # diag(1/sp) M diag(sp): voxel coordinates
-    centre = torch.tensor([(s - 1) / 2 for s in shape], dtype=torch.float64)
-    matrix = torch.eye(ndim + 1, dtype=torch.float64)
-    matrix[:ndim, :ndim] = linear
-    matrix[:ndim, ndim] = centre - linear @ centre + shift * u(ndim)
-    return matrix
-
-
 def moved(image, matrix):
     """The moving image whose content at matrix @ x is image's at x."""
     return fastreg.sample(image, affine_coords(torch.linalg.inv(matrix), image.shape[2:]), padding_mode="zeros")
 
 
 def point_error(estimate, truth, shape, spacing, where):
-    """Mean and largest distance (in the units of spacing) between the two maps' images of
-    the fixed voxels where ``where`` (*S bool) holds."""
-    diff = affine_coords(estimate, shape, torch.float64) - affine_coords(truth, shape, torch.float64)
-    sp = torch.tensor(spacing, dtype=torch.float64).view(1, -1, *[1] * len(shape))
-    dist = (diff * sp).norm(dim=1)[:, where]
-    return dist.mean().item(), dist.max().item()
+    mean, worst = affine_error(estimate, truth, shape, spacing, where)
+    return mean.item(), worst.item()
 
 
 # --- recovery of known transforms -------------------------------------------------------
@@ -91,6 +58,7 @@ def test_recovers_known_affine_3d(head, dof):
     assert mean < 1.5 and worst < 4.0, (mean, worst)
 
 
+@pytest.mark.slow
 def test_full_resolution_level_refines_3d(head):
     """A last level at full resolution: within 0.6 mm on average, 1.5 mm at worst."""
     image, spacing = head
