@@ -57,8 +57,8 @@ def affine_register(
     similarity: str = "mi",
     spacing=None,
     moving_spacing=None,
-    levels: Sequence[int] = (4, 2),
-    iterations: Sequence[int] = (100, 40),
+    levels: Sequence[int] = (8, 4, 2),
+    iterations: Sequence[int] = (100, 50, 15),
     lr: float = 0.02,
     init: str = "moments",
     bins: int = 32,
@@ -69,7 +69,10 @@ def affine_register(
 
     ``levels``: average-pooling factors, coarse to fine, each run for the matching count
     of ``iterations`` Adam steps (learning rate ``lr`` at the first level, halved at each
-    next one; a level whose pooled image would have an axis under 4 voxels is skipped).
+    next one, decaying linearly to a tenth within a level; a level whose pooled image would
+    have an axis under 4 voxels is skipped). The defaults end at half resolution, where a
+    2 mm brain is aligned to about 0.1 voxel in well under a second of CPU (BENCHMARKS.md);
+    add a level 1 for full-resolution accuracy at about twice the time.
     ``init``: "moments" or "identity" (physical identity, centres not matched). ``bins``:
     histogram bins of "mi"; ``window``: box window of "lncc" (clipped to the pooled size).
     Deterministic: the same inputs give the same matrix. Example::
@@ -113,7 +116,6 @@ def affine_register(
         if index > 0:
             loss = _LevelLoss(fixed, moving, factor, geometry, centre_f, centre_m, similarity, bins, window)
         optimizer = torch.optim.Adam(params.tensors, lr=lr * 0.5**index)
-        # the rate decays linearly to a tenth within each level
         decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / max(steps - 1, 1))
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)

@@ -49,13 +49,14 @@ def point_error(estimate, truth, shape, spacing, where):
 
 @pytest.mark.parametrize("dof", (12, 9, 6, 3))
 def test_recovers_known_affine_3d(head, dof):
-    """The default schedule ends at half resolution (8 x 8 x 10 mm voxels here): within
-    1.5 mm on average and 4 mm at worst over the head (0.2 and 0.5 of those voxels)."""
+    """The default schedule ends at half resolution (8 x 8 x 10 mm voxels here; the head's
+    24 slices skip its 8x level): within 2 mm on average and 5 mm at worst over the head
+    (a quarter and a half of those voxels)."""
     image, spacing = head
     truth = random_affine(image.shape[2:], spacing, dof)
     estimate = affine_register(image, moved(image, truth), dof=dof, spacing=spacing)
     mean, worst = point_error(estimate, truth, image.shape[2:], spacing, image[0, 0] > 0.1)
-    assert mean < 1.5 and worst < 4.0, (mean, worst)
+    assert mean < 2.0 and worst < 5.0, (mean, worst)
 
 
 @pytest.mark.slow
@@ -85,7 +86,7 @@ def test_other_similarities_recover_a_rigid_transform(head, similarity):
     truth = random_affine(image.shape[2:], spacing, 6)
     estimate = affine_register(image, moved(image, truth), dof=6, similarity=similarity, spacing=spacing)
     mean, worst = point_error(estimate, truth, image.shape[2:], spacing, image[0, 0] > 0.1)
-    assert mean < 1.5 and worst < 4.0, (mean, worst)
+    assert mean < 2.0 and worst < 5.0, (mean, worst)
 
 
 def test_identity_stays_identity(head):

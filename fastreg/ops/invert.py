@@ -29,7 +29,9 @@ solves (I + J)^T lam = grad_w per voxel and returns grad_u = -warp's image gradi
 ndim + 1 warp backward calls, only u and w stored, whatever the number of iterations. It is
 exact when the forward converged (error of the order of the last change otherwise) and is
 not differentiable again. The ``reference`` backend differentiates through the iterations
-(fastreg/reference/invert.py); the two agree at convergence.
+(fastreg/reference/invert.py); the two agree at convergence. invert_field is a Python
+function over the warp custom op, not a custom op itself: its iteration count depends on
+the data, so torch.compile breaks the graph around the loop and traces each warp.
 """
 from __future__ import annotations
 
