@@ -30,11 +30,12 @@ image's edge by about r):
 Similarity (maximised): "mi" Mattes' mutual information (fixed intensities in equal-width
 bins, the moving ones spread over 4 bins by a cubic B-spline Parzen window, so MI is
 differentiable), "lncc" fastreg.lncc (box window ``window``), "mse" minus the mean squared
-difference. Samples outside the moving image read its nearest edge voxel (border padding).
+difference. MI bins each image between its own minimum and maximum. Samples outside the
+moving image read its nearest edge voxel (border padding). affine_field turns the matrix
+into a displacement on the fixed grid that composes with a deformable field.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
