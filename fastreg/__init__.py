@@ -2,7 +2,8 @@
 
 Ops (2-D and 3-D, batched, autograd to every differentiable input):
   warp, sample, compose, lncc, jacobian_det, local_correlation, vfa_attention, integrate_svf,
-  resize_field
+  resize_field, invert_field
+Affine pre-alignment: affine_register, affine_coords, affine_field, affine_error (fastreg.affine)
 Metrics: fastreg.metrics (jacobian_stats, cc, mutual_information, dice, hd95, tre, ssim)
 Files: fastreg.io (images and fields in physical space: load, save, resample, save_field, ...)
 
@@ -13,6 +14,8 @@ from fastreg._backend import available_backends, get_backend, set_backend, use_b
 from fastreg import data, io, metrics, nn
 from fastreg.ops import compose, jacobian_det, lncc, local_correlation, sample, vfa_attention, warp
 from fastreg.ops import integrate_svf, resize_field
+from fastreg.ops import invert_field
+from fastreg.affine import affine_coords, affine_error, affine_field, affine_register
 
 __version__ = "0.1.0"
 
@@ -26,6 +29,11 @@ __all__ = [
     "vfa_attention",
     "integrate_svf",
     "resize_field",
+    "invert_field",
+    "affine_register",
+    "affine_coords",
+    "affine_field",
+    "affine_error",
     "available_backends",
     "get_backend",
     "set_backend",
