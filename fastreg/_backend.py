@@ -5,14 +5,16 @@ Backends: ``reference`` (plain torch, the oracle and fallback), ``cpu`` (C++/Ope
 ``TRITON_INTERPRET=1``). By default the device of the inputs picks: CPU tensors use
 ``cpu`` (``reference`` without the extension), CUDA tensors use the per-op GPU default
 (the faster of ``cuda`` and ``triton`` in BENCHMARKS.md). ``set_backend``, the context
-manager ``use_backend`` and the environment variable ``FASTREG_BACKEND`` force one.
+manager ``use_backend`` (per thread / asyncio context) and the environment variable
+``FASTREG_BACKEND`` (any case; unknown names warn and are ignored) force one.
 """
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import importlib.util
 import os
-from typing import Iterator
+import threading
+import warnings
 
 import torch
 
@@ -23,15 +25,40 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 # Per-op GPU default between "cuda" and "triton" (BENCHMARKS.md records why).
 GPU_DEFAULT = {"warp": "cuda"}
 
-_forced: str | None = None
+# The forced backend: the innermost ``use_backend`` of this thread / asyncio context (a stack
+# of (scope, name) entries, each scope removing its own entry on exit, so exits out of
+# order cannot leave a stale backend behind), else the process default of ``set_backend``.
+_process_default: str | None = None
+_scopes: contextvars.ContextVar[tuple[tuple[object, str | None], ...]] = contextvars.ContextVar(
+    "fastreg_backend_scopes", default=()
+)
+# torch.compile cannot read a ContextVar but guards on a threading.local: the innermost
+# scope's name of this thread, mirrored on every enter and exit, is what traced code reads
+# (asyncio tasks sharing a thread and a compiled function see the thread's latest block).
+_traced = threading.local()
 
 
 def _check_name(name: str | None) -> str | None:
-    if name is None or name in ("", "auto"):
+    if name is None:
         return None
-    if not isinstance(name, str) or name not in BACKENDS:
+    if not isinstance(name, str) or name.lower() not in (*BACKENDS, "", "auto"):
         raise ValueError(f"backend: expected one of {BACKENDS} or None/'auto', got {name!r}")
-    return name
+    name = name.lower()
+    return None if name in ("", "auto") else name
+
+
+def _environment_default() -> str | None:
+    """FASTREG_BACKEND, any case; an unknown name warns and is ignored (the device picks)."""
+    value = os.environ.get("FASTREG_BACKEND")
+    try:
+        return _check_name(value)
+    except ValueError:
+        warnings.warn(
+            f"FASTREG_BACKEND={value!r} is not one of {BACKENDS} or 'auto'; ignored (the input device picks)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
 
 
 def triton_available() -> bool:
@@ -56,31 +83,50 @@ def available_backends() -> list[str]:
 
 
 def set_backend(name: str | None) -> None:
-    """Force a backend for every op (``None`` or ``"auto"``: pick by device again)."""
-    global _forced
-    _forced = _check_name(name)
+    """Set the process default backend (``None`` or ``"auto"``: pick by device again).
+
+    Every thread and context without an enclosing ``use_backend`` block uses it; names are
+    case-insensitive."""
+    global _process_default
+    _process_default = _check_name(name)
 
 
 def get_backend() -> str | None:
-    """The forced backend, or ``None`` when the input device picks."""
-    return _forced
+    """The backend forced in this thread / context, or ``None`` when the input device picks."""
+    if torch.compiler.is_compiling():
+        scoped = getattr(_traced, "scope", ())
+        return scoped[0] if scoped else _process_default
+    scopes = _scopes.get()
+    return scopes[-1][1] if scopes else _process_default
 
 
-@contextlib.contextmanager
-def use_backend(name: str | None) -> Iterator[None]:
-    """Context manager forcing a backend inside the ``with`` block."""
-    global _forced
-    previous = _forced
-    _forced = _check_name(name)
-    try:
-        yield
-    finally:
-        _forced = previous
+def _set_scopes(scopes: tuple[tuple[object, str | None], ...]) -> None:
+    _scopes.set(scopes)
+    _traced.scope = (scopes[-1][1],) if scopes else ()
+
+
+class use_backend:
+    """Context manager forcing a backend inside the ``with`` block, for the current thread
+    (or asyncio task) only; other threads keep theirs. ``None``/``"auto"`` lets the device
+    pick inside the block. Blocks may be left in any order: each removes only itself."""
+
+    def __init__(self, name: str | None):
+        self.name = _check_name(name)
+
+    def __enter__(self) -> None:
+        _set_scopes((*_scopes.get(), (self, self.name)))
+
+    def __exit__(self, *exc) -> None:
+        scopes = _scopes.get()
+        for i in range(len(scopes) - 1, -1, -1):
+            if scopes[i][0] is self:
+                _set_scopes(scopes[:i] + scopes[i + 1 :])
+                break
 
 
 def select(op: str, device: torch.device) -> str:
     """The backend that runs ``op`` on tensors of ``device``."""
-    forced = _forced
+    forced = get_backend()
     if forced is not None:
         _check_runnable(forced, device)
         return forced
@@ -123,4 +169,4 @@ def _check_runnable(name: str, device: torch.device) -> None:
     raise ValueError(f"backend {name!r} cannot run this call on device {device}: {why}")
 
 
-_forced = _check_name(os.environ.get("FASTREG_BACKEND"))
+_process_default = _environment_default()

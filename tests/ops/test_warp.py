@@ -344,19 +344,6 @@ def test_backend_selection_and_overrides():
             fastreg.warp(*inputs(2, "cpu"))
 
 
-def test_backend_environment_variable():
-    import subprocess
-    import sys
-
-    code = "import fastreg; print(fastreg.get_backend())"
-    env = dict(os.environ, FASTREG_BACKEND="reference")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "reference"
-    env["FASTREG_BACKEND"] = "bogus"
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and "backend" in bad.stderr
-
-
 def test_extension_is_built_when_required():
     """CI sets FASTREG_REQUIRE_EXTENSION=1 so a failed build cannot hide behind the fallback."""
     if os.environ.get("FASTREG_REQUIRE_EXTENSION") != "1":
