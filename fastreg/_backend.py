@@ -141,6 +141,42 @@ def select(op: str, device: torch.device) -> str:
     return "reference"
 
 
+def autocast_promote(*tensors):
+    """Under ``torch.autocast`` on the tensors' device, the inputs of a multi-input op cast to
+    the widest floating dtype among them (autocast's "promote" policy, that of grid_sample, so
+    a float32 image warped by a bfloat16 field runs in float32). Outside autocast, or when an
+    input is not a floating-point tensor (the validators then name it), they are returned
+    unchanged: mixed dtypes without autocast stay a TypeError."""
+    if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors):
+        return tensors
+    if not torch.is_autocast_enabled(tensors[0].device.type):
+        return tensors
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def run_reference(fn, *args):
+    """``fn(*args)`` of fastreg.reference with autocast off: the reference computes in its
+    inputs' dtype (as the kernels do), not in autocast's lower precision."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with torch.autocast(device.type, enabled=False):
+        return fn(*args)
+
+
+def empty_result(shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
+    """The result of an op whose output has no element: zeros of ``shape`` (dtype and device
+    of ``inputs[0]``) in the autograd graph of ``inputs``, whose gradients are then zeros.
+    Every op returns this instead of launching kernels on empty tensors, the same way on
+    every backend."""
+    out = inputs[0].new_zeros(shape)
+    for x in inputs:
+        if x.requires_grad:
+            out = out + 0 * x.sum()
+    return out
+
+
 def _runnable(name: str, device: torch.device) -> bool:
     if name == "reference":
         return True

@@ -62,6 +62,21 @@ def device(backend) -> torch.device:
     return backend_device(backend)
 
 
+@pytest.fixture(params=("reference", *KERNEL_BACKENDS))
+def any_backend(request):
+    """Every backend that can run here, the reference included, forced during the test."""
+    name = request.param
+    if name not in fastreg.available_backends():
+        pytest.skip(f"backend {name!r} is not available here")
+    with fastreg.use_backend(name):
+        yield name
+
+
+@pytest.fixture
+def any_device(any_backend) -> torch.device:
+    return backend_device(any_backend)
+
+
 # Displacement patterns along the last axis that steer the CPU's 8-voxel AVX2 blocks
 # through each way of reading (and, backward, scattering) the cell rows: offsets in one run
 # (one window), two runs whose windows overlap or lie in other rows (two windows), and no

@@ -34,7 +34,7 @@ class VecInt(nn.Module):
         # Imported here: fastreg.compat.voxelmorph re-exports this module's classes.
         from fastreg.compat.voxelmorph import SpatialTransformer
 
-        self.nsteps = check.non_negative_int(nsteps, "nsteps")
+        self.nsteps = check.squaring_steps(nsteps, "nsteps")
         self.scale = 1.0 / (2**self.nsteps)
         self.transformer = SpatialTransformer(inshape)
 

@@ -32,7 +32,7 @@ class VecInt(nn.Module):
 
     def __init__(self, steps: int = 7, padding_mode: str = "zeros", checkpoints: int | None = 1):
         super().__init__()
-        self.steps = check.non_negative_int(steps, "steps")
+        self.steps = check.squaring_steps(steps, "steps")
         check.choice(padding_mode, "padding_mode", PADDINGS)
         self.padding_mode = padding_mode
         self.checkpoints = None if checkpoints is None else check.non_negative_int(checkpoints, "checkpoints")

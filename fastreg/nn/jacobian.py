@@ -42,6 +42,8 @@ class JacobianLoss(nn.Module):
         check.choice(reduction, "reduction", REDUCTIONS)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps != eps:
             raise TypeError(f"eps: expected a number, got {eps!r}")
+        if spacing is not None:
+            check.spacing(spacing, "spacing", len(spacing) if isinstance(spacing, (list, tuple)) else 1)
         self.eps, self.mode, self.spacing, self.reduction = float(eps), mode, spacing, reduction
 
     def forward(self, disp: torch.Tensor) -> torch.Tensor:

@@ -58,20 +58,23 @@ def integrate_svf(v: torch.Tensor, steps: int = 7, padding_mode: str = "zeros", 
     check.tensor(v, "v")
     ndim = check.spatial_ndim(v, "v", FIELD)
     check.field(v, "v", ndim)
-    steps = check.non_negative_int(steps, "steps")
+    steps = check.squaring_steps(steps, "steps")
     padding = check.choice(padding_mode, "padding_mode", PADDINGS)
     if checkpoints is not None:
         checkpoints = check.non_negative_int(checkpoints, "checkpoints")
     if steps == 0:
         return v
+    if v.numel() == 0:
+        return _backend.empty_result(v.shape, v)
     keep_all = checkpoints is None or checkpoints >= steps - 1
     backend = _backend.select("integrate", v.device)
     if backend == "reference":
         if not keep_all:
-            return torch.utils.checkpoint.checkpoint(
-                reference.integrate_svf, v, steps, padding_mode, use_reentrant=False
+            return _backend.run_reference(
+                lambda *a: torch.utils.checkpoint.checkpoint(reference.integrate_svf, *a, use_reentrant=False),
+                v, steps, padding_mode,
             )
-        return reference.integrate_svf(v, steps, padding_mode)
+        return _backend.run_reference(reference.integrate_svf, v, steps, padding_mode)
     # Fields are kept for the backward only when one will run.
     needs_grad = torch.is_grad_enabled() and v.requires_grad
     keep = list(checkpoint_plan(steps, steps if keep_all else checkpoints)[0]) if needs_grad else []

@@ -46,9 +46,12 @@ def jacobian_det(disp: torch.Tensor, mode: str = "central", spacing: float | Seq
     """
     ndim, mode_index, sp = _check(disp, mode, spacing)
     del ndim
+    shape = (disp.shape[0], *disp.shape[2:])
+    if math.prod(shape) == 0:
+        return _backend.empty_result(shape, disp)
     backend = _backend.select("jacobian", disp.device)
     if backend == "reference":
-        return reference.jacobian_det(disp, mode, sp)
+        return _backend.run_reference(reference.jacobian_det, disp, mode, sp)
     if backend == "triton":
         from fastreg.triton import jacobian as triton_jacobian
 
@@ -85,9 +88,11 @@ def jacobian_stats(
     if min(disp.shape[2:]) <= 2 * crop:
         raise ValueError(f"crop: {crop} voxels from every border leave nothing of spatial size {tuple(disp.shape[2:])}")
     disp = disp.detach()
+    if disp.shape[0] == 0:
+        return finalize_stats(disp.new_zeros((0, N_STATS), dtype=torch.float64), 1)
     backend = _backend.select("jacobian", disp.device)
     if backend == "reference":
-        return reference.jacobian_stats(disp, mode, sp, crop)
+        return _backend.run_reference(reference.jacobian_stats, disp, mode, sp, crop)
     if backend == "triton":
         from fastreg.triton import jacobian as triton_jacobian
 

@@ -10,10 +10,17 @@ Voxel centres sit at integer indices (align_corners=True), exactly VoxelMorph's
 SpatialTransformer and MONAI's Warp. No grid tensor is built. mode: "bilinear" (linear in
 every axis; "trilinear" in 3-D) or "nearest" (round half to even); padding_mode: "zeros",
 "border" or "reflection" with torch.grid_sample's semantics and gradients. A size-1 axis
-always samples index 0; a NaN position gives NaN (grid_sample gives 0). Gradients flow to
-the image and to the positions (zero in nearest mode).
+always samples index 0; a NaN position gives NaN (grid_sample gives 0); a ±inf position
+lies outside at infinite distance: 0 with "zeros" and "reflection" padding (reflection has no
+finite image of inf; grid_sample gives NaN with "zeros" and an arbitrary in-image voxel with
+"reflection"), the nearest edge voxel with "border" (as grid_sample). Gradients flow to the
+image and to the positions (zero in nearest mode). At exactly zero displacement (a position
+on a voxel centre) the gradient to the position is one-sided: the kernels take the cell
+above the position consistently, where grid_sample picks a side per voxel by rounding.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -33,6 +40,7 @@ def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", paddin
         moved = fastreg.warp(moving, flow)                    # VoxelMorph SpatialTransformer
         moved = fastreg.warp(moving, ddf, padding_mode="border")  # MONAI Warp
     """
+    image, disp = _backend.autocast_promote(image, disp)
     ndim = _check(image, disp, "disp", mode, padding_mode)
     if tuple(disp.shape[2:]) != tuple(image.shape[2:]):
         raise ValueError(
@@ -47,6 +55,7 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
 
     The output (B, C, *S_out) may differ in size from the image (resampling, landmarks).
     """
+    image, coords = _backend.autocast_promote(image, coords)
     _check(image, coords, "coords", mode, padding_mode)
     return _dispatch(image, coords, mode, padding_mode, False)
 
@@ -56,6 +65,7 @@ def compose(u: torch.Tensor, v: torch.Tensor, padding_mode: str = "border") -> t
 
     u, v: (B|1, ndim, *S) in voxels. Gradients flow to both fields.
     """
+    u, v = _backend.autocast_promote(u, v)
     check.tensor(u, "u")
     ndim = check.spatial_ndim(u, "u", "(B, ndim, H, W) or (B, ndim, D, H, W)")
     check.field(u, "u", ndim)
@@ -85,11 +95,15 @@ def _check(image, loc, loc_name: str, mode, padding_mode) -> int:
 
 
 def _dispatch(image, loc, mode: str, padding_mode: str, displacement: bool) -> torch.Tensor:
+    shape = (image.shape[0], image.shape[1], *loc.shape[2:])
+    if math.prod(shape) == 0:
+        return _backend.empty_result(shape, image, loc)
+    check.sampled_image(image, "image")
     backend = _backend.select("warp", image.device)
     if backend == "reference":
         if displacement:
-            return reference.warp(image, loc, mode, padding_mode)
-        return reference.sample(image, loc, mode, padding_mode)
+            return _backend.run_reference(reference.warp, image, loc, mode, padding_mode)
+        return _backend.run_reference(reference.sample, image, loc, mode, padding_mode)
     m, p = MODES.index(mode), PADDINGS.index(padding_mode)
     if backend == "triton":
         from fastreg.triton import warp as triton_warp
