@@ -165,6 +165,27 @@ def run_reference(fn, *args):
         return fn(*args)
 
 
+def differentiable_backward(reference_fn, inputs, need, grad_out):
+    """First-order gradients that are themselves differentiable, for a backward run with
+    ``create_graph=True`` (gradient penalties, Hessian-vector products, double backward).
+
+    The kernels' backward ops have no derivative of their own; in that case every op's
+    autograd formula calls this instead: ``reference_fn(*inputs)`` (the same mathematics in
+    plain torch, fastreg.reference) is re-run on the saved inputs, which still carry their
+    graph, and differentiated by autograd with ``create_graph=True``. Exact on every backend;
+    it costs the reference's time and memory, and only when a higher-order graph is asked
+    for. Returns one gradient per input (None where ``need`` is False)."""
+    wanted = [x for x, n in zip(inputs, need) if n]
+    with torch.enable_grad(), torch.autocast(inputs[0].device.type, enabled=False):
+        out = reference_fn(*inputs)
+    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    result = []
+    for x, n in zip(inputs, need):
+        g = next(grads) if n else None
+        result.append(torch.zeros_like(x) if n and g is None else g)
+    return result
+
+
 def empty_result(shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
     """The result of an op whose output has no element: zeros of ``shape`` (dtype and device
     of ``inputs[0]``) in the autograd graph of ``inputs``, whose gradients are then zeros.

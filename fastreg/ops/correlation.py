@@ -215,13 +215,25 @@ def register_autograd(correlation_ops: tuple[str, object], vfa_ops: tuple[str, o
     def correlation_grad(ctx, grad):
         f, m = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        grad_f, grad_m = correlation_backward(grad, f, m, *ctx.args, need)
+        if torch.is_grad_enabled():  # create_graph=True
+            radius, scale, padding = ctx.args
+            grad_f, grad_m = _backend.differentiable_backward(
+                lambda x, y: reference.local_correlation(x, y, radius, scale, PADDINGS[padding]), (f, m), need, grad
+            )
+        else:
+            grad_f, grad_m = correlation_backward(grad, f, m, *ctx.args, need)
         return (grad_f if need[0] else None, grad_m if need[1] else None, None, None, None)
 
     def vfa_grad(ctx, grad, _grad_lse):
         q, k, out, lse = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        grad_q, grad_k = vfa_backward(grad, q, k, out, lse, *ctx.args, need)
+        if torch.is_grad_enabled():  # create_graph=True
+            radius, scale = ctx.args
+            grad_q, grad_k = _backend.differentiable_backward(
+                lambda x, y: reference.vfa_attention(x, y, radius, 1.0 / scale), (q, k), need, grad
+            )
+        else:
+            grad_q, grad_k = vfa_backward(grad, q, k, out, lse, *ctx.args, need)
         return (grad_q if need[0] else None, grad_k if need[1] else None, None, None)
 
     torch.library.register_autograd(correlation_forward, correlation_grad, setup_context=_setup_correlation)

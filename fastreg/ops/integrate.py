@@ -275,6 +275,12 @@ def register_autograd(forward_op, backward_op) -> None:
         if grad_out is None:
             return None, None, None, None
         v, saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            steps, padding = ctx.args[:2]
+            (grad_v,) = _backend.differentiable_backward(
+                lambda x: reference.integrate_svf(x, steps, PADDINGS[padding]), (v,), [True], grad_out
+            )
+            return grad_v, None, None, None
         return backward_op(grad_out, v, saved, *ctx.args), None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)

@@ -159,6 +159,12 @@ def register_autograd(forward_op: str, backward_op) -> None:
 
     def backward(ctx, grad):
         (disp,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            mode, spacing = ctx.args
+            (grad_disp,) = _backend.differentiable_backward(
+                lambda x: reference.jacobian_det(x, MODES[mode], spacing), (disp,), [True], grad
+            )
+            return grad_disp, None, None
         return backward_op(grad.contiguous(), disp, *ctx.args), None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)

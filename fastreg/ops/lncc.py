@@ -175,7 +175,12 @@ def register_autograd(forward_op, backward_op) -> None:
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        grad_a, grad_b = backward_op(grad, a, b, *ctx.args, need)
+        if torch.is_grad_enabled():  # create_graph=True
+            grad_a, grad_b = _backend.differentiable_backward(
+                lambda x, y: reference.lncc_map(x, y, *ctx.args), (a, b), need, grad
+            )
+        else:
+            grad_a, grad_b = backward_op(grad, a, b, *ctx.args, need)
         return (grad_a if need[0] else None, grad_b if need[1] else None, *[None] * len(ctx.args))
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)

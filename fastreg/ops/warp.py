@@ -138,6 +138,13 @@ def register_autograd(forward_op: str, backward_op) -> None:
     def backward(ctx, grad):
         image, loc = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        if torch.is_grad_enabled():  # create_graph=True
+            mode, padding, displacement = ctx.args
+            fn = reference.warp if displacement else reference.sample
+            grad_image, grad_loc = _backend.differentiable_backward(
+                lambda i, p: fn(i, p, MODES[mode], PADDINGS[padding]), (image, loc), need, grad
+            )
+            return grad_image, grad_loc, None, None, None
         grad_image, grad_loc = backward_op(grad, image, loc, *ctx.args, need)
         return (grad_image if need[0] else None, grad_loc if need[1] else None, None, None, None)
 
