@@ -366,3 +366,44 @@ def test_gradgradcheck_warp(any_device):
     image = _rand(1, 1, 3, 4, device=any_device).requires_grad_()
     disp = _rand(1, 2, 3, 4, device=any_device, low=-0.8, high=0.8).requires_grad_()
     assert torch.autograd.gradgradcheck(fastreg.warp, (image, disp))
+
+
+def _compile_check(name, device):
+    op = OPS[name]
+    args = _with_grad(op.samples(device, torch.float32)[0], op.differentiable)
+    compiled = torch.compile(op.call, fullgraph=True, backend="aot_eager")
+    out = compiled(*args)
+    torch.testing.assert_close(out, op.call(*args), rtol=1e-6, atol=1e-6)
+    out.sum().backward()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OPS)
+def test_torch_compile_fullgraph(any_device, name):
+    _compile_check(name, any_device)
+
+
+def test_torch_compile_jacobian_det_and_stats(any_device):
+    """jacobian_det compiles on every backend (the Triton ops have fakes under the
+    interpreter) and jacobian_stats traces with fullgraph=True."""
+    torch._dynamo.reset()
+    _compile_check("jacobian_det", any_device)
+    disp = _rand(2, 2, 8, 9, device=any_device, dtype=torch.float32)
+    stats = torch.compile(fastreg.metrics.jacobian_stats, fullgraph=True, backend="aot_eager")(disp)
+    for key, value in fastreg.metrics.jacobian_stats(disp).items():
+        torch.testing.assert_close(stats[key], value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_lncc_matches_reference(any_device, dtype):
+    a = _rand(2, 1, 6, 7, device=any_device, dtype=dtype)
+    b = (a.double() + 0.3 * _rand(2, 1, 6, 7, device=any_device)).to(dtype)
+    a.requires_grad_()
+    out = fastreg.lncc(a, b, 3)
+    (grad,) = torch.autograd.grad(out, a)
+    wide = a.detach().double().requires_grad_()
+    expected = fastreg.lncc(wide, b.double(), 3)
+    (expected_grad,) = torch.autograd.grad(expected, wide)
+    assert out.dtype == dtype and grad.dtype == dtype
+    torch.testing.assert_close(out.double(), expected.detach(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=5e-2, atol=5e-3)

@@ -99,7 +99,10 @@ def jacobian_stats(
         sums = triton_jacobian.jacobian_stats(disp, mode_index, list(sp), crop)
     else:
         sums = torch.ops.fastreg.jacobian_stats(disp, mode_index, list(sp), crop)
-    return finalize_stats(sums, math.prod(s - 2 * crop for s in disp.shape[2:]))
+    region = 1
+    for size in disp.shape[2:]:  # a loop, not a generator: torch.compile(fullgraph=True) traces it
+        region *= size - 2 * crop
+    return finalize_stats(sums, region)
 
 
 def finalize_stats(sums: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
