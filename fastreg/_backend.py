@@ -151,6 +151,11 @@ def autocast_promote(*tensors):
         return tensors
     if not torch.is_autocast_enabled(tensors[0].device.type):
         return tensors
+    return promote(*tensors)
+
+
+def promote(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The floating-point tensors cast to the widest dtype among them (torch.promote_types)."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
