@@ -17,6 +17,9 @@ finite image of inf; grid_sample gives NaN with "zeros" and an arbitrary in-imag
 image and to the positions (zero in nearest mode). At exactly zero displacement (a position
 on a voxel centre) the gradient to the position is one-sided: the kernels take the cell
 above the position consistently, where grid_sample picks a side per voxel by rounding.
+An image expanded along its batch or channel axis (stride 0) is read in place, never copied:
+one item or channel is sampled (positions of every batch item folded into one call) and the
+result broadcast; other strided layouts are made contiguous by the kernels.
 """
 from __future__ import annotations
 
@@ -99,6 +102,13 @@ def _dispatch(image, loc, mode: str, padding_mode: str, displacement: bool) -> t
     if math.prod(shape) == 0:
         return _backend.empty_result(shape, image, loc)
     check.sampled_image(image, "image")
+    if image.shape[1] > 1 and image.stride(1) == 0:  # channels broadcast: sample one, never copy
+        return _dispatch(image[:, :1], loc, mode, padding_mode, displacement).expand(shape).contiguous()
+    if image.shape[0] > 1 and image.stride(0) == 0:  # batch broadcast
+        if loc.shape[0] == 1:
+            return _dispatch(image[:1], loc, mode, padding_mode, displacement).expand(shape).contiguous()
+        if loc.dtype in (torch.float32, torch.float64):
+            return _folded(image[:1], loc, mode, padding_mode, displacement)
     backend = _backend.select("warp", image.device)
     if backend == "reference":
         if displacement:
@@ -110,6 +120,17 @@ def _dispatch(image, loc, mode: str, padding_mode: str, displacement: bool) -> t
 
         return triton_warp.warp_forward(image, loc, m, p, displacement)
     return torch.ops.fastreg.warp_forward(image, loc, m, p, displacement)
+
+
+def _folded(image, loc, mode: str, padding_mode: str, displacement: bool) -> torch.Tensor:
+    """One image item (1, C, *S) read at the positions of every batch item of loc (B, ndim,
+    *S_out): the batch folded into the first output axis, so the image is never copied B
+    times (positions are formed in loc's dtype, as the kernels form them)."""
+    batch, ndim, out = loc.shape[0], loc.shape[1], tuple(loc.shape[2:])
+    coords = loc + reference.identity_grid(out, loc.device, loc.dtype) if displacement else loc
+    coords = coords.transpose(0, 1).reshape(1, ndim, batch * out[0], *out[1:])
+    values = _dispatch(image, coords, mode, padding_mode, False)
+    return values.reshape(image.shape[1], batch, *out).transpose(0, 1).contiguous()
 
 
 # --- torch.library registration: fake (meta) kernels and autograd -----------------------
