@@ -179,7 +179,7 @@ def test_matches_reference_float64(any_device, name):
     op, device = OPS[name], any_device
     if device.type == "cpu" and fastreg.get_backend() == "reference":
         pytest.skip("the reference is the oracle")
-    for args in op.samples(device, torch.float64):  # 2-D and 3-D
+    for args in op.samples(device, torch.float64)[:1]:  # 3-D parity: the per-family files
         args = _with_grad(args, op.differentiable)
         out = op.call(*args)
         grads, weights = _grads(op, args, out)
