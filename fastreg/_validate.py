@@ -159,3 +159,56 @@ def generator(value, name: str = "generator") -> torch.Generator | None:
     if value is not None and not isinstance(value, torch.Generator):
         raise TypeError(f"{name}: expected a torch.Generator or None, got {type(value).__name__}")
     return value
+
+
+def int_in_range(value, name: str, low: int, high: int, why: str = "") -> int:
+    """`value` is an int in [low, high] (bools and floats are rejected); ``why`` explains the limit."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}: expected an int in [{low}, {high}]{f' ({why})' if why else ''}, got {value}")
+    return int(value)
+
+
+def positive_number(value, name: str) -> float:
+    """`value` is a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value}")
+    return float(value)
+
+
+def positive_scalar_tensor(x, name: str) -> torch.Tensor:
+    """`x` is a one-element floating-point tensor holding a finite value > 0 (checked on the
+    host, except while torch.compile traces, where the value is unknown)."""
+    tensor(x, name)
+    if x.numel() != 1:
+        raise ValueError(f"{name}: expected a one-element tensor, got shape {tuple(x.shape)}")
+    if not torch.compiler.is_compiling():
+        value = float(x.detach().reshape(()))
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: expected a finite number > 0, got {value}")
+    return x
+
+
+def channels(x: torch.Tensor, name: str) -> int:
+    """`x` (B, C, *S) has at least one channel."""
+    if x.shape[1] < 1:
+        raise ValueError(f"{name}: expected at least one channel, got shape {tuple(x.shape)}")
+    return int(x.shape[1])
+
+
+def sampled_image(image: torch.Tensor, name: str) -> None:
+    """An image that is read (the output has elements) has no zero-size spatial axis."""
+    if min(image.shape[2:]) == 0:
+        raise ValueError(f"{name}: expected non-empty spatial axes to sample from, got shape {tuple(image.shape)}")
+
+
+MAX_STEPS = 63
+
+
+def squaring_steps(value, name: str) -> int:
+    """Scaling-and-squaring steps: an int in [0, MAX_STEPS], the same limit on every backend
+    (v is scaled by 2**-steps, and 2**steps must fit a 64-bit integer)."""
+    return int_in_range(value, name, 0, MAX_STEPS, "2**steps must fit a 64-bit integer")

@@ -48,6 +48,10 @@ class JacobianLoss(nn.Module):
         check.choice(reduction, "reduction", REDUCTIONS)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps != eps:
             raise TypeError(f"eps: expected a number, got {eps!r}")
+        if spacing is not None:
+            count = (spacing.numel() if isinstance(spacing, torch.Tensor)
+                     else len(spacing) if isinstance(spacing, (list, tuple)) else 1)
+            check.spacing(spacing, "spacing", count)  # the count of axes is checked against disp in forward
         self.eps, self.mode, self.spacing, self.reduction = float(eps), mode, spacing, reduction
 
     def forward(self, disp: torch.Tensor) -> torch.Tensor:
