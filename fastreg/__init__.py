@@ -2,16 +2,20 @@
 
 Ops (2-D and 3-D, batched, autograd to every differentiable input):
   warp, sample, compose, lncc, jacobian_det, local_correlation, vfa_attention, integrate_svf,
-  resize_field
+  resize_field, invert_field
+Affine pre-alignment: affine_register, affine_coords, affine_field, affine_error (fastreg.affine)
 Metrics: fastreg.metrics (jacobian_stats, cc, mutual_information, dice, hd95, tre, ssim)
+Files: fastreg.io (images and fields in physical space: load, save, resample, save_field, ...)
 
 Backends: reference (torch), cpu (C++/OpenMP), cuda, triton; see set_backend/use_backend.
 Conventions: fields are (B, ndim, *S) in voxels, ij channel order, align_corners=True.
 """
 from fastreg._backend import available_backends, get_backend, set_backend, use_backend
-from fastreg import data, metrics, nn
+from fastreg import data, io, metrics, nn
 from fastreg.ops import compose, jacobian_det, lncc, local_correlation, sample, vfa_attention, warp
 from fastreg.ops import integrate_svf, resize_field
+from fastreg.ops import invert_field
+from fastreg.affine import affine_coords, affine_error, affine_field, affine_register
 
 __version__ = "0.1.0"
 
@@ -25,6 +29,11 @@ __all__ = [
     "vfa_attention",
     "integrate_svf",
     "resize_field",
+    "invert_field",
+    "affine_register",
+    "affine_coords",
+    "affine_field",
+    "affine_error",
     "available_backends",
     "get_backend",
     "set_backend",

@@ -5,14 +5,16 @@ Backends: ``reference`` (plain torch, the oracle and fallback), ``cpu`` (C++/Ope
 ``TRITON_INTERPRET=1``). By default the device of the inputs picks: CPU tensors use
 ``cpu`` (``reference`` without the extension), CUDA tensors use the per-op GPU default
 (the faster of ``cuda`` and ``triton`` in BENCHMARKS.md). ``set_backend``, the context
-manager ``use_backend`` and the environment variable ``FASTREG_BACKEND`` force one.
+manager ``use_backend`` (per thread / asyncio context) and the environment variable
+``FASTREG_BACKEND`` (any case; unknown names warn and are ignored) force one.
 """
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import importlib.util
 import os
-from typing import Iterator
+import threading
+import warnings
 
 import torch
 
@@ -23,15 +25,40 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 # Per-op GPU default between "cuda" and "triton" (BENCHMARKS.md records why).
 GPU_DEFAULT = {"warp": "cuda"}
 
-_forced: str | None = None
+# The forced backend: the innermost ``use_backend`` of this thread / asyncio context (a stack
+# of (scope, name) entries, each scope removing its own entry on exit, so exits out of
+# order cannot leave a stale backend behind), else the process default of ``set_backend``.
+_process_default: str | None = None
+_scopes: contextvars.ContextVar[tuple[tuple[object, str | None], ...]] = contextvars.ContextVar(
+    "fastreg_backend_scopes", default=()
+)
+# torch.compile cannot read a ContextVar but guards on a threading.local: the innermost
+# scope's name of this thread, mirrored on every enter and exit, is what traced code reads
+# (asyncio tasks sharing a thread and a compiled function see the thread's latest block).
+_traced = threading.local()
 
 
 def _check_name(name: str | None) -> str | None:
-    if name is None or name in ("", "auto"):
+    if name is None:
         return None
-    if not isinstance(name, str) or name not in BACKENDS:
+    if not isinstance(name, str) or name.lower() not in (*BACKENDS, "", "auto"):
         raise ValueError(f"backend: expected one of {BACKENDS} or None/'auto', got {name!r}")
-    return name
+    name = name.lower()
+    return None if name in ("", "auto") else name
+
+
+def _environment_default() -> str | None:
+    """FASTREG_BACKEND, any case; an unknown name warns and is ignored (the device picks)."""
+    value = os.environ.get("FASTREG_BACKEND")
+    try:
+        return _check_name(value)
+    except ValueError:
+        warnings.warn(
+            f"FASTREG_BACKEND={value!r} is not one of {BACKENDS} or 'auto'; ignored (the input device picks)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
 
 
 def triton_available() -> bool:
@@ -56,31 +83,50 @@ def available_backends() -> list[str]:
 
 
 def set_backend(name: str | None) -> None:
-    """Force a backend for every op (``None`` or ``"auto"``: pick by device again)."""
-    global _forced
-    _forced = _check_name(name)
+    """Set the process default backend (``None`` or ``"auto"``: pick by device again).
+
+    Every thread and context without an enclosing ``use_backend`` block uses it; names are
+    case-insensitive."""
+    global _process_default
+    _process_default = _check_name(name)
 
 
 def get_backend() -> str | None:
-    """The forced backend, or ``None`` when the input device picks."""
-    return _forced
+    """The backend forced in this thread / context, or ``None`` when the input device picks."""
+    if torch.compiler.is_compiling():
+        scoped = getattr(_traced, "scope", ())
+        return scoped[0] if scoped else _process_default
+    scopes = _scopes.get()
+    return scopes[-1][1] if scopes else _process_default
 
 
-@contextlib.contextmanager
-def use_backend(name: str | None) -> Iterator[None]:
-    """Context manager forcing a backend inside the ``with`` block."""
-    global _forced
-    previous = _forced
-    _forced = _check_name(name)
-    try:
-        yield
-    finally:
-        _forced = previous
+def _set_scopes(scopes: tuple[tuple[object, str | None], ...]) -> None:
+    _scopes.set(scopes)
+    _traced.scope = (scopes[-1][1],) if scopes else ()
+
+
+class use_backend:
+    """Context manager forcing a backend inside the ``with`` block, for the current thread
+    (or asyncio task) only; other threads keep theirs. ``None``/``"auto"`` lets the device
+    pick inside the block. Blocks may be left in any order: each removes only itself."""
+
+    def __init__(self, name: str | None):
+        self.name = _check_name(name)
+
+    def __enter__(self) -> None:
+        _set_scopes((*_scopes.get(), (self, self.name)))
+
+    def __exit__(self, *exc) -> None:
+        scopes = _scopes.get()
+        for i in range(len(scopes) - 1, -1, -1):
+            if scopes[i][0] is self:
+                _set_scopes(scopes[:i] + scopes[i + 1 :])
+                break
 
 
 def select(op: str, device: torch.device) -> str:
     """The backend that runs ``op`` on tensors of ``device``."""
-    forced = _forced
+    forced = get_backend()
     if forced is not None:
         _check_runnable(forced, device)
         return forced
@@ -93,6 +139,68 @@ def select(op: str, device: torch.device) -> str:
     if device.type == "cpu" and _extension.AVAILABLE:
         return "cpu"
     return "reference"
+
+
+def autocast_promote(*tensors):
+    """Under ``torch.autocast`` on the tensors' device, the inputs of a multi-input op cast to
+    the widest floating dtype among them (autocast's "promote" policy, that of grid_sample, so
+    a float32 image warped by a bfloat16 field runs in float32). Outside autocast, or when an
+    input is not a floating-point tensor (the validators then name it), they are returned
+    unchanged: mixed dtypes without autocast stay a TypeError."""
+    if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors):
+        return tensors
+    if not torch.is_autocast_enabled(tensors[0].device.type):
+        return tensors
+    return promote(*tensors)
+
+
+def promote(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The floating-point tensors cast to the widest dtype among them (torch.promote_types)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def run_reference(fn, *args):
+    """``fn(*args)`` of fastreg.reference with autocast off: the reference computes in its
+    inputs' dtype (as the kernels do), not in autocast's lower precision."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with torch.autocast(device.type, enabled=False):
+        return fn(*args)
+
+
+def differentiable_backward(reference_fn, inputs, need, grad_out):
+    """First-order gradients that are themselves differentiable, for a backward run with
+    ``create_graph=True`` (gradient penalties, Hessian-vector products, double backward).
+
+    The kernels' backward ops have no derivative of their own; in that case every op's
+    autograd formula calls this instead: ``reference_fn(*inputs)`` (the same mathematics in
+    plain torch, fastreg.reference) is re-run on the saved inputs, which still carry their
+    graph, and differentiated by autograd with ``create_graph=True``. Exact on every backend;
+    it costs the reference's time and memory, and only when a higher-order graph is asked
+    for. Returns one gradient per input (None where ``need`` is False)."""
+    wanted = [x for x, n in zip(inputs, need) if n]
+    with torch.enable_grad(), torch.autocast(inputs[0].device.type, enabled=False):
+        out = reference_fn(*inputs)
+    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    result = []
+    for x, n in zip(inputs, need):
+        g = next(grads) if n else None
+        result.append(torch.zeros_like(x) if n and g is None else g)
+    return result
+
+
+def empty_result(shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
+    """The result of an op whose output has no element: zeros of ``shape`` (dtype and device
+    of ``inputs[0]``) in the autograd graph of ``inputs``, whose gradients are then zeros.
+    Every op returns this instead of launching kernels on empty tensors, the same way on
+    every backend."""
+    out = inputs[0].new_zeros(shape)
+    for x in inputs:
+        if x.requires_grad:
+            out = out + 0 * x.sum()
+    return out
 
 
 def _runnable(name: str, device: torch.device) -> bool:
@@ -123,4 +231,4 @@ def _check_runnable(name: str, device: torch.device) -> None:
     raise ValueError(f"backend {name!r} cannot run this call on device {device}: {why}")
 
 
-_forced = _check_name(os.environ.get("FASTREG_BACKEND"))
+_process_default = _environment_default()

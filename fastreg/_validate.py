@@ -105,8 +105,73 @@ def non_negative_int(value, name: str) -> int:
     return int(value)
 
 
+def spatial_shape(value, name: str = "shape") -> tuple[int, ...]:
+    """A spatial size of 2 or 3 positive ints."""
+    if isinstance(value, torch.Size):
+        value = tuple(value)
+    if not isinstance(value, (list, tuple)) or len(value) not in (2, 3):
+        raise ValueError(f"{name}: expected 2 or 3 spatial sizes (H, W) or (D, H, W), got {value!r}")
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in value):
+        raise TypeError(f"{name}: expected integers, got {value!r}")
+    if any(s < 2 for s in value):
+        raise ValueError(f"{name}: expected sizes of at least 2, got {value!r}")
+    return tuple(int(s) for s in value)
+
+
+def positive_int(value, name: str, minimum: int = 1) -> int:
+    """An int >= ``minimum`` (bools and floats are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def non_negative(value, name: str) -> float:
+    """A finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a non-negative number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
+
+
+def probability(value, name: str) -> float:
+    """A number in [0, 1]."""
+    p = non_negative(value, name)
+    if p > 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
+    return p
+
+
+def interval(value, name: str) -> tuple[float, float]:
+    """A pair (low, high) of finite numbers with 0 <= low <= high."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name}: expected a pair (low, high), got {value!r}")
+    low, high = (non_negative(v, name) for v in value)
+    if low > high:
+        raise ValueError(f"{name}: expected low <= high, got {value!r}")
+    return low, high
+
+
+def generator(value, name: str = "generator") -> torch.Generator | None:
+    """A torch.Generator or None."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(value).__name__}")
+    return value
+
+
+def int_in_range(value, name: str, low: int, high: int, why: str = "") -> int:
+    """`value` is an int in [low, high] (bools and floats are rejected); ``why`` explains the limit."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}: expected an int in [{low}, {high}]{f' ({why})' if why else ''}, got {value}")
+    return int(value)
+
+
 def positive_number(value, name: str) -> float:
-    """`value` is a finite real number > 0 (bools rejected), as a float."""
+    """`value` is a finite real number > 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
@@ -114,13 +179,39 @@ def positive_number(value, name: str) -> float:
     return float(value)
 
 
-def unit_interval(value, name: str) -> float:
-    """`value` is a real number in [0, 1] (bools rejected), as a float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
-    return float(value)
+def positive_scalar_tensor(x, name: str) -> torch.Tensor:
+    """`x` is a one-element floating-point tensor holding a finite value > 0 (checked on the
+    host, except while torch.compile traces, where the value is unknown)."""
+    tensor(x, name)
+    if x.numel() != 1:
+        raise ValueError(f"{name}: expected a one-element tensor, got shape {tuple(x.shape)}")
+    if not torch.compiler.is_compiling():
+        value = float(x.detach().reshape(()))
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: expected a finite number > 0, got {value}")
+    return x
+
+
+def channels(x: torch.Tensor, name: str) -> int:
+    """`x` (B, C, *S) has at least one channel."""
+    if x.shape[1] < 1:
+        raise ValueError(f"{name}: expected at least one channel, got shape {tuple(x.shape)}")
+    return int(x.shape[1])
+
+
+def sampled_image(image: torch.Tensor, name: str) -> None:
+    """An image that is read (the output has elements) has no zero-size spatial axis."""
+    if min(image.shape[2:]) == 0:
+        raise ValueError(f"{name}: expected non-empty spatial axes to sample from, got shape {tuple(image.shape)}")
+
+
+MAX_STEPS = 63
+
+
+def squaring_steps(value, name: str) -> int:
+    """Scaling-and-squaring steps: an int in [0, MAX_STEPS], the same limit on every backend
+    (v is scaled by 2**-steps, and 2**steps must fit a 64-bit integer)."""
+    return int_in_range(value, name, 0, MAX_STEPS, "2**steps must fit a 64-bit integer")
 
 
 def finite(x: torch.Tensor, name: str) -> torch.Tensor:

@@ -60,7 +60,7 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32) -> torc
     """Mutual information (B,) float64 in nats of a and b (B, C, *S), from the joint histogram
     of all channels and voxels with ``bins`` equal-width bins per image, spanning each item's
     own [min, max] (numpy.histogram2d's default rule). A constant image puts every voxel in
-    bin 0 (MI = 0)."""
+    bin 0 (MI = 0); an item with a NaN or infinite voxel in either image gives NaN."""
     _images(a, b)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise ValueError(f"bins: expected an integer >= 2, got {bins!r}")
@@ -73,7 +73,9 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32) -> torc
     pa = p.sum(2, keepdim=True)
     pb = p.sum(1, keepdim=True)
     ratio = torch.where(p > 0, p / (pa * pb), torch.ones_like(p))
-    return (p * torch.log(ratio)).sum((1, 2))
+    mi = (p * torch.log(ratio)).sum((1, 2))
+    finite = torch.isfinite(a.flatten(1)).all(1) & torch.isfinite(b.flatten(1)).all(1)
+    return torch.where(finite, mi, torch.full_like(mi, float("nan")))
 
 
 def _label_maps(a, b) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,8 +98,10 @@ def _label_list(a, b, labels) -> torch.Tensor:
     if labels is None:
         present = torch.unique(torch.cat([a.flatten(), b.flatten()]))
         return present[present != 0]
+    if isinstance(labels, (list, tuple)) and len(labels) == 0:
+        return torch.zeros(0, dtype=torch.long, device=a.device)
     labels = torch.as_tensor(labels, device=a.device).flatten()
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"labels: expected integer labels, got {labels.dtype}")
     return labels
 
@@ -107,20 +111,22 @@ def dice(labels_a: torch.Tensor, labels_b: torch.Tensor, labels: Sequence[int] |
 
     labels_a, labels_b: integer maps (B, *S) or (B, 1, *S) (a 4-D map with size 1 at dim 1 is
     read as (B, 1, H, W)). ``labels``: the labels to score, in
-    that order; default every label present in either map except 0 (background), ascending.
+    that order (a repeated label gets the same column twice; [] gives (B, 0)); default every
+    label present in either map except 0 (background), ascending.
     NaN where a label is in neither map. One bincount of the (label_a, label_b) pairs of all
     items (a (B, L+1, L+1) confusion matrix), no one-hot tensors.
     """
     a, b = _label_maps(labels_a, labels_b)
-    wanted = _label_list(a, b, labels)
+    wanted, columns = torch.unique(_label_list(a, b, labels), return_inverse=True)
     n = wanted.numel()
     batch = a.shape[0]
 
-    def index(x):  # 0 for labels not scored, k + 1 for wanted[k]
-        sorted_labels, order = torch.sort(wanted)
-        pos = torch.searchsorted(sorted_labels, x.reshape(batch, -1).contiguous()).clamp(max=max(n - 1, 0))
-        hit = sorted_labels[pos] == x.reshape(batch, -1) if n else torch.zeros_like(x.reshape(batch, -1), dtype=torch.bool)
-        return torch.where(hit, order[pos] + 1, torch.zeros_like(pos))
+    def index(x):  # 0 for labels not scored, k + 1 for wanted[k] (wanted is sorted and unique)
+        flat = x.reshape(batch, -1).contiguous()
+        if n == 0:
+            return torch.zeros_like(flat)
+        pos = torch.searchsorted(wanted, flat).clamp(max=n - 1)
+        return torch.where(wanted[pos] == flat, pos + 1, torch.zeros_like(pos))
 
     k = n + 1
     offset = torch.arange(batch, device=a.device).unsqueeze(1) * k * k
@@ -129,7 +135,7 @@ def dice(labels_a: torch.Tensor, labels_b: torch.Tensor, labels: Sequence[int] |
     inter = torch.diagonal(confusion, dim1=1, dim2=2)[:, 1:]
     size_a = confusion.sum(2)[:, 1:]
     size_b = confusion.sum(1)[:, 1:]
-    return 2.0 * inter / (size_a + size_b)
+    return (2.0 * inter / (size_a + size_b))[:, columns]
 
 
 def hd95(
@@ -183,7 +189,7 @@ def tre(
     """Target registration error per landmark: (B, N) in the units of ``spacing``.
 
     points_f, points_m: (B, N, ndim) corresponding landmarks of the fixed and moving image in
-    voxel coordinates (ij order); disp (B|1, ndim, *S) the field on the fixed grid that warps
+    voxel coordinates (ij order; float or integer indices, computed in disp's dtype); disp (B|1, ndim, *S) the field on the fixed grid that warps
     the moving image (warped(x) = moving(x + disp(x)), fastreg.warp's convention). Each fixed
     landmark moves to p + disp(p), disp interpolated linearly with fastreg.sample (border
     padding); TRE = || spacing * (p + disp(p) - q) ||.
@@ -192,7 +198,9 @@ def tre(
     ndim = check.spatial_ndim(disp, "disp", "(B, 2, H, W) or (B, 3, D, H, W)")
     check.field(disp, "disp", ndim)
     for name, p in (("points_f", points_f), ("points_m", points_m)):
-        check.tensor(p, name)
+        if not isinstance(p, torch.Tensor) or p.dtype.is_complex or p.dtype == torch.bool:
+            raise TypeError(f"{name}: expected a real (float or integer) tensor of landmarks, got "
+                            f"{p.dtype if isinstance(p, torch.Tensor) else type(p).__name__}")
         if p.dim() != 3 or p.shape[2] != ndim:
             raise ValueError(f"{name}: expected (B, N, {ndim}) landmarks, got shape {tuple(p.shape)}")
     if points_f.shape != points_m.shape:
@@ -230,8 +238,7 @@ def ssim(
         raise ValueError(f"win_size: expected an odd integer >= 3, got {win_size!r}")
     if min(a.shape[2:]) < win_size:
         raise ValueError(f"win_size: {win_size} is larger than the spatial size {tuple(a.shape[2:])}")
-    if not data_range > 0:
-        raise ValueError(f"data_range: expected a positive number, got {data_range!r}")
+    check.positive_number(data_range, "data_range")
     pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
     x = a.double().flatten(0, 1).unsqueeze(1)
     y = b.double().flatten(0, 1).unsqueeze(1)

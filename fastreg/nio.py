@@ -156,7 +156,7 @@ def optimize(
     plan = _levels(levels, model.num_levels)
     steps = _iterations(iterations, len(plan))
     window = window_sizes(window, fixed.shape[2:])
-    lam = check.unit_interval(lam, "lam")
+    lam = check.probability(lam, "lam")
     lr = check.positive_number(lr, "lr")
     _check_callback(callback)
 
@@ -224,7 +224,7 @@ def instance_optimize(
     fixed, moving = fixed.detach(), moving.detach()
     steps = (check.non_negative_int(iterations, "iterations"),)
     window = window_sizes(window, fixed.shape[2:])
-    lam = check.unit_interval(lam, "lam")
+    lam = check.probability(lam, "lam")
     lr = check.positive_number(lr, "lr")
     size = tuple(disp.shape[2:])
     if grid is None:

@@ -59,19 +59,33 @@ def _seed(request):
     yield
 
 
-@pytest.fixture(params=KERNEL_BACKENDS)
-def backend(request):
-    """Each kernel backend that can run here, forced for the duration of the test."""
-    name = request.param
+def _forced(name: str):
     if name not in fastreg.available_backends():
         pytest.skip(f"backend {name!r} is not available here")
     with fastreg.use_backend(name):
         yield name
 
 
+@pytest.fixture(params=KERNEL_BACKENDS)
+def backend(request):
+    """Each kernel backend that can run here, forced for the duration of the test."""
+    yield from _forced(request.param)
+
+
 @pytest.fixture
 def device(backend) -> torch.device:
     return backend_device(backend)
+
+
+@pytest.fixture(params=("reference", *KERNEL_BACKENDS))
+def any_backend(request):
+    """Every backend that can run here, the reference included, forced during the test."""
+    yield from _forced(request.param)
+
+
+@pytest.fixture
+def any_device(any_backend) -> torch.device:
+    return backend_device(any_backend)
 
 
 # Displacement patterns along the last axis that steer the CPU's 8-voxel AVX2 blocks

@@ -117,3 +117,43 @@ def test_metrics_bad_input():
     with pytest.raises(ValueError, match="points_f"):
         metrics.tre(torch.rand(1, 5, 3), torch.rand(1, 5, 3), torch.rand(1, 2, 8, 9))
     assert metrics.jacobian_stats is fastreg.metrics.jacobian_stats
+
+
+# --- NaN and degenerate input are never hidden ------------------------------------------------
+
+
+def test_mutual_information_of_an_item_with_nan_or_inf_is_nan():
+    a, b = torch.rand(3, 1, 9, 8), torch.rand(3, 1, 9, 8)
+    clean = metrics.mutual_information(a, b)
+    a[0, 0, 4, 3] = float("nan")
+    b[1, 0, 2, 2] = float("inf")
+    out = metrics.mutual_information(a, b)
+    assert out[:2].isnan().all()
+    torch.testing.assert_close(out[2], clean[2])
+
+
+def test_dice_with_no_labels_or_repeated_labels():
+    a, b = torch.randint(0, 4, (2, 7, 9)), torch.randint(0, 4, (2, 7, 9))
+    assert metrics.dice(a, b, labels=[]).shape == (2, 0)
+    assert metrics.hd95(a, b, labels=[]).shape == (2, 0)
+    once = metrics.dice(a, b, labels=[3, 1])
+    twice = metrics.dice(a, b, labels=[3, 1, 3])
+    torch.testing.assert_close(twice, once[:, [0, 1, 0]])
+    assert torch.isfinite(twice).all()
+
+
+def test_tre_accepts_integer_landmarks():
+    disp = 2 * torch.rand(2, 3, 6, 7, 8, dtype=torch.float64) - 1
+    points_f = torch.stack([torch.randint(0, s, (2, 5)) for s in (6, 7, 8)], dim=2)
+    points_m = torch.stack([torch.randint(0, s, (2, 5)) for s in (6, 7, 8)], dim=2)
+    out = metrics.tre(points_f, points_m, disp, spacing=(1.5, 1.0, 2.0))
+    torch.testing.assert_close(out, metrics.tre(points_f.double(), points_m.double(), disp, spacing=(1.5, 1.0, 2.0)))
+    with pytest.raises(TypeError, match="points_f"):
+        metrics.tre(points_f.bool(), points_m, disp)
+
+
+@pytest.mark.parametrize("data_range", [float("inf"), float("nan"), 0.0, -1.0])
+def test_ssim_data_range_must_be_finite_and_positive(data_range):
+    a, b = torch.rand(1, 1, 9, 9), torch.rand(1, 1, 9, 9)
+    with pytest.raises(ValueError, match="data_range"):
+        metrics.ssim(a, b, data_range=data_range)

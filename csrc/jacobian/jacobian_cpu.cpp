@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../common/pieces.h"
+#include "../common/vector_loop.h"
 #include "../ops.h"
 #include "jacobian.h"
 #include "jacobian_shapes.h"
@@ -170,18 +171,6 @@ void prepare_row(RowBuffers<T>& rb, int64_t begin, int64_t end) {
   }
 }
 
-// GCC: inline everything into the function, so that its loop over voxels vectorizes; on x86-64
-// Linux also compile it for AVX2 next to the baseline, picked at load time by the CPU (the build
-// flags stay portable). Not with Clang, which cannot multiversion templates.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTREG_AVX2_CLONES 1
-#define FASTREG_ROW_LOOP __attribute__((flatten, target_clones("avx2", "default")))
-#elif defined(__GNUC__)
-#define FASTREG_ROW_LOOP __attribute__((flatten))
-#else
-#define FASTREG_ROW_LOOP
-#endif
-
 // float: N voxels at a time in GCC/Clang vector extensions (N = 4: SSE2 on x86-64, NEON on
 // arm64; N = 8: AVX2), branch-free (GCC does not vectorize the scalar form, whose selects it
 // turns into branches). Only used inlined into prepare_row's variants, so the vector ABI of a
@@ -263,7 +252,7 @@ void prepare_row<float>(RowBuffers<float>& rb, int64_t begin, int64_t end) {
 // float64, in kLanes interleaved partial sums (an inner loop that vectorizes) added up in a
 // fixed order, so the result does not depend on the instruction set.
 template <typename T>
-FASTREG_ROW_LOOP void sum_row(const RowBuffers<T>& rb, int64_t begin, int64_t end, double* acc) {
+FASTREG_VECTOR_LOOP void sum_row(const RowBuffers<T>& rb, int64_t begin, int64_t end, double* acc) {
   constexpr int kLanes = 8;
   double s[kStats][kLanes] = {};
   auto add = [&](int64_t i, int j) {
@@ -299,7 +288,7 @@ FASTREG_ROW_LOOP void sum_row(const RowBuffers<T>& rb, int64_t begin, int64_t en
 // from memory rather than selected among the neighbourhood's values: GCC turns such a select
 // into a branch).
 template <typename scalar_t, typename T, int NDIM, bool kUnit>
-FASTREG_ROW_LOOP void row_interior(const scalar_t* const (*rows_in)[kRows],
+FASTREG_VECTOR_LOOP void row_interior(const scalar_t* const (*rows_in)[kRows],
                                   const RowDiff<scalar_t, T> (*diff_in)[NDIM - 1], const T* inv_in,
                                   int last_y, T k_last, int64_t begin, int64_t end, T* det_out, T* ndv_out) {
   constexpr int L = NDIM - 1;

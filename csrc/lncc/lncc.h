@@ -127,12 +127,12 @@ FASTREG_HOST_DEVICE void sum_gradients(const double* s, double g, const Params& 
   const double vb_raw = s[kBB] - s[kB] * s[kB] * p.inv_n;
   const double va = clamp_min(va_raw, p.floor);
   const double vb = clamp_min(vb_raw, p.floor);
-  const double den = va * vb + p.eps;
-  const double cc = (cross * cross + p.smooth_nr) / den;
-  const double alpha = g * 2.0 * cross / den;
+  const double inv_den = 1.0 / (va * vb + p.eps);  // one division per voxel
+  const double cc = (cross * cross + p.smooth_nr) * inv_den;
+  const double alpha = g * 2.0 * cross * inv_den;
   // d cc / d var_a = -cc var_b / den, passed where var_a >= floor (NaN passes, as NaN).
-  const double beta = va_raw < p.floor ? 0.0 : -g * cc * vb / den;
-  const double gamma = vb_raw < p.floor ? 0.0 : -g * cc * va / den;
+  const double beta = va_raw < p.floor ? 0.0 : -g * cc * vb * inv_den;
+  const double gamma = vb_raw < p.floor ? 0.0 : -g * cc * va * inv_den;
   G[kGA] = -(alpha * s[kB] + 2.0 * beta * s[kA]) * p.inv_n;
   G[kBeta] = beta;
   G[kAlpha] = alpha;

@@ -2,6 +2,7 @@
 
     fastreg info                 # version, torch, compiled extension, available backends
     fastreg bench [ARGS...]      # the same as fastreg-bench ARGS...
+    fastreg train RECIPE [...]   # train a model by a recipe (see fastreg train --help)
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 import fastreg
 from fastreg import _extension
-from fastreg.cli import bench
+from fastreg.cli import bench, train
 
 
 def info() -> str:
@@ -33,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return bench.main(argv[1:])
+    if argv[:1] == ["train"]:
+        return train.main(argv[1:])
     p = argparse.ArgumentParser(prog="fastreg", description="fastreg: fast kernels for deformable registration.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, compiled kernels and available backends")
     sub.add_parser("bench", help="time the ops against their peers (see fastreg-bench --help)")
+    sub.add_parser("train", help="train a model by a recipe (see fastreg train --help)")
     args = p.parse_args(argv)
     if args.command == "info":
         print(info())

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
+from fastreg.compat._warp import SpatialTransformer, Warp
 from fastreg.ops.integrate import integrate_svf, resize_field
-from fastreg.ops.warp import PADDINGS
 
 
 class VecInt(nn.Module):
@@ -31,10 +31,7 @@ class VecInt(nn.Module):
 
     def __init__(self, inshape: Sequence[int], nsteps: int):
         super().__init__()
-        # Imported here: fastreg.compat.voxelmorph re-exports this module's classes.
-        from fastreg.compat.voxelmorph import SpatialTransformer
-
-        self.nsteps = check.non_negative_int(nsteps, "nsteps")
+        self.nsteps = check.squaring_steps(nsteps, "nsteps")
         self.scale = 1.0 / (2**self.nsteps)
         self.transformer = SpatialTransformer(inshape)
 
@@ -69,23 +66,35 @@ class DVF2DDF(nn.Module):
     """Dense velocity field to dense displacement field by scaling and squaring (MONAI ``DVF2DDF``).
 
     Args:
-        num_steps: squaring steps (> 0, MONAI's default 7).
-        mode: "bilinear" (MONAI's default; fastreg integrates with linear interpolation only).
-        padding_mode: "zeros" (MONAI's default), "border" or "reflection".
+        num_steps: squaring steps, a positive int (MONAI's default 7; an integral float such
+            as 7.0 is accepted).
+        mode, padding_mode: those of ``warp_layer`` (fastreg.compat.monai.Warp, MONAI's
+            options): "bilinear" (default, integers too) integrates with one fused fastreg
+            kernel per step; "nearest" and "bicubic" run ``ddf + warp_layer(ddf, ddf)`` per
+            step as MONAI does. padding "zeros" (default), "border" or "reflection".
 
     forward(dvf (B, ndim, *S) in voxels, ij order) -> ddf (B, ndim, *S).
     """
 
-    def __init__(self, num_steps: int = 7, mode: str = "bilinear", padding_mode: str = "zeros"):
+    def __init__(self, num_steps: int = 7, mode="bilinear", padding_mode="zeros"):
         super().__init__()
-        check.non_negative_int(num_steps, "num_steps")
-        if num_steps <= 0:
-            raise ValueError(f"num_steps: expected a positive int, got {num_steps}")
-        check.choice(mode, "mode", ("bilinear",))
-        check.choice(padding_mode, "padding_mode", PADDINGS)
-        self.num_steps = num_steps
-        self.mode = mode
-        self.padding_mode = padding_mode
+        if isinstance(num_steps, float) and num_steps.is_integer():
+            num_steps = int(num_steps)
+        self.num_steps = check.int_in_range(num_steps, "num_steps", 1, check.MAX_STEPS)
+        self.warp_layer = Warp(mode=mode, padding_mode=padding_mode)
+
+    @property
+    def mode(self) -> str:
+        return self.warp_layer.mode
+
+    @property
+    def padding_mode(self) -> str:
+        return self.warp_layer.padding_mode
 
     def forward(self, dvf: torch.Tensor) -> torch.Tensor:
-        return integrate_svf(dvf, self.num_steps, self.padding_mode)
+        if self.warp_layer.mode == "bilinear" and not self.warp_layer.jitter:
+            return integrate_svf(dvf, self.num_steps, self.warp_layer.padding_mode)
+        ddf = dvf / 2**self.num_steps
+        for _ in range(self.num_steps):
+            ddf = ddf + self.warp_layer(ddf, ddf)
+        return ddf

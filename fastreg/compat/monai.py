@@ -1,45 +1,33 @@
-"""Drop-in replacements for MONAI's registration blocks (``monai.networks.blocks``).
+"""Drop-in replacements for MONAI's registration blocks and LNCC loss (MONAI 1.6.1).
 
-``Warp(mode, padding_mode)``: same constructor and ``forward(image, ddf)`` as MONAI 1.6.1's
-``Warp`` with PyTorch's grid_sample path (default padding "border"), run as one fastreg kernel.
-``LocalNormalizedCrossCorrelationLoss``: MONAI's LNCC loss (``monai.losses``), computed by
-``fastreg.lncc``.
-``DVF2DDF(num_steps, mode, padding_mode)``: scaling and squaring by ``fastreg.integrate_svf``.
+``Warp(mode, padding_mode, jitter)`` (``monai.networks.blocks``): one fastreg kernel, MONAI's
+grid_sample path semantics. ``DVF2DDF(num_steps, mode, padding_mode)``: scaling and squaring
+by ``fastreg.integrate_svf``. ``LocalNormalizedCrossCorrelationLoss`` (``monai.losses``):
+``fastreg.lncc``. ``patch()``: these shims in place inside MONAI's own modules (its networks,
+e.g. ``monai.networks.nets.VoxelMorph``, build them inside), as a function or a context
+manager. The zero-displacement kink of the field gradient: see fastreg.compat._warp.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from fastreg.compat._integrate import DVF2DDF
+from fastreg.compat._lncc import LocalNormalizedCrossCorrelationLoss
+from fastreg.compat._patch import Patch
+from fastreg.compat._warp import Warp
 
-from fastreg import _validate as check
-from fastreg.compat._integrate import DVF2DDF  # noqa: F401  (re-exported)
-from fastreg.compat._lncc import LocalNormalizedCrossCorrelationLoss  # noqa: F401  (re-exported)
-from fastreg.ops.warp import MODES, PADDINGS, warp
+__all__ = ["Warp", "DVF2DDF", "LocalNormalizedCrossCorrelationLoss", "patch"]
 
 
-class Warp(nn.Module):
-    """Warp an image with a dense displacement field (MONAI ``Warp``).
+def patch() -> Patch:
+    """Put Warp, DVF2DDF and LocalNormalizedCrossCorrelationLoss in place of MONAI's in every
+    imported ``monai`` module (``monai.networks.blocks``, ``monai.losses``, the networks that
+    imported them by name). Call it once (``handle.restore()`` undoes it), or use
+    ``with fastreg.compat.monai.patch(): net = monai.networks.nets.VoxelMorph()``."""
+    import monai.losses.image_dissimilarity as losses
+    import monai.networks.blocks.warp as blocks
+    import monai.networks.nets  # noqa: F401  (imported so its modules are patched too)
 
-    Args:
-        mode: "bilinear" or "nearest" (MONAI's "bicubic" and integer spline orders are not supported).
-        padding_mode: "border" (MONAI's default), "zeros" or "reflection".
-        jitter: must be False (MONAI's random sub-voxel jitter of the reference grid is not supported).
-
-    forward(image (B, C, *S), ddf (B, ndim, *S) in voxels, ij order) -> (B, C, *S).
-    """
-
-    def __init__(self, mode: str = "bilinear", padding_mode: str = "border", jitter: bool = False):
-        super().__init__()
-        check.choice(mode, "mode", MODES)
-        check.choice(padding_mode, "padding_mode", PADDINGS)
-        if jitter:
-            raise ValueError("jitter: fastreg.compat.monai.Warp supports only jitter=False")
-        self.mode = mode
-        self.padding_mode = padding_mode
-
-    def forward(self, image: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
-        spatial = image.dim() - 2
-        expected = (image.shape[0], spatial, *image.shape[2:])
-        if tuple(ddf.shape) != expected:
-            raise ValueError(f"ddf: expected shape {expected} for image shape {tuple(image.shape)}, got {tuple(ddf.shape)}")
-        return warp(image, ddf, self.mode, self.padding_mode)
+    return Patch("monai", {
+        blocks.Warp: Warp,
+        blocks.DVF2DDF: DVF2DDF,
+        losses.LocalNormalizedCrossCorrelationLoss: LocalNormalizedCrossCorrelationLoss,
+    })

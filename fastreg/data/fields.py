@@ -1,5 +1,9 @@
 """Random smooth displacement/velocity fields: coarse Gaussian noise upsampled.
 
+``random_smooth_field``: one fixed-strength field for op tests and benchmarks.
+``random_field`` / ``random_velocity``: the training-data deformations (random strength per
+sample and scale, integrated as a stationary velocity field).
+
 Realistic fields for tests and benchmarks (smooth, a few voxels in size): white noise
 would destroy cache locality and misstate real speed, zeros would hide bugs.
 """
@@ -10,6 +14,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from fastreg import _validate as check
+from fastreg.data import _random
+from fastreg.ops import integrate_svf, resize_field
 
 
 def random_smooth_field(
@@ -42,3 +50,99 @@ def random_smooth_field(
     field = F.interpolate(noise, size=shape, mode=mode, align_corners=True)
     field = field * (magnitude / field.std().clamp_min(1e-12))
     return field.to(dtype=dtype, device=device)
+
+
+def random_velocity(
+    shape: Sequence[int],
+    *,
+    batch: int = 1,
+    scales: Sequence[int] = (6,),
+    max_std: float = 3.0,
+    half_res: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    grid: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """A random stationary velocity field (batch, ndim, *grid) in voxels of ``grid``.
+
+    ``grid`` (the grid the velocity lives and is integrated on) defaults to ``shape`` or, with
+    ``half_res``, ``ceil(shape / 2)`` per axis; ``velocity_to_disp`` brings it to ``shape``.
+    For each scale
+    s in ``scales`` a coarse grid of s^ndim normal draws (every component) with standard
+    deviation sigma ~ U(0, max_std), drawn per sample and scale, is upsampled linearly
+    (align_corners=True) to ``grid``; the velocity is their sum. See ``random_field``.
+    """
+    shape = check.spatial_shape(shape)
+    batch = check.positive_int(batch, "batch")
+    if isinstance(scales, int) or not isinstance(scales, (list, tuple)) or not scales:
+        raise ValueError(f"scales: expected a non-empty sequence of coarse grid sizes, got {scales!r}")
+    scales = tuple(check.positive_int(s, "scales", minimum=2) for s in scales)
+    max_std = check.non_negative(max_std, "max_std")
+    if not isinstance(half_res, bool):
+        raise TypeError(f"half_res: expected a bool, got {type(half_res).__name__}")
+    check.generator(generator)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+    ndim = len(shape)
+    if grid is None:
+        grid = tuple(max(2, math.ceil(s / 2)) for s in shape) if half_res else shape
+    elif half_res:
+        raise ValueError("grid, half_res: expected at most one of them")
+    else:
+        grid = check.spatial_shape(grid, "grid")
+        if len(grid) != ndim:
+            raise ValueError(f"grid: expected {ndim} sizes like shape {shape}, got {grid}")
+    mode = "bilinear" if ndim == 2 else "trilinear"
+    velocity = None
+    for s in scales:
+        sigma = _random.uniform(0.0, max_std, (batch, 1) + (1,) * ndim, generator, device, dtype)
+        noise = _random.randn((batch, ndim) + (s,) * ndim, generator, device, dtype) * sigma
+        layer = F.interpolate(noise, size=grid, mode=mode, align_corners=True)
+        velocity = layer if velocity is None else velocity.add_(layer)
+    return velocity
+
+
+def velocity_to_disp(velocity: torch.Tensor, steps: int, shape: Sequence[int]) -> torch.Tensor:
+    """Displacement (B, ndim, *shape) in voxels of ``shape`` of exp(velocity): scaling and
+    squaring with ``steps`` steps on the velocity's grid (``steps=0``: the velocity itself),
+    then ``fastreg.resize_field`` to ``shape`` when the grids differ (vectors rescaled)."""
+    disp = integrate_svf(velocity, check.non_negative_int(steps, "steps"))
+    return resize_field(disp, size=tuple(shape))
+
+
+def random_field(
+    shape: Sequence[int],
+    *,
+    batch: int = 1,
+    scales: Sequence[int] = (6,),
+    max_std: float = 3.0,
+    steps: int = 5,
+    half_res: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A random smooth (diffeomorphic for ``steps`` >= 5 at the default strength) displacement.
+
+    Returns (batch, ndim, *shape) in voxels of ``shape`` (ij channel order, fastreg's field
+    convention). Recipe (SynthMorph, Hoffmann et al. 2022; the cascaded U-Net paper):
+      1. ``random_velocity``: for each scale s a coarse grid of s^ndim normal draws with
+         sigma ~ U(0, max_std) (in voxels of the integration grid, drawn per sample and
+         scale), upsampled linearly and summed;
+      2. ``fastreg.integrate_svf(v, steps)`` (``steps=0``: the plain, possibly folding
+         displacement);
+      3. with ``half_res`` the velocity lives and is integrated on ``ceil(shape / 2)`` and the
+         displacement is upsampled with ``fastreg.resize_field`` (vectors doubled). The cascaded
+         U-Net's pair deformations: ``scales=(24, 12, 6), max_std=3, steps=5, half_res=True``.
+    Small draws happen on the generator's device (see fastreg.data._random), so one
+    ``generator`` seed gives the same field on the CPU and on a GPU; the upsampling and the
+    integration run on ``device``. Example::
+
+        g = torch.Generator().manual_seed(0)
+        disp = fastreg.data.random_field((160, 192, 224), generator=g)   # (1, 3, 160, 192, 224)
+    """
+    steps = check.non_negative_int(steps, "steps")
+    velocity = random_velocity(shape, batch=batch, scales=scales, max_std=max_std, half_res=half_res,
+                               generator=generator, device=device, dtype=dtype)
+    return velocity_to_disp(velocity, steps, shape)

@@ -6,6 +6,14 @@ Every model follows the interface of ``fastreg.models.base.RegistrationModel``:
 loop, NIO and the register command pick a model by name.
 """
 from fastreg.models.base import RegistrationModel
-from fastreg.models.registry import available, create
+from fastreg.models.registry import ARCHITECTURES, available, create, model_class
 
 __all__ = ["RegistrationModel", "available", "create"]
+
+
+def __getattr__(name: str):
+    """The model classes by their class name (``fastreg.models.UniReg``), imported on first use."""
+    for key, target in ARCHITECTURES.items():
+        if target.rsplit(":", 1)[1] == name:
+            return model_class(key)
+    raise AttributeError(f"module 'fastreg.models' has no attribute {name!r}")

@@ -32,7 +32,7 @@ class VecInt(nn.Module):
 
     def __init__(self, steps: int = 7, padding_mode: str = "zeros", checkpoints: int | None = 1):
         super().__init__()
-        self.steps = check.non_negative_int(steps, "steps")
+        self.steps = check.squaring_steps(steps, "steps")
         check.choice(padding_mode, "padding_mode", PADDINGS)
         self.padding_mode = padding_mode
         self.checkpoints = None if checkpoints is None else check.non_negative_int(checkpoints, "checkpoints")
@@ -57,6 +57,12 @@ class ResizeField(nn.Module):
         super().__init__()
         if (size is None) == (scale_factor is None):
             raise ValueError(f"size, scale_factor: expected exactly one of them, got size={size!r}, scale_factor={scale_factor!r}")
+        for value, name in ((size, "size"), (scale_factor, "scale_factor")):  # per axis or one for all
+            for item in value if isinstance(value, (list, tuple)) else ([] if value is None else [value]):
+                if name == "size":
+                    check.int_in_range(item, name, 1, 2**62)
+                else:
+                    check.positive_number(item, name)
         self.size = size
         self.scale_factor = scale_factor
 

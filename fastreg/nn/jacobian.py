@@ -12,9 +12,15 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
+from fastreg.nn.losses import REDUCTIONS, reduce
 from fastreg.ops.jacobian import MODES, jacobian_det
 
-REDUCTIONS = ("mean", "sum", "none")
+
+def jacobian_loss(disp: torch.Tensor, eps: float = 0.0, mode: str = "central",
+                  spacing: float | Sequence[float] | None = None, reduction: str = "mean") -> torch.Tensor:
+    """The folding penalty relu(eps - det) of ``JacobianLoss`` as a function (arguments there)."""
+    check.choice(reduction, "reduction", REDUCTIONS)
+    return reduce(torch.relu(eps - jacobian_det(disp, mode, spacing)), reduction)
 
 
 class JacobianLoss(nn.Module):
@@ -42,15 +48,14 @@ class JacobianLoss(nn.Module):
         check.choice(reduction, "reduction", REDUCTIONS)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps != eps:
             raise TypeError(f"eps: expected a number, got {eps!r}")
+        if spacing is not None:
+            count = (spacing.numel() if isinstance(spacing, torch.Tensor)
+                     else len(spacing) if isinstance(spacing, (list, tuple)) else 1)
+            check.spacing(spacing, "spacing", count)  # the count of axes is checked against disp in forward
         self.eps, self.mode, self.spacing, self.reduction = float(eps), mode, spacing, reduction
 
     def forward(self, disp: torch.Tensor) -> torch.Tensor:
-        penalty = torch.relu(self.eps - jacobian_det(disp, self.mode, self.spacing))
-        if self.reduction == "mean":
-            return penalty.mean()
-        if self.reduction == "sum":
-            return penalty.sum()
-        return penalty
+        return jacobian_loss(disp, self.eps, self.mode, self.spacing, self.reduction)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, mode={self.mode!r}, spacing={self.spacing}, reduction={self.reduction!r}"

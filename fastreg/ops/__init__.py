@@ -4,6 +4,7 @@ fastreg/triton and csrc/. (``from fastreg.ops import warp`` gives the function; 
 the module as ``from fastreg.ops.warp import ...``.)"""
 from fastreg.ops.correlation import local_correlation, vfa_attention
 from fastreg.ops.integrate import integrate_svf, resize_field
+from fastreg.ops.invert import invert_field
 from fastreg.ops.jacobian import jacobian_det
 from fastreg.ops.lncc import lncc
 from fastreg.ops.warp import compose, sample, warp
@@ -18,4 +19,5 @@ __all__ = [
     "jacobian_det",
     "local_correlation",
     "vfa_attention",
+    "invert_field",
 ]

@@ -52,13 +52,16 @@ def local_correlation(
 
         corr = fastreg.local_correlation(feat_fixed, feat_moving)   # (1, 27, D, H, W)
     """
-    f, m = _check_pair(f, m, "f", "m")
-    _check_radius(radius)
+    f, m = _check_pair(*_backend.autocast_promote(f, m), "f", "m")
+    _check_radius(radius, f.shape[2:])
     s = _scale(scale, f.shape[1])
     p = check.choice(padding_mode, "padding_mode", PADDINGS)
+    shape = (f.shape[0], _num_offsets(radius, f.dim() - 2), *f.shape[2:])
+    if math.prod(shape) == 0:
+        return _backend.empty_result(shape, f, m)
     backend = _backend.select("local_correlation", f.device)
     if backend == "reference":
-        return reference.local_correlation(f, m, radius, s, padding_mode)
+        return _backend.run_reference(reference.local_correlation, f, m, radius, s, padding_mode)
     if backend == "triton":
         from fastreg.triton import correlation as triton_correlation
 
@@ -85,22 +88,23 @@ def vfa_attention(
 
         u = fastreg.vfa_attention(proj(feat_fixed), proj(feat_moving))   # (1, 3, D, H, W)
     """
-    q, k = _check_pair(q, k, "q", "k")
-    _check_radius(radius)
+    q, k = _check_pair(*_backend.autocast_promote(q, k), "q", "k")
+    _check_radius(radius, q.shape[2:])
     if temperature is None:
         scale = q.shape[1] ** -0.5
     elif isinstance(temperature, torch.Tensor):
-        check.tensor(temperature, "temperature")
-        if temperature.numel() != 1:
-            raise ValueError(f"temperature: expected a one-element tensor, got shape {tuple(temperature.shape)}")
+        check.positive_scalar_tensor(temperature, "temperature")
         # Folding 1/T into the queries keeps the kernels scalar-free; autograd gives dT.
         q = q / temperature.to(q.dtype).reshape(())
         scale = 1.0
     else:
         scale = 1.0 / check.positive_number(temperature, "temperature")
+    shape = (q.shape[0], q.dim() - 2, *q.shape[2:])
+    if math.prod(shape) == 0:
+        return _backend.empty_result(shape, q, k)
     backend = _backend.select("vfa_attention", q.device)
     if backend == "reference":
-        return reference.vfa_attention(q, k, radius, 1.0 / scale)
+        return _backend.run_reference(reference.vfa_attention, q, k, radius, 1.0 / scale)
     if backend == "triton":
         from fastreg.triton import correlation as triton_correlation
 
@@ -112,6 +116,7 @@ def _check_pair(a, b, name_a: str, name_b: str) -> tuple[torch.Tensor, torch.Ten
     check.tensor(a, name_a)
     check.tensor(b, name_b)
     check.spatial_ndim(a, name_a)
+    check.channels(a, name_a)
     check.same_device([(name_a, a), (name_b, b)])
     check.same_dtype([(name_a, a), (name_b, b)])
     if b.dim() != a.dim():
@@ -132,11 +137,10 @@ def _check_pair(a, b, name_a: str, name_b: str) -> tuple[torch.Tensor, torch.Ten
     return a, b
 
 
-def _check_radius(radius) -> None:
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Integral):
-        raise TypeError(f"radius: expected an int, got {type(radius).__name__}")
-    if radius < 1:
-        raise ValueError(f"radius: expected an integer >= 1, got {radius}")
+def _check_radius(radius, shape) -> None:
+    """1 <= radius <= the largest spatial size (beyond it every added offset reads padding
+    only, and the (2r+1)^ndim offsets grow without bound)."""
+    check.int_in_range(radius, "radius", 1, max(max(shape), 1), f"at most the largest spatial size of {tuple(shape)}")
 
 
 def _scale(scale, channels: int) -> float:
@@ -211,13 +215,25 @@ def register_autograd(correlation_ops: tuple[str, object], vfa_ops: tuple[str, o
     def correlation_grad(ctx, grad):
         f, m = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        grad_f, grad_m = correlation_backward(grad, f, m, *ctx.args, need)
+        if torch.is_grad_enabled():  # create_graph=True
+            radius, scale, padding = ctx.args
+            grad_f, grad_m = _backend.differentiable_backward(
+                lambda x, y: reference.local_correlation(x, y, radius, scale, PADDINGS[padding]), (f, m), need, grad
+            )
+        else:
+            grad_f, grad_m = correlation_backward(grad, f, m, *ctx.args, need)
         return (grad_f if need[0] else None, grad_m if need[1] else None, None, None, None)
 
     def vfa_grad(ctx, grad, _grad_lse):
         q, k, out, lse = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        grad_q, grad_k = vfa_backward(grad, q, k, out, lse, *ctx.args, need)
+        if torch.is_grad_enabled():  # create_graph=True
+            radius, scale = ctx.args
+            grad_q, grad_k = _backend.differentiable_backward(
+                lambda x, y: reference.vfa_attention(x, y, radius, 1.0 / scale), (q, k), need, grad
+            )
+        else:
+            grad_q, grad_k = vfa_backward(grad, q, k, out, lse, *ctx.args, need)
         return (grad_q if need[0] else None, grad_k if need[1] else None, None, None)
 
     torch.library.register_autograd(correlation_forward, correlation_grad, setup_context=_setup_correlation)

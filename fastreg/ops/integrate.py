@@ -58,20 +58,23 @@ def integrate_svf(v: torch.Tensor, steps: int = 7, padding_mode: str = "zeros", 
     check.tensor(v, "v")
     ndim = check.spatial_ndim(v, "v", FIELD)
     check.field(v, "v", ndim)
-    steps = check.non_negative_int(steps, "steps")
+    steps = check.squaring_steps(steps, "steps")
     padding = check.choice(padding_mode, "padding_mode", PADDINGS)
     if checkpoints is not None:
         checkpoints = check.non_negative_int(checkpoints, "checkpoints")
     if steps == 0:
         return v
+    if v.numel() == 0:
+        return _backend.empty_result(v.shape, v)
     keep_all = checkpoints is None or checkpoints >= steps - 1
     backend = _backend.select("integrate", v.device)
     if backend == "reference":
         if not keep_all:
-            return torch.utils.checkpoint.checkpoint(
-                reference.integrate_svf, v, steps, padding_mode, use_reentrant=False
+            return _backend.run_reference(
+                lambda *a: torch.utils.checkpoint.checkpoint(reference.integrate_svf, *a, use_reentrant=False),
+                v, steps, padding_mode,
             )
-        return reference.integrate_svf(v, steps, padding_mode)
+        return _backend.run_reference(reference.integrate_svf, v, steps, padding_mode)
     # Fields are kept for the backward only when one will run.
     needs_grad = torch.is_grad_enabled() and v.requires_grad
     keep = list(checkpoint_plan(steps, steps if keep_all else checkpoints)[0]) if needs_grad else []
@@ -272,6 +275,12 @@ def register_autograd(forward_op, backward_op) -> None:
         if grad_out is None:
             return None, None, None, None
         v, saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            steps, padding = ctx.args[:2]
+            (grad_v,) = _backend.differentiable_backward(
+                lambda x: reference.integrate_svf(x, steps, PADDINGS[padding]), (v,), [True], grad_out
+            )
+            return grad_v, None, None, None
         return backward_op(grad_out, v, saved, *ctx.args), None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)

@@ -46,9 +46,12 @@ def jacobian_det(disp: torch.Tensor, mode: str = "central", spacing: float | Seq
     """
     ndim, mode_index, sp = _check(disp, mode, spacing)
     del ndim
+    shape = (disp.shape[0], *disp.shape[2:])
+    if math.prod(shape) == 0:
+        return _backend.empty_result(shape, disp)
     backend = _backend.select("jacobian", disp.device)
     if backend == "reference":
-        return reference.jacobian_det(disp, mode, sp)
+        return _backend.run_reference(reference.jacobian_det, disp, mode, sp)
     if backend == "triton":
         from fastreg.triton import jacobian as triton_jacobian
 
@@ -85,16 +88,21 @@ def jacobian_stats(
     if min(disp.shape[2:]) <= 2 * crop:
         raise ValueError(f"crop: {crop} voxels from every border leave nothing of spatial size {tuple(disp.shape[2:])}")
     disp = disp.detach()
+    if disp.shape[0] == 0:
+        return finalize_stats(disp.new_zeros((0, N_STATS), dtype=torch.float64), 1)
     backend = _backend.select("jacobian", disp.device)
     if backend == "reference":
-        return reference.jacobian_stats(disp, mode, sp, crop)
+        return _backend.run_reference(reference.jacobian_stats, disp, mode, sp, crop)
     if backend == "triton":
         from fastreg.triton import jacobian as triton_jacobian
 
         sums = triton_jacobian.jacobian_stats(disp, mode_index, list(sp), crop)
     else:
         sums = torch.ops.fastreg.jacobian_stats(disp, mode_index, list(sp), crop)
-    return finalize_stats(sums, math.prod(s - 2 * crop for s in disp.shape[2:]))
+    region = 1
+    for size in disp.shape[2:]:  # a loop, not a generator: torch.compile(fullgraph=True) traces it
+        region *= size - 2 * crop
+    return finalize_stats(sums, region)
 
 
 def finalize_stats(sums: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
@@ -154,6 +162,12 @@ def register_autograd(forward_op: str, backward_op) -> None:
 
     def backward(ctx, grad):
         (disp,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            mode, spacing = ctx.args
+            (grad_disp,) = _backend.differentiable_backward(
+                lambda x: reference.jacobian_det(x, MODES[mode], spacing), (disp,), [True], grad
+            )
+            return grad_disp, None, None
         return backward_op(grad.contiguous(), disp, *ctx.args), None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)

@@ -8,8 +8,9 @@ Contract (every backend; per-voxel math in csrc/lncc/lncc.h):
 Semantics are VoxelMorph's NCC: windowed sums with zero padding over a window of volume n
 (n stays the full window volume at the borders), cross = S_ab - S_a S_b / n,
 var_x = S_xx - S_x^2 / n, cc = cross^2 / (var_a var_b + eps). The variances are clamped at
-0 before the product, so rounding cannot push cc above 1 or make it negative, and constant
-or all-zero windows give cc = 0 (no NaN or inf). kernel="gaussian" weights the sums by
+0 before the product, so rounding cannot push cc above 1 or make it negative, and with
+eps > 0 constant or all-zero windows give cc = 0 (no NaN or inf); with eps = 0 they give
+0 / 0 = NaN, as VoxelMorph's formula does (keep eps > 0 for a loss). kernel="gaussian" weights the sums by
 w(x) = exp(-x^2 / (2 sigma^2)) per axis (peak 1, truncated to the window) with
 n = the sum of the weights; sigma defaults to window / 3, MONAI's convention
 (monai.losses.LocalNormalizedCrossCorrelationLoss, make_gaussian_kernel). Box sums are
@@ -50,6 +51,7 @@ def lncc(
         loss = -fastreg.lncc(fixed, moved, window=9)        # VoxelMorph's NCC loss
         cc = fastreg.lncc(a, b, 7, kernel="gaussian", reduction="none")
     """
+    a, b = _backend.autocast_promote(a, b)
     check.tensor(a, "a")
     check.tensor(b, "b")
     ndim = check.spatial_ndim(a, "a")
@@ -57,17 +59,10 @@ def lncc(
         raise ValueError(f"b: expected shape {tuple(a.shape)} (that of a), got {tuple(b.shape)}")
     check.same_device([("a", a), ("b", b)])
     check.same_dtype([("a", a), ("b", b)])
+    check_options(window, kernel, sigma, eps)
     windows = window_sizes(window, a.shape[2:])
-    check.choice(kernel, "kernel", KERNELS)
     check.choice(reduction, "reduction", REDUCTIONS)
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
-        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
-    if kernel == "box":
-        if sigma is not None:
-            raise ValueError(f"sigma: only used by kernel='gaussian', got {sigma!r} with kernel='box'")
-        taps: list[float] = []
-    else:
-        taps = gaussian_taps(windows, sigma)
+    taps = [] if kernel == "box" else gaussian_taps(windows, sigma)
     cc = lncc_map(a, b, windows, taps, 0.0, 0.0, 0.0, float(eps))
     if reduction == "mean":
         return cc.mean()
@@ -76,13 +71,35 @@ def lncc(
     return cc
 
 
+def check_options(window, kernel: str, sigma, eps) -> None:
+    """The options of ``lncc`` that do not depend on the images (nn.LNCCLoss checks them at
+    construction): odd windows >= 1, the kernel, sigma only with "gaussian" (positive
+    numbers), eps a number >= 0."""
+    items = window if isinstance(window, (list, tuple)) else [window]
+    if not isinstance(window, (int, list, tuple)) or not items:
+        raise ValueError(f"window: expected an odd int or odd ints (one per spatial axis), got {window!r}")
+    if any(isinstance(k, bool) or not isinstance(k, int) for k in items):
+        raise TypeError(f"window: expected integers, got {window!r}")
+    if any(k < 1 or k % 2 == 0 for k in items):
+        raise ValueError(f"window: expected odd sizes >= 1, got {window!r}")
+    check.choice(kernel, "kernel", KERNELS)
+    if kernel == "box" and sigma is not None:
+        raise ValueError(f"sigma: only used by kernel='gaussian', got {sigma!r} with kernel='box'")
+    sigmas = sigma if isinstance(sigma, (list, tuple)) else [] if sigma is None else [sigma]
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < math.inf for x in sigmas):
+        raise ValueError(f"sigma: expected positive numbers, got {sigma!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < math.inf:
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+
+
 def window_sizes(window, shape: Sequence[int]) -> tuple[int, ...]:
-    """Validated window sizes, one odd int per spatial axis in [1, size of the axis]."""
+    """Validated window sizes, one odd int per spatial axis in [1, size of the axis] (any
+    odd size along an empty axis: there is no voxel to window)."""
     windows = check.per_axis(window, "window", len(shape))
     for k, size in zip(windows, shape):
         if k < 1 or k % 2 == 0:
             raise ValueError(f"window: expected odd sizes >= 1, got {window!r}")
-        if k > max(size, 1):
+        if 0 < size < k:
             raise ValueError(f"window: expected sizes no larger than the image {tuple(shape)}, got {window!r}")
     return windows
 
@@ -119,9 +136,11 @@ def lncc_map(
     empty: box; ``norm`` > 0 replaces n, the sum of the weights). Inputs must be validated
     by the caller (``lncc``, the compat shims)."""
     window, taps = list(window), [float(t) for t in taps]
+    if a.numel() == 0:
+        return _backend.empty_result(a.shape, a, b)
     backend = _backend.select("lncc", a.device)
     if backend == "reference":
-        return reference.lncc_map(a, b, window, taps, norm, smooth_nr, floor, eps)
+        return _backend.run_reference(reference.lncc_map, a, b, window, taps, norm, smooth_nr, floor, eps)
     if backend == "triton":
         from fastreg.triton import lncc as triton_lncc
 
@@ -156,7 +175,12 @@ def register_autograd(forward_op, backward_op) -> None:
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        grad_a, grad_b = backward_op(grad, a, b, *ctx.args, need)
+        if torch.is_grad_enabled():  # create_graph=True
+            grad_a, grad_b = _backend.differentiable_backward(
+                lambda x, y: reference.lncc_map(x, y, *ctx.args), (a, b), need, grad
+            )
+        else:
+            grad_a, grad_b = backward_op(grad, a, b, *ctx.args, need)
         return (grad_a if need[0] else None, grad_b if need[1] else None, *[None] * len(ctx.args))
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)

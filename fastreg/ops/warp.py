@@ -10,10 +10,20 @@ Voxel centres sit at integer indices (align_corners=True), exactly VoxelMorph's
 SpatialTransformer and MONAI's Warp. No grid tensor is built. mode: "bilinear" (linear in
 every axis; "trilinear" in 3-D) or "nearest" (round half to even); padding_mode: "zeros",
 "border" or "reflection" with torch.grid_sample's semantics and gradients. A size-1 axis
-always samples index 0; a NaN position gives NaN (grid_sample gives 0). Gradients flow to
-the image and to the positions (zero in nearest mode).
+always samples index 0; a NaN position gives NaN (grid_sample gives 0); a ±inf position
+lies outside at infinite distance: 0 with "zeros" and "reflection" padding (reflection has no
+finite image of inf; grid_sample gives NaN with "zeros" and an arbitrary in-image voxel with
+"reflection"), the nearest edge voxel with "border" (as grid_sample). Gradients flow to the
+image and to the positions (zero in nearest mode). At exactly zero displacement (a position
+on a voxel centre) the gradient to the position is one-sided: the kernels take the cell
+above the position consistently, where grid_sample picks a side per voxel by rounding.
+An image expanded along its batch or channel axis (stride 0) is read in place, never copied:
+one item or channel is sampled (positions of every batch item folded into one call) and the
+result broadcast; other strided layouts are made contiguous by the kernels.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -33,6 +43,7 @@ def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", paddin
         moved = fastreg.warp(moving, flow)                    # VoxelMorph SpatialTransformer
         moved = fastreg.warp(moving, ddf, padding_mode="border")  # MONAI Warp
     """
+    image, disp = _backend.autocast_promote(image, disp)
     ndim = _check(image, disp, "disp", mode, padding_mode)
     if tuple(disp.shape[2:]) != tuple(image.shape[2:]):
         raise ValueError(
@@ -47,6 +58,7 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
 
     The output (B, C, *S_out) may differ in size from the image (resampling, landmarks).
     """
+    image, coords = _backend.autocast_promote(image, coords)
     _check(image, coords, "coords", mode, padding_mode)
     return _dispatch(image, coords, mode, padding_mode, False)
 
@@ -56,6 +68,7 @@ def compose(u: torch.Tensor, v: torch.Tensor, padding_mode: str = "border") -> t
 
     u, v: (B|1, ndim, *S) in voxels. Gradients flow to both fields.
     """
+    u, v = _backend.autocast_promote(u, v)
     check.tensor(u, "u")
     ndim = check.spatial_ndim(u, "u", "(B, ndim, H, W) or (B, ndim, D, H, W)")
     check.field(u, "u", ndim)
@@ -85,17 +98,39 @@ def _check(image, loc, loc_name: str, mode, padding_mode) -> int:
 
 
 def _dispatch(image, loc, mode: str, padding_mode: str, displacement: bool) -> torch.Tensor:
+    shape = (image.shape[0], image.shape[1], *loc.shape[2:])
+    if math.prod(shape) == 0:
+        return _backend.empty_result(shape, image, loc)
+    check.sampled_image(image, "image")
+    if image.shape[1] > 1 and image.stride(1) == 0:  # channels broadcast: sample one, never copy
+        return _dispatch(image[:, :1], loc, mode, padding_mode, displacement).expand(shape).contiguous()
+    if image.shape[0] > 1 and image.stride(0) == 0:  # batch broadcast
+        if loc.shape[0] == 1:
+            return _dispatch(image[:1], loc, mode, padding_mode, displacement).expand(shape).contiguous()
+        if loc.dtype in (torch.float32, torch.float64):
+            return _folded(image[:1], loc, mode, padding_mode, displacement)
     backend = _backend.select("warp", image.device)
     if backend == "reference":
         if displacement:
-            return reference.warp(image, loc, mode, padding_mode)
-        return reference.sample(image, loc, mode, padding_mode)
+            return _backend.run_reference(reference.warp, image, loc, mode, padding_mode)
+        return _backend.run_reference(reference.sample, image, loc, mode, padding_mode)
     m, p = MODES.index(mode), PADDINGS.index(padding_mode)
     if backend == "triton":
         from fastreg.triton import warp as triton_warp
 
         return triton_warp.warp_forward(image, loc, m, p, displacement)
     return torch.ops.fastreg.warp_forward(image, loc, m, p, displacement)
+
+
+def _folded(image, loc, mode: str, padding_mode: str, displacement: bool) -> torch.Tensor:
+    """One image item (1, C, *S) read at the positions of every batch item of loc (B, ndim,
+    *S_out): the batch folded into the first output axis, so the image is never copied B
+    times (positions are formed in loc's dtype, as the kernels form them)."""
+    batch, ndim, out = loc.shape[0], loc.shape[1], tuple(loc.shape[2:])
+    coords = loc + reference.identity_grid(out, loc.device, loc.dtype) if displacement else loc
+    coords = coords.transpose(0, 1).reshape(1, ndim, batch * out[0], *out[1:])
+    values = _dispatch(image, coords, mode, padding_mode, False)
+    return values.reshape(image.shape[1], batch, *out).transpose(0, 1).contiguous()
 
 
 # --- torch.library registration: fake (meta) kernels and autograd -----------------------
@@ -124,6 +159,13 @@ def register_autograd(forward_op: str, backward_op) -> None:
     def backward(ctx, grad):
         image, loc = ctx.saved_tensors
         need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        if torch.is_grad_enabled():  # create_graph=True
+            mode, padding, displacement = ctx.args
+            fn = reference.warp if displacement else reference.sample
+            grad_image, grad_loc = _backend.differentiable_backward(
+                lambda i, p: fn(i, p, MODES[mode], PADDINGS[padding]), (image, loc), need, grad
+            )
+            return grad_image, grad_loc, None, None, None
         grad_image, grad_loc = backward_op(grad, image, loc, *ctx.args, need)
         return (grad_image if need[0] else None, grad_loc if need[1] else None, None, None, None)
 

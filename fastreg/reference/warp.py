@@ -5,7 +5,8 @@ VoxelMorph's SpatialTransformer and MONAI's Warp call it.
 Contract (shared by every backend, see csrc/warp/warp.h):
   image (B, C, *S_in); positions (B|1, ndim, *S_out) in voxels, channel a along spatial
   axis a (ij order), voxel centres at integer indices. A size-1 axis always samples
-  index 0; a NaN position gives NaN in every channel of that output voxel.
+  index 0; a NaN position gives NaN in every channel of that output voxel; an infinite one
+  gives 0 (zeros, reflection padding) or the edge voxel (border).
 """
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
     """Sample image (B, C, *S_in) at absolute voxel coordinates (B|1, ndim, *S_out)."""
     ndim = coords.shape[1]
     sizes = image.shape[2:]
+    # An infinite position lies outside at infinite distance: 0 with zeros and reflection
+    # padding (grid_sample gives NaN, or reflects it to an arbitrary voxel), the edge voxel
+    # with border padding (grid_sample's clamp does that already).
+    infinite = torch.isinf(coords).any(dim=1, keepdim=True) if padding_mode != "border" else None
+    if infinite is not None:
+        coords = torch.where(torch.isinf(coords), torch.zeros_like(coords), coords)
     channels = []
     for a in range(ndim):
         c = coords[:, a]
@@ -33,6 +40,8 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
     if grid.shape[0] != image.shape[0]:
         grid = grid.expand(image.shape[0], *grid.shape[1:])
     out = F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    if infinite is not None:
+        out = torch.where(infinite, torch.zeros_like(out), out)
     nan = torch.isnan(coords).any(dim=1, keepdim=True)
     return torch.where(nan, torch.full_like(out, float("nan")), out)
 

@@ -6,17 +6,22 @@ Contract: the same as csrc/jacobian/jacobian.h (which these kernels mirror line 
   of fastreg.ops.jacobian (NAN, FOLDS, LOG3_SUM, LOG3_SQ, POSITIVE, LOG_SUM, LOG_SQ,
   DET_SUM, DET_SQ, NDV). mode: 0 central, 1 forward, 2 gradient. Float16/bfloat16 compute in
   float32; statistics accumulate in float64 per block, blocks summed by torch (deterministic).
-Registered with torch.library.triton_op, so torch.compile sees into them; CPU tensors run
-under TRITON_INTERPRET=1.
+Registered with torch.library.triton_op on GPUs, so torch.compile sees into them; under
+TRITON_INTERPRET=1 (CPU tensors) they are opaque custom ops with fake kernels, as the other
+families' Triton ops.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
+from fastreg._backend import triton_interpret
 from fastreg.ops import jacobian as ops
+
+# wrap_triton cannot trace interpreted kernels: custom ops with fakes under the interpreter.
+_define_op = torch.library.custom_op if triton_interpret() else torch.library.triton_op
 
 BLOCK = 256
 
@@ -419,7 +424,7 @@ def _inverse(spacing):
     return [1.0 / float(s) for s in spacing]
 
 
-@triton_op("fastreg::jacobian_det_forward_triton", mutates_args=())
+@_define_op("fastreg::jacobian_det_forward_triton", mutates_args=())
 def jacobian_det_forward(disp: torch.Tensor, mode: int, spacing: list[float]) -> torch.Tensor:
     disp = disp.contiguous()
     ndim = disp.dim() - 2
@@ -433,7 +438,7 @@ def jacobian_det_forward(disp: torch.Tensor, mode: int, spacing: list[float]) ->
     return out
 
 
-@triton_op("fastreg::jacobian_det_backward_triton", mutates_args=())
+@_define_op("fastreg::jacobian_det_backward_triton", mutates_args=())
 def jacobian_det_backward(grad_out: torch.Tensor, disp: torch.Tensor, mode: int, spacing: list[float]) -> torch.Tensor:
     disp = disp.contiguous()
     grad_out = grad_out.contiguous().to(disp.dtype)
@@ -451,7 +456,7 @@ def jacobian_det_backward(grad_out: torch.Tensor, disp: torch.Tensor, mode: int,
     return out
 
 
-@triton_op("fastreg::jacobian_stats_triton", mutates_args=())
+@_define_op("fastreg::jacobian_stats_triton", mutates_args=())
 def jacobian_stats(disp: torch.Tensor, mode: int, spacing: list[float], crop: int) -> torch.Tensor:
     disp = disp.contiguous()
     ndim = disp.dim() - 2
@@ -466,4 +471,6 @@ def jacobian_stats(disp: torch.Tensor, mode: int, spacing: list[float], crop: in
     return part.sum(1)
 
 
+ops.register_fakes("fastreg::jacobian_det_forward_triton", "fastreg::jacobian_det_backward_triton",
+                   "fastreg::jacobian_stats_triton")
 ops.register_autograd("fastreg::jacobian_det_forward_triton", jacobian_det_backward)

@@ -40,6 +40,15 @@ _GA, _ALPHA, _GRADS = 0, 2, 5
 
 
 @triton.jit
+def _narrow(x, ptr):
+    """float64 x in the dtype of ptr; half types go through float32 (the interpreter turns a
+    direct float64 -> bfloat16 cast into 0)."""
+    if ptr.dtype.element_ty == tl.float64:
+        return x
+    return x.to(tl.float32).to(ptr.dtype.element_ty)
+
+
+@triton.jit
 def _moments_kernel(a_ptr, b_ptr, out_ptr, total, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
@@ -102,7 +111,7 @@ def _cc_kernel(s_ptr, out_ptr, total, inv_n, smooth_nr, floor, eps, BLOCK: tl.co
     va = tl.where(va < floor, floor, va)  # keeps NaN
     vb = tl.where(vb < floor, floor, vb)
     cc = (cross * cross + smooth_nr) / (va * vb + eps)
-    tl.store(out_ptr + offs, cc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, _narrow(cc, out_ptr), mask=mask)
 
 
 @triton.jit
@@ -147,11 +156,11 @@ def _combine_kernel(f_ptr, a_ptr, b_ptr, ga_ptr, gb_ptr, total, Q0: tl.constexpr
     if Q0 == 0:
         fga = tl.load(f_ptr + offs, mask=mask, other=0.0)
         beta = tl.load(f_ptr + total + offs, mask=mask, other=0.0)
-        tl.store(ga_ptr + offs, (fga + 2.0 * a * beta + b * alpha).to(ga_ptr.dtype.element_ty), mask=mask)
+        tl.store(ga_ptr + offs, _narrow(fga + 2.0 * a * beta + b * alpha, ga_ptr), mask=mask)
     if Q1 == 5:
         fgb = tl.load(f_ptr + (3 - Q0) * total + offs, mask=mask, other=0.0)
         gamma = tl.load(f_ptr + (4 - Q0) * total + offs, mask=mask, other=0.0)
-        tl.store(gb_ptr + offs, (fgb + 2.0 * b * gamma + a * alpha).to(gb_ptr.dtype.element_ty), mask=mask)
+        tl.store(gb_ptr + offs, _narrow(fgb + 2.0 * b * gamma + a * alpha, gb_ptr), mask=mask)
 
 
 def _norm(window: list[int], taps: list[float], norm: float) -> float:

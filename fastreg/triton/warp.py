@@ -240,7 +240,7 @@ def _backward_kernel(grad_out, image, loc, grad_image, flags, scale_ptr, grad_lo
     mask = v < n_out
     off, ok, w, dz, dy, dx, nan, psum = _stencil(loc + bl * NDIM * n_out, v, mask, n_out, sz0, sz1,
                                                  sz2, o1, o2, NDIM, MODE, PADDING, DISPLACEMENT, ACC64)
-    gz = psum * 0.0
+    gz = tl.zeros_like(psum)  # not psum * 0: an infinite position would make it NaN
     gy = gz
     gx = gz
     if FIXED:

@@ -75,7 +75,9 @@ def test_dvf2ddf_defaults_and_bad_arguments():
     with pytest.raises(ValueError, match="num_steps"):
         DVF2DDF(0)
     with pytest.raises(ValueError, match="mode"):
-        DVF2DDF(7, "bicubic")
+        DVF2DDF(7, "cubic")
+    with pytest.raises(TypeError, match="num_steps"):
+        DVF2DDF(7.5)
     with pytest.raises(ValueError, match="padding_mode"):
         DVF2DDF(7, "bilinear", "wrap")
 

@@ -78,5 +78,5 @@ def test_shim_bad_input():
         loss(torch.rand(1, 1, 5, 5, 5), torch.rand(1, 1, 5, 5, 5))
     with pytest.raises(ValueError, match="target"):
         loss(torch.rand(1, 1, 5, 5), torch.rand(1, 1, 5, 6))
-    with pytest.raises(ValueError, match="window"):
-        NCC(4).loss(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+    with pytest.raises(TypeError, match="y_true"):
+        NCC(3).loss(torch.rand(1, 1, 8, 8).int(), torch.rand(1, 1, 8, 8))

@@ -105,9 +105,9 @@ def test_defaults_follow_the_originals():
 
 def test_shims_reject_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
-        fr_monai.Warp(mode="bicubic")
-    with pytest.raises(ValueError, match="jitter"):
-        fr_monai.Warp(jitter=True)
+        fr_monai.Warp(mode="bicubicc")
+    with pytest.raises(ValueError, match="padding_mode"):
+        fr_monai.Warp(padding_mode="wrap")
     with pytest.raises(ValueError, match="ddf"):
         fr_monai.Warp()(torch.rand(2, 1, 5, 5), torch.rand(1, 2, 5, 5))
     with pytest.raises(ValueError, match="flow"):

@@ -1,0 +1,175 @@
+"""Registration quality of a 2-D model on real images it never saw, side by side with ANTs SyN.
+
+The UniReg protocol (Shao & Joshi): each real image is the fixed image; the moving image is
+the same image warped by a random smooth diffeomorphism (``fastreg.data.random_field``, the
+LabelM training strength unless --max-std says otherwise); the model registers moving to
+fixed and is scored by the global correlation CC(fixed, warped moving) and %|J| (share of
+det J <= 0 of the predicted field, Learn2Reg crop). ANTs SyN (antspyx,
+``type_of_transform="SyNOnly"``) registers the same pairs in the same run; seconds per pair
+of both are measured (the model warm, one pair at a time, as a user registers).
+
+Images (none of them used in training, which sees synthetic label maps only): the photos and
+microscopy images that scikit-image ships, and 2-D slices of the MR volumes that dipy and
+nibabel ship, grouped into domains. The nilearn MNI152 templates are not used here: they are
+reserved for independent evaluation.
+
+    python benchmarks/quality_2d.py --model unireg-2d             # the shipped weights
+    python benchmarks/quality_2d.py --checkpoint runs/unireg/last.pt --pairs 2 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import fastreg
+from fastreg import metrics
+
+SIZE = 224
+
+
+def _gray(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x.mean(-1) if x.ndim == 3 else x
+
+
+def _square(x: np.ndarray) -> torch.Tensor:
+    """Centre-crop to a square, resize to SIZE^2 (antialiased), robust min-max to [0, 1]."""
+    h, w = x.shape
+    s = min(h, w)
+    x = x[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    t = torch.from_numpy(np.ascontiguousarray(x)).float()[None, None]
+    t = F.interpolate(t, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+    lo, hi = torch.quantile(t.flatten(), torch.tensor([0.01, 0.99]))
+    return ((t - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+
+def real_images() -> dict[str, list[tuple[str, torch.Tensor]]]:
+    """Domain -> [(name, (1, 1, SIZE, SIZE) image in [0, 1])] from installed packages."""
+    import nibabel as nib
+    import skimage.data as sk
+    from nibabel.testing import data_path
+
+    domains: dict[str, list[tuple[str, torch.Tensor]]] = {"photo": [], "microscopy": [], "mr-slice": []}
+    for name in ("camera", "astronaut", "chelsea", "coffee", "moon", "grass", "gravel", "brick"):
+        domains["photo"].append((name, _square(_gray(getattr(sk, name)()))))
+    for name in ("cell", "retina", "immunohistochemistry", "microaneurysms", "hubble_deep_field"):
+        domains["microscopy"].append((name, _square(_gray(getattr(sk, name)()))))
+    import dipy
+
+    dipy_files = os.path.join(os.path.dirname(dipy.__file__), "data", "files")
+    volumes = [
+        ("dipy S0_10slices", os.path.join(dipy_files, "S0_10slices.nii.gz")),
+        ("dipy test_piesno", os.path.join(dipy_files, "test_piesno.nii.gz")),
+        ("dipy aniso_vox", os.path.join(dipy_files, "aniso_vox.nii.gz")),
+        ("nibabel example4d", os.path.join(data_path, "example4d.nii.gz")),
+    ]
+    for name, path in volumes:
+        data = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+        data = data.reshape(*data.shape[:3], -1)[..., 0]
+        for z in (data.shape[2] // 3, data.shape[2] // 2):
+            domains["mr-slice"].append((f"{name} z{z}", _square(data[:, :, z])))
+    return domains
+
+
+def load_model(args) -> torch.nn.Module:
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        model = fastreg.models.create(args.arch, ndim=2)
+        model.load_state_dict(state.get("model", state))
+        return model.eval()
+    return fastreg.models.load(args.model).eval()
+
+
+def syn(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """ANTs SyN (SyNOnly) of one pair: (warped, %|J|, seconds)."""
+    import ants
+
+    f = ants.from_numpy(fixed[0, 0].double().numpy())
+    m = ants.from_numpy(moving[0, 0].double().numpy())
+    start = time.perf_counter()
+    result = ants.registration(fixed=f, moving=m, type_of_transform="SyNOnly")
+    seconds = time.perf_counter() - start
+    warped = torch.from_numpy(result["warpedmovout"].numpy()).float()[None, None]
+    det = ants.create_jacobian_determinant_image(f, result["fwdtransforms"][0]).numpy()
+    c = 2  # the same border crop as fastreg.metrics.jacobian_stats
+    folding = 100.0 * float((det[c:-c, c:-c] <= 0).mean())
+    return warped, folding, seconds
+
+
+def evaluate(args) -> list[dict]:
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    model = load_model(args)
+    rows = []
+    with torch.inference_mode():
+        warm = torch.rand(1, 1, SIZE, SIZE)
+        model(warm, warm)
+        for domain, images in real_images().items():
+            for name, fixed in images:
+                for k in range(args.pairs):
+                    kw = {} if args.max_std is None else {"max_std": args.max_std}
+                    phi = fastreg.data.random_field((SIZE, SIZE), generator=generator, **kw)
+                    moving = fastreg.warp(fixed, phi, padding_mode="border")
+                    start = time.perf_counter()
+                    disp = model(fixed, moving)
+                    warped = fastreg.warp(moving, disp, padding_mode="border")
+                    seconds = time.perf_counter() - start
+                    row = {
+                        "domain": domain, "image": name, "pair": k,
+                        "cc_before": float(metrics.cc(fixed, moving)),
+                        "cc_model": float(metrics.cc(fixed, warped)),
+                        "folding_model": float(metrics.jacobian_stats(disp)["folding_percent"]),
+                        "seconds_model": seconds,
+                    }
+                    if not args.no_syn:
+                        warped_syn, folding_syn, seconds_syn = syn(fixed, moving)
+                        row.update(cc_syn=float(metrics.cc(fixed, warped_syn)), folding_syn=folding_syn,
+                                   seconds_syn=seconds_syn)
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def summary(rows: list[dict]) -> str:
+    keys = ["cc_before", "cc_model", "folding_model", "seconds_model"]
+    if "cc_syn" in rows[0]:
+        keys += ["cc_syn", "folding_syn", "seconds_syn"]
+    lines = ["| domain | pairs | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for domain in [*dict.fromkeys(r["domain"] for r in rows), "all"]:
+        group = [r for r in rows if domain in ("all", r["domain"])]
+        cells = [f"{statistics.mean(r[k] for r in group):.4g}" for k in keys]
+        lines.append(f"| {domain} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="unireg-2d", help="a pretrained model name (fastreg.models.load)")
+    p.add_argument("--checkpoint", default=None, help="a training checkpoint instead of --model")
+    p.add_argument("--arch", default="unireg", help="architecture of --checkpoint (fastreg.models.create)")
+    p.add_argument("--pairs", type=int, default=3, help="random deformations per image")
+    p.add_argument("--max-std", type=float, default=None, help="deformation strength (default: the LabelM one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-syn", action="store_true", help="skip ANTs SyN")
+    p.add_argument("--json", default=None, help="write every pair's row to this JSON file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("FASTREG_THREADS", torch.get_num_threads())))
+    rows = evaluate(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    print(f"{len(rows)} pairs, {torch.get_num_threads()} threads, seed {args.seed}")
+    print(summary(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""invert_field: the inverse of a displacement field by fixed-point iteration.
+
+Contract (every backend; each iteration is one fused fastreg.warp call, no grid tensor):
+  disp  (B, ndim, *S)  displacement u of the map phi(x) = x + u(x), in voxels; channel a
+                       moves along spatial axis a (ij order: (D, H, W) in 3-D); 2-D (H, W)
+                       or 3-D (D, H, W); float32/float64 (float16/bfloat16 where warp runs them)
+  out   (B, ndim, *S)  displacement w of phi^-1 on the same grid, the fixed point of
+                       w(x) = -u(x + w(x)): phi(x + w(x)) = x, so compose(u, w) = 0, and
+                       compose(w, u) ~ 0 where phi is invertible
+Iteration: w_1 = -u, then w_{k+1} = -warp(u, w_k) (linear interpolation, voxel centres at
+integer indices, ``padding_mode`` beyond the grid: "border" continues the edge displacement).
+The map w -> -u(x + w) is a contraction with rate max |grad u| (the Jacobian's spectral norm,
+per voxel) wherever that is below 1, so the iteration converges geometrically: |grad u| <=
+0.5 gains a factor 2 per iteration. It stops after ``iterations`` evaluations or as soon as
+the largest change max |w_{k+1} - w_k| (all items and voxels) is below ``tol`` voxels.
+
+Non-convergence: a field with |grad u| >= 1 may not converge, and a folding field
+(det(I + grad u) <= 0 somewhere) has no inverse; then the last iterate is returned and an
+``InversionWarning`` (a RuntimeWarning) states the last change. (With "border" padding the
+iterates of a fold may instead settle on one branch of it: compose(u, w) = 0 still holds there
+but compose(w, u) cannot; look for folds with fastreg.jacobian_det.) ``tol=0`` runs exactly
+``iterations`` evaluations and never warns. NaN in u gives NaN in w where u is NaN and where
+w samples it; the stopping test ignores NaN entries.
+
+Gradient (the ``cpu``/``cuda``/``triton`` backends): implicit, at the fixed point, not through
+the iterations. From w + u(x + w) = 0: dw = -(I + J)^-1 du(x + w), J = grad u at x + w(x)
+(the exact derivative of the linear interpolant, warp's position gradient). The backward
+solves (I + J)^T lam = grad_w per voxel and returns grad_u = -warp's image gradient of lam:
+ndim + 1 warp backward calls, only u and w stored, whatever the number of iterations. It is
+exact when the forward converged (error of the order of the last change otherwise) and is
+not differentiable again. The ``reference`` backend differentiates through the iterations
+(fastreg/reference/invert.py); the two agree at convergence. invert_field is a Python
+function over the warp custom op, not a custom op itself: its iteration count depends on
+the data, so torch.compile breaks the graph around the loop and traces each warp.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from fastreg import _backend
+from fastreg import _validate as check
+from fastreg.ops.warp import PADDINGS, warp
+from fastreg.reference import invert as reference
+
+
+class InversionWarning(RuntimeWarning):
+    """invert_field stopped before its change fell below ``tol``."""
+
+
+def invert_field(
+    disp: torch.Tensor,
+    *,
+    iterations: int = 50,
+    tol: float = 1e-4,
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Inverse (B, ndim, *S) in voxels of the displacement ``disp`` (B, ndim, *S) in voxels.
+
+    ``iterations``: most evaluations of the fixed-point map (the first is free: w = -u);
+    ``tol``: stop once the largest change is below this many voxels (default 1e-4; the
+    float32 rounding of a few-voxel field is about 1e-6). Example::
+
+        inverse = fastreg.invert_field(disp)
+        assert fastreg.compose(disp, inverse).abs().max() < 1e-3   # for a smooth disp
+    """
+    check.tensor(disp, "disp")
+    ndim = check.spatial_ndim(disp, "disp", "(B, 2, H, W) or (B, 3, D, H, W)")
+    check.field(disp, "disp", ndim)
+    iterations = check.positive_int(iterations, "iterations")
+    tol = check.non_negative(tol, "tol")
+    check.choice(padding_mode, "padding_mode", PADDINGS)
+    if _backend.select("warp", disp.device) == "reference":
+        w, update = reference.fixed_point(disp, iterations, tol, padding_mode)
+    else:
+        w, update = _Implicit.apply(disp, iterations, tol, padding_mode)
+    if tol > 0 and not update < tol:
+        warnings.warn(
+            f"invert_field: stopped after {iterations} iterations with a last change of {update:.3g} voxels "
+            f"(tol {tol:g}); the field may fold or have |grad u| >= 1, the result is the last iterate",
+            InversionWarning,
+            stacklevel=2,
+        )
+    return w
+
+
+class _Implicit(torch.autograd.Function):
+    """The fixed point with the implicit-function gradient (the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, u, iterations, tol, padding_mode):
+        with torch.no_grad():
+            w, update = reference.fixed_point(u, iterations, tol, padding_mode, warp=warp)
+        ctx.save_for_backward(u, w)
+        ctx.padding_mode = padding_mode
+        return w, update
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_w, _grad_update):
+        u, w = ctx.saved_tensors
+        ndim = u.shape[1]
+        with torch.enable_grad():
+            u_ = u.detach().requires_grad_(True)
+            w_ = w.detach().requires_grad_(True)
+            sampled = warp(u_, w_, "bilinear", ctx.padding_mode)
+            rows = []  # rows[c][:, a] = d u_c / d x_a at x + w(x)
+            for c in range(ndim):
+                pick = torch.zeros_like(sampled)
+                pick[:, c] = 1
+                rows.append(torch.autograd.grad(sampled, w_, pick, retain_graph=True)[0])
+            jac = torch.stack(rows, dim=1)  # (B, c, a, *S)
+            # (I + J)^T lam = grad_w per voxel: system matrix [a, c] = delta_ac + J[c, a]
+            system = jac.movedim((1, 2), (-1, -2)) + torch.eye(ndim, dtype=u.dtype, device=u.device)
+            lam = torch.linalg.solve_ex(system, grad_w.movedim(1, -1).unsqueeze(-1))[0]
+            lam = lam.squeeze(-1).movedim(-1, 1)
+            (grad_u,) = torch.autograd.grad(sampled, u_, -lam)
+        return grad_u, None, None, None

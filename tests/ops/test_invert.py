@@ -1,0 +1,186 @@
+"""invert_field on every backend against the reference (which differentiates through the
+iterations); implicit gradients, round trips, exp(v) vs exp(-v), edge cases, bad input."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastreg
+from fastreg.data import random_smooth_field
+from fastreg.ops.invert import InversionWarning
+from fastreg.reference import invert as ref
+
+PADDINGS = ("zeros", "border", "reflection")
+SHAPES = {2: (6, 7), 3: (4, 5, 4)}
+SMOOTH_SHAPES = {2: (32, 36), 3: (20, 22, 18)}
+TIGHT = dict(iterations=300, tol=1e-13)
+
+
+def max_grad(u):
+    """Largest spectral norm of the central-difference Jacobian of u (B, ndim, *S)."""
+    ndim = u.shape[1]
+    rows = [torch.stack(torch.gradient(u[:, c], dim=tuple(range(1, ndim + 1))), -1) for c in range(ndim)]
+    return torch.linalg.matrix_norm(torch.stack(rows, -2), ord=2).amax()
+
+
+def field(shape, batch=2, gradient=0.4, spacing=3, blur=0, dtype=torch.float64, device="cpu"):
+    """A random smooth field scaled so that max |grad u| = gradient (< 1: invertible, the
+    iteration contracts); ``blur`` box filters of width 5 round the kinks of the linear
+    upsampling, so the inverse interpolates well between voxels."""
+    u = random_smooth_field(shape, batch=batch, magnitude=1.0, spacing=spacing, dtype=torch.float64)
+    pool = F.avg_pool2d if len(shape) == 2 else F.avg_pool3d
+    for _ in range(blur):
+        u = pool(u, 5, 1, 2, count_include_pad=False)
+    return (u * (gradient / max_grad(u))).to(dtype=dtype, device=device)
+
+
+def interior(x, margin=3):
+    return x[(slice(None), slice(None)) + (slice(margin, -margin),) * (x.dim() - 2)]
+
+
+def skip_in_interpreter(backend, device):
+    if backend == "triton" and device.type == "cpu":
+        pytest.skip("Triton interpreter: too slow for tens of iterations; parity is tested")
+
+
+# --- parity with the reference ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_matches_reference_float64(backend, device, ndim, padding):
+    """Values and (implicit vs unrolled) gradients agree once both converged."""
+    if backend == "triton" and device.type == "cpu" and padding != "border":
+        pytest.skip("Triton interpreter: about 4 s per case; warp's tests cover every padding")
+    u = field(SHAPES[ndim], device=device).requires_grad_(True)
+    weight = torch.randn_like(u)
+    out = fastreg.invert_field(u, padding_mode=padding, **TIGHT)
+    out_ref = ref.invert_field(u, padding_mode=padding, **TIGHT)
+    (grad,) = torch.autograd.grad((out * weight).sum(), u)
+    (grad_ref,) = torch.autograd.grad((out_ref * weight).sum(), u)
+    assert out.shape == u.shape and out.dtype == u.dtype
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-11)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_matches_reference_float32(backend, device, ndim):
+    skip_in_interpreter(backend, device)
+    u = field(SMOOTH_SHAPES[ndim], spacing=8, device=device)
+    out = fastreg.invert_field(u.float(), iterations=100, tol=1e-5)
+    out_ref = ref.invert_field(u, iterations=100, tol=1e-12)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), out_ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_gradcheck(ndim):
+    u = field((5, 6) if ndim == 2 else (3, 4, 3), batch=1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: fastreg.invert_field(x, **TIGHT), (u,), eps=1e-6, atol=1e-7)
+
+
+# --- properties -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_round_trip_is_identity(ndim):
+    """compose(u, w) = 0 is the fixed-point equation itself (exact to the tolerance);
+    compose(w, u) = 0 holds up to the interpolation of w between voxels (interior: at the
+    border x + u(x) leaves the grid)."""
+    u = field(SMOOTH_SHAPES[ndim], gradient=0.25, spacing=8, blur=1)
+    w = fastreg.invert_field(u, iterations=100, tol=1e-10)
+    assert fastreg.compose(u, w).abs().max() < 1e-8
+    assert interior(fastreg.compose(w, u)).abs().max() < 0.1
+    assert interior(fastreg.compose(w, u)).abs().mean() < 0.01 * u.abs().max()
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_inverse_of_exp_is_exp_of_minus_v(ndim):
+    v = field(SMOOTH_SHAPES[ndim], gradient=0.12, spacing=8, blur=1)
+    w = fastreg.invert_field(fastreg.integrate_svf(v, 7), iterations=100, tol=1e-10)
+    expected = fastreg.integrate_svf(-v, 7)
+    assert interior(w - expected).abs().max() < 0.02
+    assert (w - expected).abs().max() < 0.2
+
+
+def test_batch_items_are_inverted_independently():
+    u = field(SMOOTH_SHAPES[2], batch=3, spacing=8)
+    u[1] *= 1.5  # the items converge at different rates: the batch stops on the slowest
+    w = fastreg.invert_field(u, iterations=100, tol=1e-11)
+    for b in range(3):
+        torch.testing.assert_close(w[b:b + 1], fastreg.invert_field(u[b:b + 1], iterations=100, tol=1e-11), rtol=0, atol=1e-9)
+
+
+def test_non_contiguous_input():
+    u = field(SMOOTH_SHAPES[3], spacing=8)
+    view = u.permute(0, 1, 4, 3, 2).contiguous().permute(0, 1, 4, 3, 2)
+    assert not view.is_contiguous()
+    torch.testing.assert_close(fastreg.invert_field(view, **TIGHT), fastreg.invert_field(u, **TIGHT), rtol=0, atol=1e-12)
+    strided = fastreg.invert_field(u[:, :, ::2, :, 1::2], **TIGHT)
+    torch.testing.assert_close(strided, fastreg.invert_field(u[:, :, ::2, :, 1::2].contiguous(), **TIGHT), rtol=0, atol=1e-12)
+
+
+def test_one_iteration_is_minus_u_and_tol_zero_runs_all_without_warning():
+    u = field(SHAPES[2])
+    assert torch.equal(fastreg.invert_field(u, iterations=1, tol=0), -u)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = fastreg.invert_field(u, iterations=7, tol=0)
+    torch.testing.assert_close(w, ref.fixed_point(u, 7, 0.0)[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("slope,padding", [(-2.5, "zeros"), (2.5, "border"), (-1.5, "reflection")])
+def test_folding_or_steep_field_warns_and_returns_the_last_iterate(slope, padding):
+    """slope < -1: det(I + grad u) < 0 (a fold); slope > 1: |grad u| > 1, no contraction."""
+    shape = (12, 13)
+    u = random_smooth_field(shape, batch=1, magnitude=0.3, dtype=torch.float64)
+    u[:, 0] += slope * (torch.arange(shape[0], dtype=torch.float64) - 6).view(-1, 1)
+    with pytest.warns(InversionWarning, match="last change"):
+        w = fastreg.invert_field(u, iterations=20, padding_mode=padding)
+    assert w.shape == u.shape and torch.isfinite(w).all()
+    torch.testing.assert_close(w, ref.fixed_point(u, 20, 1e-4, padding)[0], rtol=0, atol=1e-10)
+
+
+def test_nan_in_gives_nan_out():
+    u = field(SMOOTH_SHAPES[2], spacing=8)
+    u[0, 1, 10, 12] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN entries do not stall the stopping test
+        w = fastreg.invert_field(u)
+    assert torch.isnan(w[0, :, 10, 12]).all()
+    assert torch.isfinite(w[1]).all() and torch.isfinite(w[0, :, :3]).all()
+
+
+def test_bad_input_raises_named_errors():
+    u = field(SHAPES[2])
+    with pytest.raises(TypeError, match="disp"):
+        fastreg.invert_field(u.numpy())
+    with pytest.raises(TypeError, match="disp"):
+        fastreg.invert_field(u.long())
+    with pytest.raises(ValueError, match="disp"):
+        fastreg.invert_field(u[:, :1])
+    with pytest.raises(ValueError, match="disp"):
+        fastreg.invert_field(u[0])
+    with pytest.raises(ValueError, match="iterations"):
+        fastreg.invert_field(u, iterations=0)
+    with pytest.raises(TypeError, match="iterations"):
+        fastreg.invert_field(u, iterations=2.5)
+    with pytest.raises(ValueError, match="tol"):
+        fastreg.invert_field(u, tol=-1e-3)
+    with pytest.raises(ValueError, match="tol"):
+        fastreg.invert_field(u, tol=float("nan"))
+    with pytest.raises(TypeError, match="tol"):
+        fastreg.invert_field(u, tol="small")
+    with pytest.raises(ValueError, match="padding_mode"):
+        fastreg.invert_field(u, padding_mode="wrap")
+    with pytest.raises(TypeError):
+        fastreg.invert_field(u, 10)  # keyword-only options
+
+
+def test_reference_backend_runs_the_reference():
+    u = field(SHAPES[3]).requires_grad_(True)
+    with fastreg.use_backend("reference"):
+        w = fastreg.invert_field(u, **TIGHT)
+    assert w.grad_fn is not None and "Implicit" not in type(w.grad_fn).__name__
+    torch.testing.assert_close(w, ref.invert_field(u, **TIGHT), rtol=0, atol=0)
