@@ -38,6 +38,7 @@ from fastreg import nio
 from fastreg.bench.runner import describe_device
 from fastreg.bench.timing import peak_memory
 from fastreg.data.fields import random_smooth_field
+from fastreg.data.intensities import min_max
 from fastreg.models import RegistrationModel, create
 
 
@@ -82,11 +83,7 @@ class LapPyramid(RegistrationModel):
 
 def make_pair(shape, pairs: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Smooth random moving images in [0, 1] and fixed = moving warped by a smooth field."""
-    ndim = len(shape)
-    moving = random_smooth_field(shape, batch=pairs, spacing=8)[:, :1]
-    flat = moving.flatten(1)
-    low, high = flat.min(1).values, flat.max(1).values
-    moving = (moving - low.view(-1, 1, *[1] * ndim)) / (high - low).view(-1, 1, *[1] * ndim)
+    moving = min_max(random_smooth_field(shape, batch=pairs, spacing=8)[:, :1])
     fixed = fastreg.warp(moving, random_smooth_field(shape, batch=pairs, magnitude=3.0, spacing=24))
     return fixed.to(device), moving.to(device)
 

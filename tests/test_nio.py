@@ -14,6 +14,7 @@ from torch import nn
 import fastreg
 from fastreg import nio
 from fastreg.data.fields import random_smooth_field
+from fastreg.data.intensities import min_max
 from fastreg.models import RegistrationModel
 from fastreg.reference.lncc import voxelmorph_ncc
 from fastreg.reference.warp import warp as reference_warp
@@ -60,10 +61,7 @@ def _one_thread():
 
 def smooth_image(shape, batch=1, dtype=torch.float32):
     """(batch, 1, *shape) smooth random image in [0, 1] (coarse noise upsampled)."""
-    x = random_smooth_field(shape, batch=batch, spacing=4, dtype=dtype)[:, :1]
-    low = x.flatten(1).min(1).values.view(-1, *[1] * len(shape) + [1])
-    high = x.flatten(1).max(1).values.view(-1, *[1] * len(shape) + [1])
-    return (x - low) / (high - low)
+    return min_max(random_smooth_field(shape, batch=batch, spacing=4, dtype=dtype)[:, :1])
 
 
 def known_pair(shape, batch=1, dtype=torch.float32, magnitude=1.5):
@@ -268,3 +266,21 @@ def test_bad_input():
         nio.instance_optimize(disp, fixed, moving, grid=0)
     with pytest.raises(ValueError, match="fixed: expected finite"):
         nio.instance_optimize(disp, fixed * float("inf"), moving)
+
+
+@pytest.mark.parametrize("name", fastreg.models.available())
+def test_registry_models(name):
+    """Every registered model that exists on this branch runs through NIO (its default stages,
+    one step each) and comes out unmodified."""
+    try:
+        model = fastreg.models.create(name, ndim=2)
+    except (ImportError, AttributeError) as exc:  # the model's module has not landed here
+        pytest.skip(f"{name}: {exc}")
+    fixed, moving, _ = known_pair((32, 32))
+    before = snapshot(model)
+    stages = nio.default_levels(model.num_levels)
+    result = nio.optimize(model, fixed, moving, iterations=(1,) * len(stages), lr=1e-3)
+    assert result.disp.shape == (1, 2, 32, 32) and torch.isfinite(result.disp).all()
+    assert result.log["levels"].tolist() == list(stages)
+    after = snapshot(model)
+    assert before[1:] == after[1:] and all(torch.equal(before[0][k], after[0][k]) for k in before[0])
