@@ -100,7 +100,9 @@ def default_levels(num_levels: int) -> tuple[int, ...]:
 def _loss(
     fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, lam: float, window
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, similarity, regulariser), each (N,): the objective above, per pair."""
+    """(loss, similarity, regulariser), each (N,): the objective above, per pair (for one pair
+    the value of ``fastreg.nn.losses.loss_for("nio")``, which reduces over the batch; the loop
+    needs each pair's value for its log, best weights and ``tol``)."""
     cc = lncc(fixed, warp(moving, disp), window, reduction="none")
     similarity = 1.0 - cc.flatten(1).mean(1)
     ndim = disp.dim() - 2
