@@ -16,6 +16,7 @@ from fastreg import nio
 from fastreg.data.fields import random_smooth_field
 from fastreg.data.intensities import min_max
 from fastreg.models import RegistrationModel
+from fastreg.nn.losses import loss_for
 from fastreg.reference.lncc import voxelmorph_ncc
 from fastreg.reference.warp import warp as reference_warp
 
@@ -102,6 +103,11 @@ def test_loss_written_out(shape):
         torch.testing.assert_close(similarity[i], 1 + ncc)
         torch.testing.assert_close(regulariser[i], grad)
         torch.testing.assert_close(loss[i], 0.7 * (1 + ncc) + 0.3 * grad)
+    preset = loss_for("nio")  # lam 0.4: the training package's loss of the same name
+    default = nio._loss(fixed, moving, disp, 0.4, 7)[0]
+    for i in range(2):
+        pair = slice(i, i + 1)
+        torch.testing.assert_close(default[i], preset(fixed[pair], fastreg.warp(moving[pair], disp[pair]), disp[pair]))
 
 
 def test_default_levels():
