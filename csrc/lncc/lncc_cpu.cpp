@@ -71,6 +71,14 @@ inline void accumulate(double* acc, double* bad, const double* src, int64_t len,
 // rows and along axis 0, where both vectorise, up to kDirect (a running sum with its count of
 // NaN costs about as many passes over the plane as a direct sum of 9).
 constexpr int64_t kDirectRow = 15;
+
+// The loops over voxels read several planes and write others: tell GCC they never overlap, or
+// it gives up vectorising them for the number of run-time overlap checks they would need.
+#if defined(__GNUC__) && !defined(__clang__)
+#define FASTREG_IVDEP _Pragma("GCC ivdep")
+#else
+#define FASTREG_IVDEP
+#endif
 constexpr int64_t kDirect = 9;
 
 // dst[i] = sum of src_j[i] over the `count` arrays srcs[0..count) (count >= 1), len values.
@@ -247,6 +255,7 @@ struct PlaneFilter {
 // The five products at every voxel of row h of a plane, as fill(h, row, pitch) writes them.
 template <typename scalar_t>
 inline void moments_row(const scalar_t* ar, const scalar_t* br, int64_t n2, double* row, int64_t pitch) {
+  FASTREG_IVDEP  // per-voxel values: the arrays never overlap
   for (int64_t x = 0; x < n2; ++x) {
     double m[kMoments];
     moments(static_cast<double>(ar[x]), static_cast<double>(br[x]), m);
@@ -279,6 +288,7 @@ FASTREG_VECTOR_LOOP void forward_tasks(const scalar_t* a, const scalar_t* b, sca
     for (int64_t d = d0; d < d1; ++d) {
       const double* S = sums.next(produce);
       scalar_t* o = out + slice * N + d * P;
+      FASTREG_IVDEP  // per-voxel values: the arrays never overlap
       for (int64_t v = 0; v < P; ++v) {
         double s[kMoments];
         for (int q = 0; q < kMoments; ++q) s[q] = S[q * P + v];
@@ -334,6 +344,7 @@ FASTREG_VECTOR_LOOP void backward_tasks(const scalar_t* gout, const scalar_t* a,
     int64_t gplane = 0;
     auto fill_grads = [&](int64_t h, double* row, int64_t pitch) {
       const scalar_t* gr = gs + gplane * P + h * g.n2;
+      FASTREG_IVDEP  // per-voxel values: the arrays never overlap
       for (int64_t x = 0; x < g.n2; ++x) {
         const int64_t v = h * g.n2 + x;
         double s[kMoments], G[kGrads];
@@ -351,6 +362,7 @@ FASTREG_VECTOR_LOOP void backward_tasks(const scalar_t* gout, const scalar_t* a,
     for (int64_t d = d0; d < d1; ++d) {
       const double* F = filtered.next(produce_grads);
       const int64_t base = slice * N + d * P;
+      FASTREG_IVDEP  // per-voxel values: the arrays never overlap
       for (int64_t v = 0; v < P; ++v) {
         double f[kGrads];
         for (int q = q0; q < q1; ++q) f[q] = F[(q - q0) * P + v];
