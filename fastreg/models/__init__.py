@@ -7,5 +7,7 @@ loop, NIO and the register command pick a model by name.
 """
 from fastreg.models.base import RegistrationModel
 from fastreg.models.registry import available, create
+from fastreg.models.cascade import CascadeUNet
+from fastreg.models.dpvfa import DPVFA, DPConvC
 
-__all__ = ["RegistrationModel", "available", "create"]
+__all__ = ["RegistrationModel", "available", "create", "DPVFA", "DPConvC", "CascadeUNet"]
