@@ -49,6 +49,9 @@ def test_odd_sizes_give_the_input_size_and_level_one_is_the_first_net(shape):
             field1 = fastreg.resize_field(field1, scale_factor=2.0)
         crop = (...,) + tuple(slice(0, s) for s in shape)
         torch.testing.assert_close(u1, field1[crop])
+        # net 2 sees the moving image warped by field 1 (padded grid), then the fixed image.
+        f, m = model.pad(fixed), model.pad(moving)
+        torch.testing.assert_close(v2, model.net2(torch.cat([fastreg.warp(m, field1), f], 1)))
         field2 = fastreg.resize_field(fastreg.integrate_svf(v2, 5), scale_factor=2.0)
         torch.testing.assert_close(u, fastreg.compose(field1, field2)[crop])
 

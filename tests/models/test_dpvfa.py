@@ -51,7 +51,12 @@ def test_odd_sizes_give_the_input_size_and_levels_are_upsampled_coarse_fields(cl
         coarse = model.match(2, feats[2][:2], feats[2][2:])
         expected = fastreg.resize_field(coarse, scale_factor=4.0)[(...,) + tuple(slice(0, s) for s in shape)]
         torch.testing.assert_close(model(fixed, moving, levels=1), expected)
-        assert model(fixed, moving, levels=2).shape == full.shape
+        # levels=2: upsample, warp the moving features by it (border), match, compose.
+        up = fastreg.resize_field(coarse, scale_factor=2.0)
+        warped = fastreg.warp(feats[1][2:], up, padding_mode="border")
+        two = fastreg.compose(up, model.match(1, feats[1][:2], warped))
+        expected = fastreg.resize_field(two, scale_factor=2.0)[(...,) + tuple(slice(0, s) for s in shape)]
+        torch.testing.assert_close(model(fixed, moving, levels=2), expected)
 
 
 @pytest.mark.parametrize("cls", [DPVFA, DPConvC])
