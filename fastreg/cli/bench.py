@@ -4,6 +4,7 @@ Example::
 
     fastreg-bench                                   # every op, default sizes, input-device backend
     fastreg-bench --ops warp --sizes large --device cuda --backends cuda,triton --json
+    fastreg-bench --models dpvfa,cascade --sizes large   # training steps and inference of models
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from fastreg import _backend
 from fastreg.bench import format_table, load_cases, run
 from fastreg.bench.cases import REGISTRY, SIZES
+from fastreg.bench.model_cases import MODELS, model_cases, run_models
 from fastreg.bench.runner import check_backends
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -28,6 +30,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ops", type=_choices(REGISTRY, "op family"), default=list(REGISTRY),
                    help=f"comma-separated op families (default: all: {','.join(REGISTRY)})")
+    p.add_argument("--models", type=_choices(MODELS, "model"), nargs="?", const=list(MODELS), default=None,
+                   help=f"time models instead of ops: comma-separated names (alone: all: {','.join(MODELS)}); "
+                        "'fwd' is inference, 'fwd+bwd' a training step (loss, backward, Adam) against the same "
+                        "network on the peers' ops; the first --dtype is used")
     p.add_argument("--sizes", choices=SIZES, default="default", help="input sizes (default: default)")
     p.add_argument("--dtype", type=_choices(DTYPES, "dtype"), default=["float32"],
                    help=f"comma-separated dtypes among {','.join(DTYPES)} (default: float32)")
@@ -58,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(f"--backends: {exc}")
     gpu = device.type == "cuda"
+    log = None if args.json else lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)
+    if args.models is not None:
+        rows = run_models(model_cases(args.models, args.sizes), device=device, dtype=DTYPES[args.dtype[0]],
+                          repeat=args.repeat or (20 if gpu else 3), warmup=args.warmup if args.warmup is not None else 1,
+                          peers=not args.no_peers, log=log)
+        print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+        return 0
     rows = run(
         load_cases(args.ops, args.sizes, quick=args.sizes in ("tiny", "quick")),
         device=device,
@@ -67,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
         peers=not args.no_peers,
         backward=not args.no_backward,
-        log=None if args.json else lambda msg: print(f"... {msg}", file=sys.stderr, flush=True),
+        log=log,
     )
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 1 if any(r["error"] and r["impl"] == "fastreg" for r in rows) else 0
