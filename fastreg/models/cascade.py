@@ -102,10 +102,10 @@ class CascadeUNet(RegistrationModel):
     # -- the two stages (padded inputs) -------------------------------------------------
     def _velocity1(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         half = self.downsample(torch.cat([moving, fixed], 1), 3, stride=2, padding=1, count_include_pad=False)
-        return self.net1(half)
+        return self.net1(half).to(fixed.dtype)  # under autocast: the field in the images' dtype
 
     def _velocity2(self, fixed: torch.Tensor, moving: torch.Tensor, u1: torch.Tensor) -> torch.Tensor:
-        return self.net2(torch.cat([self.kernels.warp(moving, u1), fixed], 1))
+        return self.net2(torch.cat([self.kernels.warp(moving, u1), fixed], 1)).to(fixed.dtype)
 
     def _field(self, v: torch.Tensor, doublings: int) -> torch.Tensor:
         """exp(v) resized ``doublings`` times x2 (vectors x2 each time)."""

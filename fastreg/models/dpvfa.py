@@ -92,7 +92,9 @@ class PyramidRegistration(RegistrationModel):
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int) -> torch.Tensor:
         k = self.kernels
         batch = fixed.shape[0]
-        features = self.encoder(torch.cat([fixed, moving]))
+        # Under autocast the network may run in a lower precision; the features, fields and
+        # registration ops stay in the images' dtype.
+        features = [f.to(fixed.dtype) for f in self.encoder(torch.cat([fixed, moving]))]
         u = None
         top = self.num_levels - 1
         for level in range(top, top - levels, -1):
@@ -136,7 +138,8 @@ class DPVFA(PyramidRegistration):
 
     def match(self, level: int, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         proj = self.projections[level]
-        return self.kernels.vfa_attention(proj(fixed), proj(moving), radius=self.radius)
+        q, k = proj(fixed).to(fixed.dtype), proj(moving).to(fixed.dtype)
+        return self.kernels.vfa_attention(q, k, radius=self.radius)
 
 
 class DPConvC(PyramidRegistration):
@@ -164,4 +167,4 @@ class DPConvC(PyramidRegistration):
 
     def match(self, level: int, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         cost = self.kernels.local_correlation(fixed, moving, self.radius, "rsqrt_channels", "zeros")
-        return self.flows[level](self.blocks[level](cost))
+        return self.flows[level](self.blocks[level](cost)).to(fixed.dtype)

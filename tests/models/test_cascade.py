@@ -156,3 +156,14 @@ def test_bad_input_names_the_argument():
 
 def test_registry_builds_the_model():
     assert isinstance(create("cascade", ndim=2, widths=(4, 8)), CascadeUNet)
+
+
+def test_bf16_autocast_runs_the_networks_low_and_keeps_the_field_float32():
+    model = small(2, 0.5)
+    fixed, moving = smooth_image((32, 32)), smooth_image((32, 32))
+    with torch.no_grad():
+        ref = model(fixed, moving)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(fixed, moving)
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().mean() < 0.1 * ref.abs().mean()

@@ -143,3 +143,15 @@ def test_bad_input_names_the_argument(cls):
 def test_registry_builds_both_models():
     assert isinstance(create("dpvfa", ndim=2), DPVFA)
     assert isinstance(create("dpconvc", ndim=2), DPConvC)
+
+
+@pytest.mark.parametrize("cls", [DPVFA, DPConvC])
+def test_bf16_autocast_runs_the_network_low_and_keeps_the_field_float32(cls):
+    model = small(cls, 2)
+    fixed, moving = smooth_image((16, 20)), smooth_image((16, 20))
+    with torch.no_grad():
+        ref = model(fixed, moving)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(fixed, moving)
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().mean() < 0.1 * ref.abs().mean()
