@@ -57,3 +57,62 @@ def gradients_reach_every_parameter(model, fixed, moving) -> list[str]:
     """Names of trainable parameters whose gradient is missing or all zero after one backward."""
     similarity_loss(fixed, moving, model(fixed, moving)).backward()
     return [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+
+
+def assert_rejects_bad_pairs(model) -> None:
+    """A 3-D model refuses mismatched shapes, 2 channels, 2-D images and integer images,
+    naming the argument."""
+    import pytest
+
+    image = smooth_image((8, 8, 8))
+    with pytest.raises(ValueError, match="moving: expected the shape of fixed"):
+        model(image, smooth_image((8, 8, 12)))
+    with pytest.raises(ValueError, match="fixed: expected 1 channel"):
+        model(image.expand(1, 2, 8, 8, 8), image.expand(1, 2, 8, 8, 8))
+    with pytest.raises(ValueError, match="fixed: expected a 5-D tensor"):
+        model(smooth_image((8, 8)), smooth_image((8, 8)))
+    with pytest.raises(TypeError, match="fixed: expected a floating-point"):
+        model((image * 255).to(torch.uint8), image)
+
+
+def assert_compiles(model, shape, weight) -> None:
+    """torch.compile (aot_eager, full graph) gives the eager field and the eager gradient of
+    ``weight`` (a parameter of the first layer, so the gradient crosses every op)."""
+    fixed, moving = smooth_image(shape), smooth_image(shape)
+    out = torch.compile(model, backend="aot_eager", fullgraph=True)(fixed, moving)
+    ref = model(fixed, moving)
+    torch.testing.assert_close(out, ref)
+    (grad,) = torch.autograd.grad(out.square().sum(), weight)
+    (grad_ref,) = torch.autograd.grad(ref.square().sum(), weight)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-3, atol=1e-4 * grad_ref.abs().max().item())
+
+
+def assert_state_dict_round_trip(model, fresh, shape, path) -> None:
+    """Weights saved to ``path`` and loaded into ``fresh`` give the same field."""
+    torch.save(model.state_dict(), path)
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    fixed, moving = smooth_image(shape), smooth_image(shape)
+    with torch.no_grad():
+        assert torch.equal(fresh(fixed, moving), model(fixed, moving))
+
+
+def assert_bf16_autocast_keeps_the_field_float32(model, shape) -> None:
+    fixed, moving = smooth_image(shape), smooth_image(shape)
+    with torch.no_grad():
+        ref = model(fixed, moving)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(fixed, moving)
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().mean() < 0.1 * ref.abs().mean()
+
+
+def assert_backends_agree_in_float64(model, shape) -> None:
+    """The model (float64) on the reference backend and on the cpu backend: the same field."""
+    model = model.double()
+    fixed, moving = (smooth_image(shape, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad(), fastreg.use_backend("reference"):
+        expected = model(fixed, moving)
+    with torch.no_grad(), fastreg.use_backend("cpu"):
+        got = model(fixed, moving)
+    assert expected.abs().max() > 0.05
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)

@@ -2,7 +2,9 @@
 backends, gradients, torch.compile, state_dict, a short overfit on a known field, bad input."""
 import pytest
 import torch
-from model_checks import field_error, gradients_reach_every_parameter, overfit, smooth_image
+from model_checks import (assert_backends_agree_in_float64, assert_bf16_autocast_keeps_the_field_float32, assert_compiles, assert_rejects_bad_pairs,
+                          assert_state_dict_round_trip, field_error, gradients_reach_every_parameter, overfit,
+                          smooth_image)
 
 import fastreg
 from fastreg.models import CascadeUNet, create
@@ -80,14 +82,7 @@ def test_inverse_undoes_the_prediction():
 
 
 def test_reference_and_cpu_backends_agree_in_float64():
-    model = small(3, 0.5).double()
-    fixed, moving = (smooth_image((32, 24, 16), dtype=torch.float64) for _ in range(2))
-    with torch.no_grad(), fastreg.use_backend("reference"):
-        expected = model(fixed, moving)
-    with torch.no_grad(), fastreg.use_backend("cpu"):
-        got = model(fixed, moving)
-    assert expected.abs().max() > 0.05
-    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    assert_backends_agree_in_float64(small(3, 0.5), (32, 24, 16))
 
 
 def test_gradients_reach_every_trainable_parameter():
@@ -96,25 +91,13 @@ def test_gradients_reach_every_trainable_parameter():
 
 
 def test_state_dict_round_trip_through_a_file(tmp_path):
-    model = small(2, 0.5)
-    torch.save(model.state_dict(), tmp_path / "weights.pt")
-    again = small(2)
-    again.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
-    fixed, moving = smooth_image((40, 33)), smooth_image((40, 33))
-    with torch.no_grad():
-        assert torch.equal(again(fixed, moving), model(fixed, moving))
+    assert_state_dict_round_trip(small(2, 0.5), small(2), (40, 33), tmp_path / "weights.pt")
 
 
+@pytest.mark.slow  # about 10 s of compilation
 def test_compiled_model_matches_eager_forward_and_backward():
     model = small(3, 0.5)
-    fixed, moving = smooth_image((32, 32, 32)), smooth_image((32, 32, 32))
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    out, ref = compiled(fixed, moving), model(fixed, moving)
-    torch.testing.assert_close(out, ref)
-    weight = model.net1.encoder[0][0].weight  # the first layer: the gradient passes through every op
-    (grad,) = torch.autograd.grad(out.square().sum(), weight)
-    (grad_ref,) = torch.autograd.grad(ref.square().sum(), weight)
-    torch.testing.assert_close(grad, grad_ref, rtol=1e-3, atol=1e-4 * grad_ref.abs().max().item())
+    assert_compiles(model, (32, 32, 32), model.net1.encoder[0][0].weight)
 
 
 @pytest.mark.slow
@@ -133,13 +116,8 @@ def test_overfit_on_a_known_field_lowers_the_loss_and_finds_the_field():
 
 def test_bad_input_names_the_argument():
     model = small(3)
+    assert_rejects_bad_pairs(model)
     image = smooth_image((8, 8, 8))
-    with pytest.raises(ValueError, match="moving: expected the shape of fixed"):
-        model(image, smooth_image((8, 8, 12)))
-    with pytest.raises(ValueError, match="fixed: expected 1 channel"):
-        model(image.expand(1, 2, 8, 8, 8), image.expand(1, 2, 8, 8, 8))
-    with pytest.raises(ValueError, match="fixed: expected a 5-D tensor"):
-        model(smooth_image((8, 8)), smooth_image((8, 8)))
     with pytest.raises(ValueError, match="fixed: expected a 5-D tensor"):
         model.inverse(smooth_image((8, 8)), smooth_image((8, 8)))
     with pytest.raises(ValueError, match="moving: expected the shape of fixed"):
@@ -159,11 +137,4 @@ def test_registry_builds_the_model():
 
 
 def test_bf16_autocast_runs_the_networks_low_and_keeps_the_field_float32():
-    model = small(2, 0.5)
-    fixed, moving = smooth_image((32, 32)), smooth_image((32, 32))
-    with torch.no_grad():
-        ref = model(fixed, moving)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = model(fixed, moving)
-    assert low.dtype == torch.float32
-    assert (low - ref).abs().mean() < 0.1 * ref.abs().mean()
+    assert_bf16_autocast_keeps_the_field_float32(small(2, 0.5), (32, 32))
