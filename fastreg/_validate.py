@@ -219,3 +219,24 @@ def finite(x: torch.Tensor, name: str) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: expected finite values, found NaN or inf")
     return x
+
+
+def model_ndim(value, name: str = "ndim") -> int:
+    """A model's spatial dimensionality: the int 2 or 3."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected the int 2 or 3, got {type(value).__name__} {value!r}")
+    if value not in (2, 3):
+        raise ValueError(f"{name}: expected 2 or 3 spatial dimensions, got {value}")
+    return int(value)
+
+
+def positive_ints(value, name: str, length: int | None = None) -> tuple[int, ...]:
+    """A sequence of positive ints (``length`` of them when given), as a tuple."""
+    if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                                                   for v in value):
+        raise TypeError(f"{name}: expected a sequence of positive ints, got {value!r}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name}: expected {length} values, got {len(value)}: {tuple(value)}")
+    if not value or any(v < 1 for v in value):
+        raise ValueError(f"{name}: expected positive ints, got {tuple(value)}")
+    return tuple(int(v) for v in value)

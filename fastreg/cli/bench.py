@@ -5,6 +5,7 @@ Example::
     fastreg-bench                                   # every op, default sizes, input-device backend
     fastreg-bench --ops warp --sizes large --device cuda --backends cuda,triton --json
     fastreg-bench --quiet --plot ratios.png         # table only, and a bar chart of the ratios
+    fastreg-bench --models dpvfa,cascade --sizes large   # training steps and inference of models
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from fastreg import _backend
 from fastreg.bench import format_table, load_cases, run
 from fastreg.bench.cases import REGISTRY, SIZES
+from fastreg.bench.model_cases import MODELS, model_cases, run_models
 from fastreg.bench.plot import plot_ratios
 from fastreg.bench.runner import check_backends
 
@@ -30,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ops", type=_choices(REGISTRY, "op family"), default=list(REGISTRY),
                    help=f"comma-separated op families (default: all: {','.join(REGISTRY)})")
+    p.add_argument("--models", type=_choices(MODELS, "model"), nargs="?", const=list(MODELS), default=None,
+                   help=f"time models instead of ops: comma-separated names (alone: all: {','.join(MODELS)}); "
+                        "'fwd' is inference, 'fwd+bwd' a training step (loss, backward, Adam) against the same "
+                        "network on the peers' ops; the first --dtype is used")
     p.add_argument("--sizes", choices=SIZES, default="default", help="input sizes (default: default)")
     p.add_argument("--dtype", type=_choices(DTYPES, "dtype"), default=["float32"],
                    help=f"comma-separated dtypes among {','.join(DTYPES)} (default: float32)")
@@ -62,17 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(f"--backends: {exc}")
     gpu = device.type == "cuda"
-    rows = run(
-        load_cases(args.ops, args.sizes, quick=args.sizes in ("tiny", "quick")),
-        device=device,
-        dtypes=[DTYPES[d] for d in args.dtype],
-        backends=backends,
-        repeat=args.repeat or (20 if gpu else 3),
-        warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
-        peers=not args.no_peers,
-        backward=not args.no_backward,
-        log=_progress(args.quiet),
-    )
+    log = _progress(args.quiet)
+    if args.models is not None:
+        rows = run_models(model_cases(args.models, args.sizes), device=device, dtype=DTYPES[args.dtype[0]],
+                          repeat=args.repeat or (20 if gpu else 3), warmup=args.warmup if args.warmup is not None else 1,
+                          peers=not args.no_peers, log=log)
+    else:
+        rows = run(
+            load_cases(args.ops, args.sizes, quick=args.sizes in ("tiny", "quick")),
+            device=device,
+            dtypes=[DTYPES[d] for d in args.dtype],
+            backends=backends,
+            repeat=args.repeat or (20 if gpu else 3),
+            warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
+            peers=not args.no_peers,
+            backward=not args.no_backward,
+            log=log,
+        )
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     if args.plot:
         try:

@@ -84,13 +84,14 @@ class VxmLegacyTransformer:
     published formula: an ij meshgrid buffer made once per size (the module holds it),
     ``new_locs = grid + flow``, each axis normalised as ``2 * (loc / (size - 1) - 0.5)``,
     channels moved last and reversed to (x, y[, z]), then
-    ``F.grid_sample(image, new_locs, align_corners=True, mode=mode)`` (zero padding).
+    ``F.grid_sample(image, new_locs, align_corners=True, mode=mode)`` (zero padding;
+    ``padding_mode`` "border" is the feature warp of the VFA/DP-VFA code).
 
     Called as ``transformer(image=(B, C, *S), disp=(B|1, ndim, *S))``.
     """
 
-    def __init__(self, mode: str = "bilinear"):
-        self.mode = mode
+    def __init__(self, mode: str = "bilinear", padding_mode: str = "zeros"):
+        self.mode, self.padding_mode = mode, padding_mode
         self.grid: torch.Tensor | None = None
 
     def __call__(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,7 @@ class VxmLegacyTransformer:
             new_locs[:, i, ...] = 2 * (new_locs[:, i, ...] / (size - 1) - 0.5)
         ndim = len(shape)
         new_locs = new_locs.permute(0, *range(2, ndim + 2), 1)[..., list(range(ndim - 1, -1, -1))]
-        return F.grid_sample(image, new_locs, align_corners=True, mode=self.mode)
+        return F.grid_sample(image, new_locs, align_corners=True, mode=self.mode, padding_mode=self.padding_mode)
 
 
 class _LazyModule:
