@@ -96,20 +96,20 @@ class Registration:
     def warp(self, image, mode: str = "bilinear"):
         """``image`` (a path, Image, or a tensor / array of the moving image's spatial shape or
         (C, *S), on the moving grid) warped onto the fixed grid: an Image for a path or Image,
-        a float tensor (C, *S_fixed) otherwise. ``mode``: "bilinear" or "nearest"."""
+        a float tensor of the input's layout ((C, *S_fixed) or S_fixed) otherwise. ``mode``: "bilinear" or "nearest"."""
         source, raw = _on_moving_grid(image, "image", self.moving)
         out = apply_field(source, self.disp, self.fixed, mode=mode)
-        return out if raw is None else out.data
+        return out if raw is None else _like_raw(out.data, raw, self.moving.ndim)
 
     def warp_labels(self, labels):
         """An integer label map on the moving grid warped by nearest neighbour: an Image with
-        the file's dtype for a path or Image, a tensor of the input's dtype otherwise."""
+        the file's dtype for a path or Image, a tensor of the input's dtype and layout otherwise."""
         source, raw = _on_moving_grid(labels, "labels", self.moving)
         _integer_labels(source, "labels")
         out = apply_field(source, self.disp, self.fixed, mode="nearest")
         if raw is None:
             return out
-        return out.data.to(raw.dtype) if raw.dtype != torch.bool else out.data.bool()
+        return _like_raw(out.data, raw, self.moving.ndim).to(raw.dtype)
 
     def save(self, folder, format: str = "voxel", preview: bool = True) -> list[Path]:
         """Write the results into the existing folder ``folder``: warped.nii.gz (warped.png when
@@ -339,6 +339,11 @@ def _on_moving_grid(value, name: str, moving: Image):
     if source.ndim != moving.ndim:
         raise ValueError(f"{name}: expected a {moving.ndim}-D image like moving, got a {source.ndim}-D one")
     return source, None
+
+
+def _like_raw(data: torch.Tensor, raw: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(C, *S) ``data`` without its channel axis when ``raw`` was a spatial-only image."""
+    return data[0] if raw.dim() == ndim else data
 
 
 def _grey(image: Image) -> Image:
