@@ -208,7 +208,7 @@ def register(
     ndim = fixed.ndim
     labels_f = _labels(fixed_labels, "fixed_labels", fixed)
     labels_m = _labels(moving_labels, "moving_labels", moving)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device_for(device)
     net, model_name = resolve_model(model, ndim, device)
     timings["load"] = _lap(clock)
 
@@ -350,6 +350,15 @@ def _grey(image: Image) -> Image:
     if image.data.shape[0] == 1:
         return image
     return Image(image.data.mean(0, keepdim=True), image.affine, image.header, np.float32, image.path)
+
+
+def device_for(device) -> torch.device:
+    """``device`` as a torch.device (None: CUDA when available, else CPU); ValueError when
+    CUDA is asked for and absent."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} was asked for, but CUDA is not available here (use cpu)")
+    return device
 
 
 def resolve_model(model, ndim: int, device) -> tuple[RegistrationModel, str]:

@@ -235,5 +235,8 @@ def test_bad_input(unireg, tmp_path):
         fastreg.register(tmp_path / "none.nii.gz", fixed, model=unireg)
     with pytest.raises(ValueError, match="affine: "):
         fastreg.register(fixed, fixed, model=unireg, affine="maybe")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: cuda was asked for, but CUDA is not available"):
+            fastreg.register(fixed, fixed, model=unireg, device="cuda")
     with pytest.raises(TypeError, match="fixed: expected a path"):
         fastreg.register([1, 2], fixed, model=unireg)

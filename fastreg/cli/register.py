@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fastreg import io
 from fastreg.io.image import PICTURE, extension
-from fastreg.register import FIELD_FORMATS, register, resolve_model
+from fastreg.register import FIELD_FORMATS, device_for, register, resolve_model
 
 EXAMPLE_SIZE = 224
 RESULT_COLUMNS = ("pair", "fixed", "moving", "cc_before", "cc_after", "folding_percent", "sdlogj", "dice_mean", "seconds")
@@ -175,7 +175,7 @@ def _pairs(args, iterations) -> int:
         raise ValueError(f"--out: {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     first = io.load(rows[0]["fixed"])
-    model, _ = resolve_model(args.model, first.ndim, _device(args.device))
+    model, _ = resolve_model(args.model, first.ndim, device_for(args.device))
     results = out / "results.csv"
     done = set()
     if results.is_file():
@@ -205,12 +205,6 @@ def _pairs(args, iterations) -> int:
             print(f"{name}: CC {s['cc_before']:.4f} -> {s['cc_after']:.4f}, {sum(reg.timings.values()):.2f} s")
     print(f"{len(rows)} pairs ({len(done)} done before); results in {results}")
     return 0
-
-
-def _device(name):
-    import torch
-
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _read_pairs(path: Path) -> list[dict]:
