@@ -63,6 +63,7 @@ PERCENTILES = (0.005, 0.995)  # robust min-max of the "mr" preset
 CENTRE_TOLERANCE = 3.0  # voxels: affine="auto" aligns when the centres of mass differ more
 QUANTILE_SAMPLES = 1 << 20  # voxels the percentiles are estimated on (a regular subsample)
 FIELD_FORMATS = ("voxel", "world", "itk")
+NUMPY_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float32, torch.float64)
 
 
 @dataclass
@@ -295,8 +296,10 @@ def as_input(value, name: str) -> Image:
         if data.dim() not in (2, 3):
             raise ValueError(f"{name}: expected a (H, W) or (D, H, W) image, got shape {tuple(data.shape)}")
         data = data.detach().cpu()
-        image = Image(data[None].to(torch.float64 if data.dtype == torch.float64 else torch.float32),
-                      dtype=np.dtype(str(data.dtype).replace("torch.", "")) if data.dtype != torch.bool else np.uint8)
+        float64 = data.dtype == torch.float64
+        stored = data.dtype if data.dtype in NUMPY_DTYPES else torch.float32
+        image = Image(data[None].to(torch.float64 if float64 else torch.float32),
+                      dtype=np.dtype(str(stored).replace("torch.", "")))
     else:
         raise TypeError(f"{name}: expected a path, fastreg.io.Image, tensor or array, got {type(value).__name__}")
     if torch.isnan(image.data).any():

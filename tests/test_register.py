@@ -182,6 +182,22 @@ def test_any_grid_field_is_the_same_world_vector():
         np.testing.assert_allclose(world.reshape(2, -1), np.repeat(expected[:, None], 600, 1), atol=1e-4)
 
 
+def test_any_grid_3d_oblique_anisotropic():
+    c = (torch.rand(3) * 4 - 2).tolist()
+    q, _ = torch.linalg.qr(torch.eye(3) + 0.2 * torch.randn(3, 3, dtype=torch.float64))
+    affine = np.eye(4)
+    affine[:3, :3] = q.numpy() @ np.diag([2.0, 0.9, 1.3])
+    affine[:3, 3] = torch.randn(3).numpy() * 10
+    fixed = io.Image(smooth(10, 14, 12)[None], affine)
+    r = fastreg.register(fixed, fixed, model=Constant(c), affine="off")
+    canonical = canonical_grid(fixed)
+    assert canonical.axcodes == "RAS"
+    np.testing.assert_allclose(canonical.spacing, [0.9] * 3)
+    expected = canonical.affine[:3, :3] @ np.array(c)
+    world = np.tensordot(affine[:3, :3], r.disp.double().numpy(), axes=1).reshape(3, -1)
+    np.testing.assert_allclose(world, np.repeat(expected[:, None], world.shape[1], 1), atol=1e-4)
+
+
 def test_moving_on_another_grid_is_brought_through_the_affines():
     """With a zero field, warped is the moving image resampled onto the fixed grid by world position."""
     net = Constant([0.0, 0.0])
