@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from fastreg import _validate as check
-from fastreg import metrics, models, nio as nio_module
+from fastreg import metrics, nio as nio_module
 from fastreg.affine import affine_coords, affine_field, affine_register
 from fastreg.io import Image, apply_field, load, reorient, resample, save, save_field
 from fastreg.io.image import PICTURE, extension
@@ -335,7 +335,9 @@ def _on_moving_grid(value, name: str, moving: Image):
         raw = torch.as_tensor(value)
         data = raw[None] if raw.dim() == moving.ndim else raw
         if tuple(data.shape[1:]) != moving.shape or data.dim() != moving.ndim + 1:
-            raise ValueError(f"{name}: expected the moving image's shape {moving.shape} (or (C, *S)), got {tuple(raw.shape)}")
+            raise ValueError(
+                f"{name}: expected the moving image's shape {moving.shape} (or (C, *S)), got {tuple(raw.shape)}"
+            )
         source = Image(data.float(), moving.affine)
         return source, raw
     source = as_input(value, name)
@@ -358,7 +360,9 @@ def _grey(image: Image) -> Image:
 def device_for(device) -> torch.device:
     """``device`` as a torch.device (None: CUDA when available, else CPU); ValueError when
     CUDA is asked for and absent."""
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device} was asked for, but CUDA is not available here (use cpu)")
     return device

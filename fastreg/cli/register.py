@@ -29,7 +29,9 @@ from fastreg.io.image import PICTURE, extension
 from fastreg.register import FIELD_FORMATS, device_for, register, resolve_model
 
 EXAMPLE_SIZE = 224
-RESULT_COLUMNS = ("pair", "fixed", "moving", "cc_before", "cc_after", "folding_percent", "sdlogj", "dice_mean", "seconds")
+RESULT_COLUMNS = (
+    "pair", "fixed", "moving", "cc_before", "cc_after", "folding_percent", "sdlogj", "dice_mean", "seconds",
+)
 
 
 def parser() -> argparse.ArgumentParser:
