@@ -105,8 +105,11 @@ def test_bad_input_exits_2_and_writes_nothing(pair, run_folder, tmp_path):
     real = tmp_path / "real.nii.gz"
     labels = io.load(pair["labels"])
     io.save(real, io.Image(labels.data + 0.5, labels.affine))
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(pair["moving"].read_bytes()[:200])
     model = ["--model", str(run_folder)]
     cases = [
+        ([str(pair["fixed"]), str(broken)] + model, "cannot read the image"),
         ([str(tmp_path / "missing.nii.gz"), str(pair["moving"])] + model, "file not found"),
         ([str(pair["fixed"]), str(volume)] + model, "expected a 2-D image like fixed, got a 3-D one"),
         ([str(pair["fixed"]), str(pair["moving"]), "--model", "nope"], "unireg-2d"),
@@ -130,6 +133,15 @@ def test_example_needs_weights_or_a_checkpoint(run_folder, tmp_path):
     names = {p.name for p in (tmp_path / "b").iterdir()}
     assert {"fixed.png", "moving.png", "warped.png", "field.nii.gz", "stats.json"} <= names
     assert io.load(tmp_path / "b" / "warped.png").dtype == np.uint8
+
+
+def test_pairs_table_errors(run_folder, tmp_path):
+    table = tmp_path / "pairs.csv"
+    table.write_text("a,b\nx.nii.gz,y.nii.gz\n")
+    code, _, err = run(["register", "--pairs", str(table), "-o", str(tmp_path / "o"), "--model", str(run_folder)])
+    assert code == 2 and "expected a header with columns fixed, moving" in err
+    code, _, err = run(["register", "--pairs", str(tmp_path / "none.csv"), "-o", str(tmp_path / "o")])
+    assert code == 2 and "file not found" in err
 
 
 def test_pairs_are_resumable(pair, run_folder, tmp_path):
