@@ -436,9 +436,9 @@ def _centre(data: torch.Tensor) -> np.ndarray:
     """Intensity centre of mass (voxels) of a (1, *S) image."""
     weights = data[0].double()
     total = weights.sum().clamp_min(1e-12)
-    axes = [torch.arange(n, dtype=torch.float64) for n in weights.shape]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    return np.array([float((g * weights).sum() / total) for g in grids])
+    ndim = weights.dim()
+    profiles = [weights.sum(dim=[b for b in range(ndim) if b != a]) for a in range(ndim)]  # one per axis
+    return np.array([float((p * torch.arange(p.numel(), dtype=torch.float64)).sum() / total) for p in profiles])
 
 
 def _to_fixed(u: torch.Tensor, canonical: Image, to_canonical: np.ndarray, shape) -> torch.Tensor:
