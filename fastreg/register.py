@@ -80,6 +80,7 @@ class Registration:
     stats          dict of floats (module docstring); "dice" a {label: value} dict
     timings        dict of seconds per stage
     model_name     what was registered with (a name, checkpoint path or class name)
+    warped_labels  Image: ``moving_labels`` warped (nearest, dtype kept), or None
     """
 
     fixed: Image
