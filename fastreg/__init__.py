@@ -5,6 +5,7 @@ Ops (2-D and 3-D, batched, autograd to every differentiable input):
   resize_field, invert_field
 Affine pre-alignment: affine_register, affine_coords, affine_field, affine_error (fastreg.affine)
 Metrics: fastreg.metrics (jacobian_stats, cc, mutual_information, dice, hd95, tre, ssim)
+Registration of two images (any grid, affine + model [+ NIO]): register -> Registration
 Files: fastreg.io (images and fields in physical space: load, save, resample, save_field, ...)
 
 Backends: reference (torch), cpu (C++/OpenMP), cuda, triton; see set_backend/use_backend.
@@ -16,6 +17,7 @@ from fastreg.ops import compose, jacobian_det, lncc, local_correlation, sample, 
 from fastreg.ops import integrate_svf, resize_field
 from fastreg.ops import invert_field
 from fastreg.affine import affine_coords, affine_error, affine_field, affine_register
+from fastreg.register import Registration, register
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,8 @@ __all__ = [
     "affine_coords",
     "affine_field",
     "affine_error",
+    "register",
+    "Registration",
     "available_backends",
     "get_backend",
     "set_backend",

@@ -7,8 +7,9 @@ loop, NIO and the register command pick a model by name.
 """
 from fastreg.models.base import RegistrationModel
 from fastreg.models.registry import ARCHITECTURES, available, create, model_class
+from fastreg.models.weights import load, load_checkpoint, pretrained
 
-__all__ = ["RegistrationModel", "available", "create"]
+__all__ = ["RegistrationModel", "available", "create", "load", "load_checkpoint", "pretrained"]
 
 
 def __getattr__(name: str):

@@ -1,0 +1,277 @@
+"""``fastreg register`` and ``fastreg apply`` (thin: parse, call `fastreg.register`, write, print).
+
+    fastreg register fixed.nii.gz moving.nii.gz -o out/ [--model NAME|CHECKPOINT] [--nio]
+    fastreg register --example -o out/ [--model CHECKPOINT]     # a generated 2-D pair
+    fastreg register --pairs pairs.csv -o out/                   # many pairs, model loaded once
+    fastreg apply out/field.nii.gz labels.nii.gz -o warped_labels.nii.gz --like fixed.nii.gz --nearest
+
+``register`` writes OUT/ (``Registration.save``: warped, field, inverse, warped_labels,
+affine.txt, stats.json, preview.png) through a hidden staging folder next to it, renamed into
+place once complete: a failure leaves no partial OUT. An existing non-empty OUT is refused
+unless --force. ``--pairs``: a CSV with a header naming the columns fixed, moving and
+optionally fixed_labels, moving_labels (paths relative to the CSV's folder); pair k goes to
+OUT/pair-k/ and one row per pair to OUT/results.csv; pairs whose folder is complete are
+skipped, so an interrupted run resumes.
+Exit status: 0 done, 2 bad arguments or input (nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from fastreg import io
+from fastreg.io.image import PICTURE, extension
+from fastreg.register import FIELD_FORMATS, device_for, register, resolve_model
+
+EXAMPLE_SIZE = 224
+RESULT_COLUMNS = (
+    "pair", "fixed", "moving", "cc_before", "cc_after", "folding_percent", "sdlogj", "dice_mean", "seconds",
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastreg register", description="Register MOVING to FIXED (NIfTI, MGH, PNG/JPEG).")
+    p.add_argument("fixed", nargs="?", help="the fixed image")
+    p.add_argument("moving", nargs="?", help="the moving image")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", default="auto",
+                   help="a pretrained name, a `fastreg train` checkpoint or run folder (default: auto)")
+    p.add_argument("--nio", action="store_true", help="refine by neural instance optimisation")
+    p.add_argument("--iterations", default=None, help="NIO Adam steps per stage, e.g. 100,60,30")
+    p.add_argument("--max-seconds", type=float, default=None, help="NIO time budget")
+    p.add_argument("--affine", choices=("auto", "on", "off"), default="auto", help="affine pre-alignment")
+    p.add_argument("--moving-labels", default=None, help="label map on the moving grid (warped)")
+    p.add_argument("--fixed-labels", default=None, help="label map on the fixed grid (Dice)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--half", action="store_true", help="run the network in half precision")
+    p.add_argument("--format", choices=FIELD_FORMATS, default="voxel", help="field file convention")
+    p.add_argument("--intensity", choices=("mr", "ct", "none"), default="mr", help="intensity normalisation")
+    p.add_argument("--no-preview", action="store_true", help="skip preview.png")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty OUT")
+    p.add_argument("--example", action="store_true", help="register a generated example pair")
+    p.add_argument("--pairs", type=Path, default=None, help="a CSV of pairs (module docstring)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    modes = sum([args.example, args.pairs is not None, args.fixed is not None])
+    if modes != 1 or (args.fixed is not None) != (args.moving is not None):
+        p.error("give FIXED and MOVING, or --example, or --pairs CSV")
+    try:
+        iterations = _iterations(args.iterations)
+        if args.pairs is not None:
+            return _pairs(args, iterations)
+        _check_out(args.out, args.force)
+        with _staging(args.out) as stage:
+            if args.example:
+                args.fixed, args.moving = write_example(stage)
+            reg = _register(args, args.fixed, args.moving, args.model, iterations)
+            reg.save(stage, format=args.format, preview=not args.no_preview)
+        print(summary(reg, args.out))
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"fastreg register: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _register(args, fixed, moving, model, iterations):
+    return register(fixed, moving, model=model, nio=args.nio, affine=args.affine, fixed_labels=args.fixed_labels,
+                    moving_labels=args.moving_labels, device=args.device, half=args.half,
+                    intensity=args.intensity, iterations=iterations, max_seconds=args.max_seconds)
+
+
+def _iterations(text):
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ValueError(f"--iterations: expected positive integers separated by commas, e.g. 100,60,30, got {text!r}")
+    return values
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValueError(f"--out: {out} already holds results; pass --force to replace them")
+    parent = out.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"--out: cannot create {out}: {parent} is not a writable folder")
+
+
+class _staging:
+    """A hidden folder next to ``out``; on success it replaces ``out``, on failure it is removed."""
+
+    def __init__(self, out: Path):
+        self.out = out.resolve()
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.staging."))
+        return self.path
+
+    def __exit__(self, kind, value, traceback):
+        if kind is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return False
+        old = None
+        if self.out.exists():
+            old = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old."))
+            os.replace(self.out, old / "out")
+        os.replace(self.path, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def write_example(folder: Path) -> tuple[Path, Path]:
+    """scikit-image's camera at EXAMPLE_SIZE^2 (fixed.png) and a copy warped by a random smooth
+    field of a few pixels (moving.png), written into ``folder``."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from skimage import data
+
+    from fastreg.data.fields import random_smooth_field
+    from fastreg.ops import warp
+
+    camera = torch.from_numpy(data.camera().astype(np.float32))[None, None]
+    fixed = F.interpolate(camera, size=(EXAMPLE_SIZE, EXAMPLE_SIZE), mode="area")
+    field = random_smooth_field((EXAMPLE_SIZE, EXAMPLE_SIZE), magnitude=4.0, spacing=48,
+                                generator=torch.Generator().manual_seed(0))
+    moving = warp(fixed, field, padding_mode="border")
+    paths = folder / "fixed.png", folder / "moving.png"
+    for path, image in zip(paths, (fixed, moving)):
+        io.save(path, io.Image(image[0].round().clamp(0, 255), dtype=np.uint8))
+    return paths
+
+
+def summary(reg, out: Path) -> str:
+    s, t = reg.stats, reg.timings
+    lines = [
+        f"registered with {reg.model_name}{' after affine pre-alignment' if reg.affine_used else ''}",
+        f"CC {s['cc_before']:.4f} -> {s['cc_after']:.4f}   MI {s['mi_before']:.4f} -> {s['mi_after']:.4f}",
+        f"folding {s['folding_percent']:.4f} %   SDlogJ {s['sdlogj']:.4f}   NDV {s['ndv_percent']:.4f} %",
+    ]
+    if "dice_mean" in s:
+        lines.append(f"Dice mean {s['dice_mean']:.4f} over {len(s['dice'])} labels")
+    lines.append("seconds: " + "  ".join(f"{k} {v:.3f}" for k, v in t.items()) + f"  total {sum(t.values()):.3f}")
+    lines.append(f"written to {out}/")
+    return "\n".join(lines)
+
+
+def _pairs(args, iterations) -> int:
+    """Register every row of the CSV with one model; resumable (module docstring)."""
+    rows = _read_pairs(args.pairs)
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    first = io.load(rows[0]["fixed"])
+    model, _ = resolve_model(args.model, first.ndim, device_for(args.device))
+    results = out / "results.csv"
+    done = set()
+    if results.is_file():
+        with open(results, newline="") as f:
+            done = {row["pair"] for row in csv.DictReader(f)}
+    new = not results.is_file()
+    with open(results, "a", newline="") as f:
+        writer = csv.DictWriter(f, RESULT_COLUMNS)
+        if new:
+            writer.writeheader()
+        for k, row in enumerate(rows):
+            name = f"pair-{k:05d}"
+            if name in done:
+                continue
+            target = out / name
+            if target.exists():
+                shutil.rmtree(target)  # a pair interrupted before its row was written
+            args.fixed_labels, args.moving_labels = row.get("fixed_labels"), row.get("moving_labels")
+            with _staging(target) as stage:
+                reg = _register(args, row["fixed"], row["moving"], model, iterations)
+                reg.save(stage, format=args.format, preview=not args.no_preview)
+            s = reg.stats
+            writer.writerow({"pair": name, "fixed": row["fixed"], "moving": row["moving"], "cc_before": s["cc_before"],
+                             "cc_after": s["cc_after"], "folding_percent": s["folding_percent"], "sdlogj": s["sdlogj"],
+                             "dice_mean": s.get("dice_mean", ""), "seconds": sum(reg.timings.values())})
+            f.flush()
+            print(f"{name}: CC {s['cc_before']:.4f} -> {s['cc_after']:.4f}, {sum(reg.timings.values()):.2f} s")
+    print(f"{len(rows)} pairs ({len(done)} done before); results in {results}")
+    return 0
+
+
+def _read_pairs(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ValueError(f"--pairs: {path}: file not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        if not {"fixed", "moving"} <= columns:
+            raise ValueError(f"--pairs: {path}: expected a header with columns fixed, moving; got {sorted(columns)}")
+        rows = [{k: (str(path.parent / v) if v else None) for k, v in row.items() if k in
+                 ("fixed", "moving", "fixed_labels", "moving_labels")} for row in reader]
+    if not rows:
+        raise ValueError(f"--pairs: {path}: no pairs")
+    for i, row in enumerate(rows):
+        if not row["fixed"] or not row["moving"]:
+            raise ValueError(f"--pairs: {path}: row {i + 1} lacks a fixed or moving path")
+    return rows
+
+
+# -- fastreg apply -------------------------------------------------------------------------------
+def apply_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastreg apply", description="Warp IMAGE by a saved FIELD onto the fixed grid.")
+    p.add_argument("field", type=Path, help="a field file (voxel, world or itk; detected from its header)")
+    p.add_argument("image", type=Path, help="the image or label map to warp (on any grid)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output image file")
+    p.add_argument("--like", type=Path, default=None, help="the fixed image (default: the field's own grid)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--nearest", action="store_const", const="nearest", dest="mode", help="for label maps")
+    mode.add_argument("--linear", action="store_const", const="bilinear", dest="mode", help="(default)")
+    p.add_argument("--format", choices=FIELD_FORMATS, default=None, help="override the detected field format")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    return p
+
+
+def apply_main(argv: list[str] | None = None) -> int:
+    args = apply_parser().parse_args(argv)
+    try:
+        if args.out.exists() and not args.force:
+            raise ValueError(f"--out: {args.out} exists; pass --force to replace it")
+        image = io.load(args.image)
+        like = io.load(args.like, ndim=image.ndim) if args.like is not None else _field_grid(args.field, image.ndim)
+        disp = io.load_field(args.field, like, format=args.format)
+        warped = io.apply_field(image, disp, like, mode=args.mode or "bilinear")
+        if extension(args.out) in PICTURE and image.dtype.kind in "iu":
+            import numpy as np
+
+            info = np.iinfo(image.dtype)
+            warped = io.Image(warped.data.round().clamp(info.min, info.max), warped.affine, None, image.dtype)
+        io.save(args.out, warped)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"fastreg apply: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _field_grid(path: Path, ndim: int) -> io.Image:
+    """An empty Image on the grid a field file is stored on (its affine, its first ndim axes)."""
+    import torch
+
+    from fastreg.io.image import read_nibabel
+
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    img, _ = read_nibabel(os.fspath(path))
+    shape = img.shape[:ndim]
+    return io.Image(torch.empty((1, *shape)), img.affine)

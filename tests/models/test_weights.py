@@ -1,0 +1,83 @@
+"""fastreg.models.load / load_checkpoint / pretrained: checksums, missing files, checkpoints."""
+import dataclasses
+
+import pytest
+import torch
+
+from fastreg import models
+from fastreg.models import weights
+from fastreg.train import checkpoint
+
+KWARGS = {"ndim": 2, "widths": (4, 8)}
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A tiny UniReg shipped as "tiny-2d" (half precision) in a temporary weights folder."""
+    model = models.create("unireg", **KWARGS)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    path = tmp_path / "tiny-2d.pt"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    entry = weights.Weights("unireg", KWARGS, path.name, weights.sha256(path), "unireg-2d-labelm")
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setitem(weights.WEIGHTS, "tiny-2d", entry)
+    return model, path, entry
+
+
+def test_load_verifies_checksum_and_loads_weights(shipped):
+    model, _, _ = shipped
+    loaded = models.load("tiny-2d")
+    assert "tiny-2d" in models.pretrained()
+    assert not loaded.training
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(b, a.half().to(a.dtype), msg=k)
+
+
+def test_load_refuses_a_checksum_mismatch(shipped, monkeypatch):
+    _, path, entry = shipped
+    monkeypatch.setitem(weights.WEIGHTS, "tiny-2d", dataclasses.replace(entry, sha256="0" * 64))
+    with pytest.raises(ValueError, match=rf"{path.name}: sha256 mismatch: expected 0{{64}}, got {entry.sha256}"):
+        models.load("tiny-2d")
+    monkeypatch.setitem(weights.WEIGHTS, "tiny-2d", entry)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        models.load("tiny-2d")
+
+
+def test_load_missing_or_unknown(shipped):
+    _, path, _ = shipped
+    path.unlink()
+    assert "tiny-2d" not in models.pretrained()
+    with pytest.raises(ValueError, match=r"not shipped yet .*fastreg train unireg-2d-labelm"):
+        models.load("tiny-2d")
+    with pytest.raises(ValueError, match=r"name: expected one of \[.*'unireg-2d'.*got 'nope'"):
+        models.load("nope")
+
+
+def test_nothing_is_shipped_without_a_file():
+    for name in models.pretrained():
+        assert (weights.WEIGHTS_DIR / weights.WEIGHTS[name].file).is_file()
+
+
+def test_load_checkpoint_from_a_run(tmp_path):
+    model = models.create("unireg", **KWARGS)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "recipe.toml").write_text('[model]\nname = "unireg"\n\n[model.args]\nndim = 2\nwidths = [4, 8]\n')
+    path = checkpoint.step_path(tmp_path, 10)
+    checkpoint.save(path, {"step": 10, "model_signature": checkpoint.model_signature(model), "model": model.state_dict()})
+    for source in (path, tmp_path):
+        loaded = models.load_checkpoint(source)
+        fixed, moving = torch.rand(2, 1, 1, 24, 20)
+        torch.testing.assert_close(loaded(fixed, moving), model.eval()(fixed, moving))
+    (tmp_path / "recipe.toml").write_text('[model]\nname = "unireg"\n\n[model.args]\nndim = 2\nwidths = [4, 16]\n')
+    with pytest.raises(ValueError, match="do not fit unireg"):
+        models.load_checkpoint(path)
+    (tmp_path / "recipe.toml").unlink()
+    with pytest.raises(ValueError, match="recipe.toml"):
+        models.load_checkpoint(path)
+    with pytest.raises(ValueError, match="not found"):
+        models.load_checkpoint(tmp_path / "none.pt")
