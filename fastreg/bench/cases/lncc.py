@@ -24,14 +24,14 @@ from fastreg.bench.cases import check_sizes
 from fastreg.data import random_smooth_field
 from fastreg.reference.lncc import voxelmorph_ncc
 
-# (dims, window) per size; "large" holds the rows of the issue: windows 3..15 at 96^3 and
-# at a full-size 160x192x224 volume.
+# (dims, window) per size; "large" holds the target rows: windows 3..15 at 96^3, at a
+# full-size 160x192x224 volume and at a 1024^2 image.
 _LARGE_3D = [(1, 1, 96, 96, 96), (1, 1, 160, 192, 224)]
 SHAPES = {
     "tiny": [((1, 1, 10, 12, 14), 3), ((1, 1, 24, 32), 5)],
     "quick": [((1, 1, 48, 48, 48), 9), ((1, 1, 256, 256), 9)],
     "default": [((1, 1, 64, 64, 64), 3), ((1, 1, 64, 64, 64), 9), ((1, 1, 512, 512), 9)],
-    "large": [(dims, w) for dims in _LARGE_3D for w in (3, 5, 7, 9, 15)] + [((1, 1, 1024, 1024), 9)],
+    "large": [(dims, w) for dims in (*_LARGE_3D, (1, 1, 1024, 1024)) for w in (3, 5, 7, 9, 15)],
 }
 GRAD_INPUTS = ("moving",)
 
