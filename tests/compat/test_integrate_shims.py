@@ -10,6 +10,7 @@ import fastreg
 from fastreg.bench.cases.integrate import VxmLegacyVecInt
 from fastreg.compat._integrate import DVF2DDF, ResizeTransform, VecInt
 from fastreg.data import random_smooth_field
+from grad_checks import assert_grad_close_but_kinks
 
 SHAPES = {2: (12, 10), 3: (8, 9, 7)}
 
@@ -29,7 +30,10 @@ def compare(ours, theirs, v, tol):
         outs.append(out)
         grads.append(torch.autograd.grad((out * weight).sum(), x)[0])
     torch.testing.assert_close(outs[0], outs[1], rtol=tol, atol=tol)
-    torch.testing.assert_close(grads[0], grads[1], rtol=tol, atol=tol)
+    if v.dtype == torch.float64:
+        torch.testing.assert_close(grads[0], grads[1], rtol=tol, atol=tol)
+    else:  # float32: positions of the two sides' arithmetic may straddle a voxel boundary
+        assert_grad_close_but_kinks(grads[0].double(), grads[1].double(), rtol=tol)
 
 
 @pytest.mark.parametrize("ndim", (2, 3))

@@ -92,7 +92,9 @@ def test_synthmorph_outputs_and_disp_convention(shape):
     assert mask.double().mean() > 0.1
     agree = (warped == batch["fixed_labels"])[mask].double().mean()
     before = (batch["moving_labels"] == batch["fixed_labels"])[mask].double().mean()
-    assert agree > 0.97 and agree > before
+    # sigma ~ U(0, max_std) can draw a deformation too weak to move a label inside the mask:
+    # then there is nothing for the field to improve
+    assert agree > 0.97 and (agree > before or before == 1)
 
 
 def test_synthmorph_defaults_at_paper_recipe_scales():

@@ -104,7 +104,10 @@ def test_compiled_model_matches_eager_forward_and_backward():
 def test_inductor_compiled_model_matches_eager():
     model = small(3, 0.5)
     fixed, moving = smooth_image((32, 32, 32)), smooth_image((32, 32, 32))
-    torch.testing.assert_close(torch.compile(model)(fixed, moving), model(fixed, moving), rtol=1e-4, atol=1e-5)
+    # static shapes: after the other compile tests of this model class dynamo would mark the
+    # sizes dynamic, and inductor 2.13 fails on the pooled sizes ("Invalid ranges [0:-1]")
+    compiled = torch.compile(model, dynamic=False)
+    torch.testing.assert_close(compiled(fixed, moving), model(fixed, moving), rtol=1e-4, atol=1e-5)
 
 
 def test_overfit_on_a_known_field_lowers_the_loss_and_finds_the_field():

@@ -90,7 +90,10 @@ def test_compiled_model_matches_eager_forward_and_backward(cls):
 def test_inductor_compiled_model_matches_eager(cls):
     model = small(cls, 3)
     fixed, moving = smooth_image((8, 12, 8)), smooth_image((8, 12, 8))
-    torch.testing.assert_close(torch.compile(model)(fixed, moving), model(fixed, moving), rtol=1e-4, atol=1e-5)
+    # static shapes: after the other compile tests of this model class dynamo would mark the
+    # sizes dynamic, and inductor 2.13 fails on the pooled sizes ("Invalid ranges [0:-1]")
+    compiled = torch.compile(model, dynamic=False)
+    torch.testing.assert_close(compiled(fixed, moving), model(fixed, moving), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls, lr", [(DPVFA, 1e-3), (DPConvC, 1e-3)])
