@@ -1,8 +1,9 @@
 """Registration quality of a 2-D model on real images it never saw, side by side with ANTs SyN.
 
 The UniReg protocol (Shao & Joshi): each real image is the fixed image; the moving image is
-the same image warped by a random smooth diffeomorphism (``fastreg.data.random_field``, the
-LabelM training strength unless --max-std says otherwise); the model registers moving to
+the same image warped by a random smooth diffeomorphism (``fastreg.data.random_field`` on a
+6x6 grid, sigma ~ U(0, b_p) with b_p = 8 voxels, 7 steps: LabelMPairs' training strength;
+--max-std changes b_p); the model registers moving to
 fixed and is scored by the global correlation CC(fixed, warped moving) and %|J| (share of
 det J <= 0 of the predicted field, Learn2Reg crop). ANTs SyN (antspyx,
 ``type_of_transform="SyNOnly"``) registers the same pairs in the same run; seconds per pair
@@ -14,7 +15,7 @@ nibabel ship, grouped into domains. The nilearn MNI152 templates are not used he
 reserved for independent evaluation.
 
     python benchmarks/quality_2d.py --model unireg-2d             # the shipped weights
-    python benchmarks/quality_2d.py --checkpoint runs/unireg/last.pt --pairs 2 --json out.json
+    python benchmarks/quality_2d.py --checkpoint runs/unireg-2d-labelm --pairs 2 --json out.json
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import fastreg
+import fastreg.models
 from fastreg import metrics
 
 SIZE = 224
@@ -81,10 +83,7 @@ def real_images() -> dict[str, list[tuple[str, torch.Tensor]]]:
 
 def load_model(args) -> torch.nn.Module:
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        model = fastreg.models.create(args.arch, ndim=2)
-        model.load_state_dict(state.get("model", state))
-        return model.eval()
+        return fastreg.models.load_checkpoint(args.checkpoint)
     return fastreg.models.load(args.model).eval()
 
 
@@ -115,8 +114,8 @@ def evaluate(args) -> list[dict]:
         for domain, images in real_images().items():
             for name, fixed in images:
                 for k in range(args.pairs):
-                    kw = {} if args.max_std is None else {"max_std": args.max_std}
-                    phi = fastreg.data.random_field((SIZE, SIZE), generator=generator, **kw)
+                    phi = fastreg.data.random_field((SIZE, SIZE), scales=(6,), max_std=args.max_std, steps=7,
+                                                    generator=generator)
                     moving = fastreg.warp(fixed, phi, padding_mode="border")
                     start = time.perf_counter()
                     disp = model(fixed, moving)
@@ -153,10 +152,10 @@ def summary(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="unireg-2d", help="a pretrained model name (fastreg.models.load)")
-    p.add_argument("--checkpoint", default=None, help="a training checkpoint instead of --model")
-    p.add_argument("--arch", default="unireg", help="architecture of --checkpoint (fastreg.models.create)")
+    p.add_argument("--checkpoint", default=None, help="a `fastreg train` checkpoint or run folder instead of --model")
     p.add_argument("--pairs", type=int, default=3, help="random deformations per image")
-    p.add_argument("--max-std", type=float, default=None, help="deformation strength (default: the LabelM one)")
+    p.add_argument("--max-std", type=float, default=8.0,
+                   help="deformation strength b_p in voxels (default 8: LabelMPairs' training strength)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-syn", action="store_true", help="skip ANTs SyN")
     p.add_argument("--json", default=None, help="write every pair's row to this JSON file")
