@@ -102,8 +102,12 @@ def assert_bf16_autocast_keeps_the_field_float32(model, shape) -> None:
         ref = model(fixed, moving)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(fixed, moving)
-    assert low.dtype == torch.float32
-    assert (low - ref).abs().mean() < 0.1 * ref.abs().mean()
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    # bf16 features move a softmax over offsets (DP-VFA) or a correlation volume (DP-Conv-C):
+    # over 40 seeds of these random-init models the mean change was 5 % of the field's mean
+    # magnitude (median) and at most 42 %; a field computed in the wrong dtype or from
+    # garbage is off by about its own size
+    assert (low - ref).abs().mean() < 0.6 * ref.abs().mean()
 
 
 def assert_backends_agree_in_float64(model, shape) -> None:
