@@ -30,7 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from fastreg import _validate as check
 from fastreg.data import _random
-from fastreg.data.fields import random_velocity, velocity_to_disp
+from fastreg.data.fields import fold_free_disps, random_velocity
 from fastreg.data.intensities import CONTRASTS, apply_colormap, pair_contrast, random_colormap, recolor_labels, render
 from fastreg.data.labels import KINDS, NOISE_GRID, SIZES, label_map
 from fastreg.ops import compose, warp
@@ -89,7 +89,8 @@ class LabelMPairs(_PairStream):
         channel, so that all channels move alike;
       * moving = fixed warped by phi (linear, border padding) on the large map, then cropped;
       * ``disp`` = exp(-v), the inverse of phi (see the module docstring): warps moving onto
-        fixed.
+        fixed. A rare tail draw whose phi or inverse would fold has its v scaled down until
+        neither does (``fastreg.data.fields.fold_free_disps``).
     Multi-modal (``multimodal=True``, Multi-LabelM and the supplement's training recipe): the
     moving image is made from a recoloured fixed image, I_mM = recolour(I_f) o phi, with
     ``recolor="labels"`` (a random gray level per label, ``fastreg.data.recolor_labels``) or
@@ -149,7 +150,7 @@ class LabelMPairs(_PairStream):
         max_std = self.max_std * (grid[0] - 1) / (big[0] - 1)  # voxels of the integration grid
         velocity = random_velocity(big, batch=self.batch_size, scales=(self.field_grid,), max_std=max_std,
                                    generator=generator, device=self.device, grid=grid)
-        forward = velocity_to_disp(velocity, self.steps, big)
+        _, (forward, inverse) = fold_free_disps(velocity, self.steps, big, signs=(1, -1))
         crop = (slice(None), slice(None)) + (slice(self.margin, self.margin + self.size),) * 2
         out = {"fixed": fixed[crop]}
         moving = warp(fixed, forward, padding_mode="border")
@@ -162,7 +163,7 @@ class LabelMPairs(_PairStream):
                 colored = apply_colormap(fixed, colormap)
             moving = warp(colored, forward, padding_mode="border")
         out["moving"] = moving[crop]
-        out["disp"] = velocity_to_disp(-velocity, self.steps, big)[crop].contiguous()
+        out["disp"] = inverse[crop].contiguous()
         return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -184,7 +185,8 @@ class SynthMorphPairs(_PairStream):
     (B, 1, *S) int64; "fixed_disp", "moving_disp": (B, ndim, *S) the displacements of phi_F and
     phi_M (base -> each image, in voxels)}, and with ``with_disp`` also "disp" =
     phi_M^-1 o phi_F (module docstring: warps moving onto fixed; phi_M^-1 = exp(-v_M); costs
-    one more integration and a composition).
+    one more integration and a composition). Velocities whose fields would fold are scaled
+    down until they do not (``fastreg.data.fields.fold_free_disps``).
     """
 
     def __init__(
@@ -236,10 +238,12 @@ class SynthMorphPairs(_PairStream):
         base = label_map(shape, num_labels=self.num_labels, kind=self.kind, size=self.size, batch=batch,
                          generator=generator, device=self.device).to(torch.float32)
         out = {}
-        velocities = {}
+        disps = {}
         for name in ("fixed", "moving"):
-            velocities[name] = random_velocity(shape, batch=batch, generator=generator, device=self.device, **self.field)
-            disp = velocity_to_disp(velocities[name], self.steps, shape)
+            velocity = random_velocity(shape, batch=batch, generator=generator, device=self.device, **self.field)
+            signs = (1, -1) if name == "moving" and self.with_disp else (1,)
+            _, disps[name] = fold_free_disps(velocity, self.steps, shape, signs)
+            disp = disps[name][0]
             out[f"{name}_labels"] = warp(base, disp, mode="nearest", padding_mode="border").to(torch.int64)
             out[f"{name}_disp"] = disp
         del base
@@ -248,6 +252,5 @@ class SynthMorphPairs(_PairStream):
         out["fixed"] = render(out["fixed_labels"], mean_f, std_f, generator=generator, **self.corruptions)
         out["moving"] = render(out["moving_labels"], mean_m, std_m, generator=generator, **self.corruptions)
         if self.with_disp:
-            inverse = velocity_to_disp(-velocities["moving"], self.steps, shape)
-            out["disp"] = compose(inverse, out["fixed_disp"])
+            out["disp"] = compose(disps["moving"][1], out["fixed_disp"])
         return out

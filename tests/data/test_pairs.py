@@ -44,9 +44,16 @@ def test_labelm_outputs_and_disp_convention():
     warped = fastreg.warp(moving, disp)
     mask = _constant_inside(fixed * 7, disp, 3)
     assert mask.double().mean() > 0.3
-    error, before = (warped - fixed).abs()[mask], (moving - fixed).abs()[mask]
-    assert error.mean() < 0.1 * before.mean() and error.mean() < 2e-3
+    error = (warped - fixed).abs()[mask]
+    assert error.mean() < 2e-3
     assert torch.quantile(error, 0.99) < 0.5 / 7  # never half a gray level off, up to 1 %
+    # where the label moved (moving shows another gray level than fixed), the warp restores
+    # it and the opposite sign does not (40 draws: >= 98 % against <= 10 %)
+    moved = _constant_inside(fixed * 7, disp, 1) & ((moving - fixed).abs() > 0.5 / 7)
+    assert moved.sum() >= 50  # a weak draw moves ~200 such voxels of 27,648
+    restored = ((warped - fixed).abs() < 0.5 / 7)[moved].double().mean()
+    opposite = ((fastreg.warp(moving, -disp) - fixed).abs() < 0.5 / 7)[moved].double().mean()
+    assert restored > 0.95 and opposite < 0.3
     assert (fastreg.metrics.jacobian_stats(disp)["folding_percent"] == 0).all()
 
 
