@@ -180,8 +180,11 @@ def differentiable_backward(reference_fn, inputs, need, grad_out):
     graph, and differentiated by autograd with ``create_graph=True``. Exact on every backend;
     it costs the reference's time and memory, and only when a higher-order graph is asked
     for. Returns one gradient per input (None where ``need`` is False)."""
-    wanted = [x for x, n in zip(inputs, need) if n]
     with torch.enable_grad(), torch.autocast(inputs[0].device.type, enabled=False):
+        # fresh alias nodes: the partial derivatives in each input, not the total ones through
+        # an input upstream of another (invert_field's u feeds every iterate w_k)
+        inputs = [x.view_as(x) if x.requires_grad else x for x in inputs]
+        wanted = [x for x, n in zip(inputs, need) if n]
         out = reference_fn(*inputs)
     grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
     result = []

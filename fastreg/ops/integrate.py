@@ -222,6 +222,10 @@ def resize_field(
             return u
         factors = tuple((n - 1) / (o - 1) if o > 1 else 1.0 for n, o in zip(new, old))
         resize = dict(size=new)
+    if u.numel() == 0 or math.prod(new) == 0:
+        if 0 in old and math.prod(new) > 0:
+            raise ValueError(f"u: cannot resize the empty spatial axes of a {tuple(u.shape)} field to size {new}")
+        return _backend.empty_result((u.shape[0], ndim, *new), u)
     if len(set(factors)) == 1:
         scale = factors[0]
     else:

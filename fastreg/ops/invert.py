@@ -27,11 +27,15 @@ the iterations. From w + u(x + w) = 0: dw = -(I + J)^-1 du(x + w), J = grad u at
 (the exact derivative of the linear interpolant, warp's position gradient). The backward
 solves (I + J)^T lam = grad_w per voxel and returns grad_u = -warp's image gradient of lam:
 ndim + 1 warp backward calls, only u and w stored, whatever the number of iterations. It is
-exact when the forward converged (error of the order of the last change otherwise) and is
-not differentiable again. The ``reference`` backend differentiates through the iterations
-(fastreg/reference/invert.py); the two agree at convergence. invert_field is a Python
+exact when the forward converged (error of the order of the last change otherwise). A
+backward with ``create_graph=True`` (a gradient penalty, a Hessian-vector product) instead
+repeats the iterations with u in the graph and differentiates through them, as the
+``reference`` backend always does (fastreg/reference/invert.py); the two agree at convergence. invert_field is a Python
 function over the warp custom op, not a custom op itself: its iteration count depends on
-the data, so torch.compile breaks the graph around the loop and traces each warp.
+the data, so torch.compile breaks the graph around the loop and traces each warp (with
+``tol=0`` the loop is fixed and compiles with ``fullgraph=True``). Under torch.compile the
+gradient goes through the iterations of the warp op (dynamo cannot trace the implicit
+backward), as on the ``reference`` backend.
 """
 from __future__ import annotations
 
@@ -71,8 +75,12 @@ def invert_field(
     iterations = check.positive_int(iterations, "iterations")
     tol = check.non_negative(tol, "tol")
     check.choice(padding_mode, "padding_mode", PADDINGS)
+    if disp.numel() == 0:
+        return _backend.empty_result(tuple(disp.shape), disp)
     if _backend.select("warp", disp.device) == "reference":
-        w, update = reference.fixed_point(disp, iterations, tol, padding_mode)
+        w, update = _backend.run_reference(reference.fixed_point, disp, iterations, tol, padding_mode)
+    elif torch.compiler.is_compiling():  # dynamo cannot trace _Implicit's backward: unroll
+        w, update = reference.fixed_point(disp, iterations, tol, padding_mode, warp=warp)
     else:
         w, update = _Implicit.apply(disp, iterations, tol, padding_mode)
     if tol > 0 and not update < tol:
@@ -93,13 +101,16 @@ class _Implicit(torch.autograd.Function):
         with torch.no_grad():
             w, update = reference.fixed_point(u, iterations, tol, padding_mode, warp=warp)
         ctx.save_for_backward(u, w)
-        ctx.padding_mode = padding_mode
+        ctx.padding_mode, ctx.iterations, ctx.tol = padding_mode, iterations, tol
         return w, update
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_w, _grad_update):
         u, w = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate through the iterations
+            w_unrolled, _ = reference.fixed_point(u, ctx.iterations, ctx.tol, ctx.padding_mode)
+            (grad_u,) = torch.autograd.grad(w_unrolled, u, grad_w, create_graph=True)
+            return grad_u, None, None, None
         ndim = u.shape[1]
         with torch.enable_grad():
             u_ = u.detach().requires_grad_(True)

@@ -25,13 +25,15 @@ def fixed_point(
 
     Stops after ``iterations`` evaluations of the map, or as soon as the largest change
     max |w_new - w| (NaN entries ignored) is below ``tol`` voxels. Returns the last iterate
-    and that last change (inf when ``iterations`` is 1: no change was measured).
+    and that last change (inf when ``iterations`` is 1 or ``tol`` is 0: no change was
+    measured, and the loop has no data-dependent branch, so torch.compile traces it whole).
     """
     w = -u
     update = float("inf")
     for _ in range(iterations - 1):
         w_next = -warp(u, w, "bilinear", padding_mode)
-        update = torch.nan_to_num((w_next - w).detach().abs(), nan=0.0).amax().item()
+        if tol > 0:
+            update = torch.nan_to_num((w_next - w).detach().abs(), nan=0.0).amax().item()
         w = w_next
         if update < tol:
             break
