@@ -51,10 +51,14 @@ class ModelEntry:
         kwargs: constructor arguments per size (a key of fastreg.bench.cases.SIZES); the
             ``ndim`` comes from the shape.
         regularization: weight lambda of Grad-L2 in the training loss.
+        peer_kwargs: constructor arguments of the peer version on top of ``kwargs``: it
+            turns off what fastreg's model does that the authors' code does not (the
+            cascade's recomputed first level), so the peer is the authors' network.
     """
 
     kwargs: dict[str, dict]
     regularization: float
+    peer_kwargs: dict = field(default_factory=dict)
 
 
 # Sizes: "tiny" 2-D 32^2 with reduced widths (smoke tests), "quick" 3-D 32^3, "default"
@@ -76,7 +80,7 @@ MODELS = {
         {"tiny": dict(_NARROW, widths=(8, 16, 16, 32, 32)), "quick": {}, "default": {}, "large": {}}, 1.0),
     "cascade": ModelEntry(
         {"tiny": dict(widths=(4, 8)), "quick": dict(widths=(16, 32)), "default": dict(widths=(16, 32)),
-         "large": dict(widths=(16, 32))}, 0.75),
+         "large": dict(widths=(16, 32))}, 0.75, dict(recompute=False)),
 }
 
 
@@ -89,6 +93,7 @@ class ModelCase:
     dims: tuple[int, ...]
     regularization: float
     train: bool = True
+    peer_kwargs: dict = field(default_factory=dict)
     name: str = field(init=False)
 
     def __post_init__(self):
@@ -96,8 +101,10 @@ class ModelCase:
         extra = "".join(f" {k}={v}" for k, v in self.kwargs.items())
         self.name = f"{self.model} {ndim}d {shape_name(self.dims)}{extra}" + ("" if self.train else " (inference)")
 
-    def build(self) -> models.RegistrationModel:
-        return models.create(self.model, ndim=len(self.dims) - 2, **self.kwargs)
+    def build(self, peer: bool = False) -> models.RegistrationModel:
+        """A fresh model; ``peer``: with ``peer_kwargs`` on top (the peer version's network)."""
+        kwargs = {**self.kwargs, **self.peer_kwargs} if peer else self.kwargs
+        return models.create(self.model, ndim=len(self.dims) - 2, **kwargs)
 
 
 def model_cases(names: Sequence[str] | None = None, sizes: str = "default") -> list[ModelCase]:
@@ -111,8 +118,9 @@ def model_cases(names: Sequence[str] | None = None, sizes: str = "default") -> l
     for name in names:
         entry = MODELS[name]
         kwargs = entry.kwargs[sizes]
-        out += [ModelCase(name, kwargs, dims, entry.regularization) for dims in SHAPES[sizes]]
-        out += [ModelCase(name, kwargs, dims, entry.regularization, False) for dims in INFERENCE_ONLY.get(sizes, [])]
+        out += [ModelCase(name, kwargs, dims, entry.regularization, True, entry.peer_kwargs) for dims in SHAPES[sizes]]
+        out += [ModelCase(name, kwargs, dims, entry.regularization, False, entry.peer_kwargs)
+                for dims in INFERENCE_ONLY.get(sizes, [])]
     return out
 
 
@@ -178,7 +186,11 @@ def run_models(
         for name, (kernels, similarity) in IMPLEMENTATIONS.items():
             if name != "fastreg" and not (peers and case.train):
                 continue
-            model = copy.deepcopy(base)
+            if name == "fastreg":
+                model = copy.deepcopy(base)
+            else:  # the peer's network (peer_kwargs) with the same weights
+                model = case.build(peer=True).to(device=device, dtype=dtype)
+                model.load_state_dict(base.state_dict())
             model.kernels = kernels
             impls[name] = (model, kernels, similarity)
         group = {name: {"impl": name, "backend": None, "error": None} for name in impls}
