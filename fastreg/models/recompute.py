@@ -26,10 +26,13 @@ in and the gradients come back in the dtypes of x and the weights.
 
 Cost: a slab is below the size at which PyTorch picks oneDNN for a 2-channel 3-D
 convolution (B * C_in * D * H > 20480), so the slabs run its im2col convolution (a column
-buffer of 27 C_in times the slab's voxels, freed at once). At 96x128x96, 2 -> 32 channels,
-the level's forward + backward takes 1.9x the plain layers' time (median of 5 paired
-rounds, 2 threads, loaded machine), the cascade's training step about 1.17x. Slabs along
-the last axis keep oneDNN (the heuristic does not count W) and may be cheaper: not tried.
+buffer of 27 C_in / C_out times the slab's activation, freed at once). At 96x128x96,
+2 -> 32 channels, the level's forward + backward takes 1.7x the plain layers' time with
+16 MiB slabs (8 MiB: 2.5x, 32 MiB: 1.65x; medians of 4 paired rounds, 2 threads, loaded
+machine); the cascade's training step about 1.17x (32 MiB slabs). 16 MiB: at 48x56x48 the
+step's peak is 82.8 MiB (32 MiB slabs: 111.8, the column buffer of the one slab). Slabs
+along the last axis keep oneDNN (its heuristic does not count W) and may be cheaper: not
+tried.
 
 ``torch.utils.checkpoint`` (use_reentrant=False) of the same layers was measured and does
 not lower the peak: its backward recomputes the whole y and then runs the same
@@ -43,7 +46,7 @@ from torch import nn
 
 from fastreg.models.blocks import SLOPE
 
-SLAB_BYTES = 1 << 25  # about 32 MiB of activation per slab
+SLAB_BYTES = 1 << 24  # about 16 MiB of activation per slab (cost and peak: see above)
 
 
 def _slabs(x: torch.Tensor, channels: int, itemsize: int) -> list[tuple[int, int]]:
