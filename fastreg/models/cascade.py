@@ -92,7 +92,7 @@ class CascadeUNet(RegistrationModel):
         recompute: each U-Net's full-resolution level keeps only its input for backward
             and recomputes its activation there (``UNet``); the same fields and gradients.
             Default True: the training step's peak memory at 96x112x96, widths (16, 32), is
-            298 MiB instead of 509 MiB, for about 17 % more time (median of 4 paired rounds
+            298 MiB instead of 509 MiB, for about 17 % more time (32 MiB slabs, 4 paired rounds
             on a loaded machine, BENCHMARKS.md). No effect without a graph (inference).
 
     Example::
