@@ -43,15 +43,16 @@ def category(name: str) -> str:
     return "other"
 
 
-def build(name: str, shape, widths):
-    kwargs = {}
+def build(name: str, shape, widths, peer: bool = False):
+    """The model; ``peer``: the peer version's network (MODELS[name].peer_kwargs)."""
+    kwargs = dict(MODELS[name].peer_kwargs) if peer else {}
     if widths:
-        kwargs = dict(widths=widths) if name == "cascade" else dict(channels=widths, attention=widths)
+        kwargs.update(dict(widths=widths) if name == "cascade" else dict(channels=widths, attention=widths))
     return models.create(name, ndim=len(shape), **kwargs)
 
 
 def shares(name: str, shape, widths, peer: bool) -> dict[str, float]:
-    model = build(name, shape, widths)
+    model = build(name, shape, widths, peer)
     kernels, similarity = IMPLEMENTATIONS["peer-ops" if peer else "fastreg"]
     model.kernels = kernels
     fixed, moving = make_pair((1, 1, *shape), "cpu", torch.float32)

@@ -240,3 +240,10 @@ def positive_ints(value, name: str, length: int | None = None) -> tuple[int, ...
     if not value or any(v < 1 for v in value):
         raise ValueError(f"{name}: expected positive ints, got {tuple(value)}")
     return tuple(int(v) for v in value)
+
+
+def boolean(value, name: str) -> bool:
+    """True or False (a bool, not a truthy object)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return value

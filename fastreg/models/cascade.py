@@ -40,16 +40,23 @@ from fastreg import _validate as check
 from fastreg.models.base import RegistrationModel
 from fastreg.models.blocks import ConvBlock, flow_head
 from fastreg.models.kernels import FASTREG, Kernels
+from fastreg.models.recompute import conv_block_pool
 
 WIDTHS = (64, 128)  # filters of net 1 (half resolution) and net 2 (full resolution)
 STEPS = 5  # scaling-and-squaring steps
 
 
 class UNet(nn.Module):
-    """VoxelMorph-style U-Net: (B, 2, *S) -> velocity (B, ndim, *S / 2), S divisible by 16."""
+    """VoxelMorph-style U-Net: (B, 2, *S) -> velocity (B, ndim, *S / 2), S divisible by 16.
 
-    def __init__(self, ndim: int, width: int, in_channels: int = 2):
+    ``recompute``: the first encoder level (conv, LeakyReLU, max-pool at full resolution)
+    keeps only its input for backward and recomputes the rest
+    (fastreg.models.recompute.conv_block_pool): the same values and gradients, less memory.
+    """
+
+    def __init__(self, ndim: int, width: int, in_channels: int = 2, recompute: bool = False):
         super().__init__()
+        self.recompute = recompute
         self.encoder = nn.ModuleList(ConvBlock(ndim, c, width) for c in (in_channels, width, width, width))
         self.decoder = nn.ModuleList(ConvBlock(ndim, c, width) for c in (width, 2 * width, 2 * width, 2 * width))
         self.extra = nn.Sequential(ConvBlock(ndim, width, width), ConvBlock(ndim, width, width))
@@ -58,7 +65,12 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
-        for block in self.encoder:
+        for i, block in enumerate(self.encoder):
+            if i == 0 and self.recompute and torch.is_grad_enabled():
+                # the full-resolution skip is never concatenated (the decoder stops at 1/2)
+                skips.append(None)
+                x = conv_block_pool(x, block[0])
+                continue
             x = block(x)
             skips.append(x)
             x = self.pool(x, 2)
@@ -77,6 +89,11 @@ class CascadeUNet(RegistrationModel):
         widths: filters of net 1 and net 2 (paper: 64, 128); fewer for CPU experiments,
             e.g. (16, 32).
         steps: scaling-and-squaring steps of each velocity (paper: 5).
+        recompute: each U-Net's full-resolution level keeps only its input for backward
+            and recomputes its activation there (``UNet``); the same fields and gradients.
+            Default True: the training step's peak memory at 96x112x96, widths (16, 32), is
+            298 MiB instead of 509 MiB, for about 17 % more time (32 MiB slabs, 4 paired rounds
+            on a loaded machine, BENCHMARKS.md). No effect without a graph (inference).
 
     Example::
 
@@ -90,13 +107,14 @@ class CascadeUNet(RegistrationModel):
     svf = True
     kernels: Kernels = FASTREG
 
-    def __init__(self, ndim: int = 3, widths=WIDTHS, steps: int = STEPS):
+    def __init__(self, ndim: int = 3, widths=WIDTHS, steps: int = STEPS, recompute: bool = True):
         super().__init__()
         self.ndim = check.model_ndim(ndim)
         widths = check.positive_ints(widths, "widths", 2)
         self.steps = check.non_negative_int(steps, "steps")
-        self.net1 = UNet(self.ndim, widths[0])
-        self.net2 = UNet(self.ndim, widths[1])
+        recompute = check.boolean(recompute, "recompute")
+        self.net1 = UNet(self.ndim, widths[0], recompute=recompute)
+        self.net2 = UNet(self.ndim, widths[1], recompute=recompute)
         self.downsample = (F.avg_pool2d, F.avg_pool3d)[self.ndim - 2]
 
     # -- the two stages (padded inputs) -------------------------------------------------

@@ -66,8 +66,26 @@ def test_every_benchmarked_model_is_registered_and_unknown_names_are_refused():
     with pytest.raises(ValueError, match="sizes"):
         model_cases(["dpvfa"], "huge")
     large = model_cases(["dpvfa"], "large")
+    # the peer does not fit at 96x112x96: a fastreg-only training row, then inference
     assert [c.dims for c in large] == [(1, 1, 96, 112, 96), (1, 1, 160, 192, 224)]
-    assert [c.train for c in large] == [True, False]
+    assert [(c.train, c.peers) for c in large] == [(True, False), (False, True)]
+    assert large[0].kwargs == large[1].kwargs == {}
+    assert [(c.train, c.peers) for c in model_cases(["cascade"], "large")] == [(True, True), (False, True)]
+
+
+def test_the_peer_version_is_built_with_the_peer_arguments():
+    case = model_cases(["cascade"], "tiny")[0]
+    ours, peer = case.build(), case.build(peer=True)
+    assert ours.net2.recompute and not peer.net2.recompute
+    rows = run_models([case], repeat=1)
+    assert [r["impl"] for r in rows] == ["fastreg", "peer-ops"]
+
+
+def test_a_solo_case_runs_fastreg_alone():
+    case = model_cases(["dpvfa"], "tiny")[0]
+    case.peers = False
+    rows = run_models([case], repeat=1)
+    assert [r["impl"] for r in rows] == ["fastreg"] and rows[0]["fwd_bwd_ms"] > 0
 
 
 def test_cli_times_a_tiny_model_against_its_peer_version(capsys):
