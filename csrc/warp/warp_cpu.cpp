@@ -209,7 +209,7 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
   auto run_chunk = [&](const Chunk& ch, const GradTarget<T>* grad) {
     T pos[NDIM];
     T gpos[NDIM];
-    Stencil<T, NDIM> st;
+    Stencil<T, NDIM> st{};
     auto none = [](int64_t, int64_t, int64_t, T) {};
     Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
     for (int64_t i = ch.begin; i < ch.end;) {
