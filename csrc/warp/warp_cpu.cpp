@@ -212,25 +212,8 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
     Stencil<T, NDIM> st{};
     auto none = [](int64_t, int64_t, int64_t, T) {};
     Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
-    for (int64_t i = ch.begin; i < ch.end;) {
-      const int64_t b0 = broadcast ? 0 : cur.bl;
-      const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
-#ifdef FASTREG_WARP_AVX2
-      if constexpr (kSimd) {
-        if (simd && i + 8 <= ch.end && cur.idx[NDIM - 1] + 8 <= out_size[NDIM - 1] &&
-            backward_block8<NDIM, PADDING == kBorder>(
-                pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx, displacement, geo.size, geo.stride,
-                img + b0 * stride_b, go + b0 * s.channels * s.n_out + cur.v, b1 - b0, s.channels, s.n_in,
-                need_loc ? gl + cur.bl * NDIM * s.n_out + cur.v : nullptr,
-                grad != nullptr ? grad->row(b0, 0) : nullptr, grad != nullptr ? grad->row_len : 0,
-                grad != nullptr ? grad->shift : 0, grad != nullptr ? ch.lo : 0,
-                grad != nullptr ? ch.hi + 1 : s.n_in)) {
-          for (int k = 0; k < 8; ++k) cur.next(s.n_out, out_size);
-          i += 8;
-          continue;
-        }
-      }
-#endif
+    // One output voxel (every batch item it feeds) through the scalar path.
+    auto voxel = [&](int64_t b0, int64_t b1) {
       load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx,
                                        displacement, pos);
       build_stencil<MODE, PADDING>(pos, geo, need_loc, st);
@@ -248,6 +231,31 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
       if (need_loc) {
         for (int a = 0; a < NDIM; ++a) gl[(cur.bl * NDIM + a) * s.n_out + cur.v] = static_cast<scalar_t>(gpos[a]);
       }
+    };
+    for (int64_t i = ch.begin; i < ch.end;) {
+      const int64_t b0 = broadcast ? 0 : cur.bl;
+      const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
+#ifdef FASTREG_WARP_AVX2
+      if constexpr (kSimd) {
+        int handled = 0;
+        if (simd && i + 8 <= ch.end && cur.idx[NDIM - 1] + 8 <= out_size[NDIM - 1] &&
+            (handled = backward_block8<NDIM, PADDING == kBorder>(
+                 pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx, displacement, geo.size, geo.stride,
+                 img + b0 * stride_b, go + b0 * s.channels * s.n_out + cur.v, b1 - b0, s.channels, s.n_in,
+                 need_loc ? gl + cur.bl * NDIM * s.n_out + cur.v : nullptr,
+                 grad != nullptr ? grad->row(b0, 0) : nullptr, grad != nullptr ? grad->row_len : 0,
+                 grad != nullptr ? grad->shift : 0, grad != nullptr ? ch.lo : 0,
+                 grad != nullptr ? ch.hi + 1 : s.n_in)) != 0) {
+          for (int k = 0; k < 8; ++k) {  // the lanes the block did not take
+            if (!((handled >> k) & 1)) voxel(b0, b1);
+            cur.next(s.n_out, out_size);
+          }
+          i += 8;
+          continue;
+        }
+      }
+#endif
+      voxel(b0, b1);
       cur.next(s.n_out, out_size);
       ++i;
     }

@@ -276,9 +276,11 @@ FASTREG_AVX2_INLINE void scatter_pairs8(float* dst, const int64_t* row_off, __m2
   }
 }
 
-// Backward of forward_block8 (scale 1) for 8 output voxels v .. v+7 whose cells are all
-// interior; returns false, writing nothing, otherwise. For the batch items [0, nb) of
-// img (nb, C, n_in) and gout (nb, C, n_out) at voxel v:
+// Backward of forward_block8 (scale 1) for the lanes of 8 output voxels v .. v+7 whose cells
+// are interior; returns those lanes (bit k: voxel v + k), 0, writing nothing, when there is
+// none. The caller runs the scalar path for the other lanes (they add nothing to gimg here
+// and their gloc entries are left for the caller to overwrite). For the batch items
+// [0, nb) of img (nb, C, n_in) and gout (nb, C, n_out) at voxel v:
 //   gloc (when not null; (NDIM, n_out) at voxel v of the position batch item): set to
 //     d loss / d position, summed over the nb * C rows;
 //   gimg (when not null): the image gradient of row r (batch item, channel) is added at
@@ -288,7 +290,7 @@ FASTREG_AVX2_INLINE void scatter_pairs8(float* dst, const int64_t* row_off, __m2
 //     voxels lies there); blocks whose windows would leave it scatter lane by lane.
 // Requires n_in < 2^31.
 template <int NDIM, bool BORDER>
-__attribute__((target("avx2,fma"))) bool backward_block8(const float* loc, int64_t n_out, int64_t v,
+__attribute__((target("avx2,fma"))) int backward_block8(const float* loc, int64_t n_out, int64_t v,
                                                         const int64_t* idx, bool displacement,
                                                         const int64_t* size, const int64_t* stride,
                                                         const float* img, const float* gout, int64_t nb,
@@ -297,9 +299,12 @@ __attribute__((target("avx2,fma"))) bool backward_block8(const float* loc, int64
                                                         int64_t own_lo, int64_t own_hi) {
   __m256 t[NDIM], dsrc[NDIM];
   __m256i base;
-  if (_mm256_movemask_ps(cells8<NDIM, BORDER>(loc, n_out, v, idx, displacement, size, stride, 1.0f, t, dsrc, base)) != 0xFF) {
-    return false;
-  }
+  const __m256 ok = cells8<NDIM, BORDER>(loc, n_out, v, idx, displacement, size, stride, 1.0f, t, dsrc, base);
+  const int mask = _mm256_movemask_ps(ok);
+  if (mask == 0) return 0;
+  for (int a = 0; a < NDIM; ++a) t[a] = _mm256_and_ps(ok, t[a]);  // other lanes: finite, weight 0
+  alignas(32) int32_t handled[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(handled), _mm256_castps_si256(ok));
   constexpr int kRows = 1 << (NDIM - 1);
   int64_t row_off[kRows];
   cell_rows<NDIM>(stride, row_off);
@@ -310,12 +315,11 @@ __attribute__((target("avx2,fma"))) bool backward_block8(const float* loc, int64
   wg.first -= static_cast<int32_t>(shift);
   wg.second -= static_cast<int32_t>(shift);
   const __m256i base_g = _mm256_sub_epi32(base, _mm256_set1_epi32(static_cast<int32_t>(shift)));
-  static constexpr int32_t kAll[8] = {1, 1, 1, 1, 1, 1, 1, 1};
   const __m256 tl = t[NDIM - 1], sl = _mm256_sub_ps(_mm256_set1_ps(1.0f), tl);
   __m256 gt[NDIM];
   for (int a = 0; a < NDIM; ++a) gt[a] = _mm256_setzero_ps();
   for (int64_t r = 0; r < nb * channels; ++r) {
-    const __m256 gu = _mm256_loadu_ps(gout + r * n_out);
+    const __m256 gu = _mm256_and_ps(ok, _mm256_loadu_ps(gout + r * n_out));
     __m256 rw[kRows];
     cell_backward8<NDIM>(img + r * n_in, row_off, base, w, t, gu, gloc != nullptr ? gt : nullptr, rw);
     if (gimg == nullptr) continue;
@@ -323,13 +327,13 @@ __attribute__((target("avx2,fma"))) bool backward_block8(const float* loc, int64
     if (w.ok) {
       scatter_windows8<kRows>(dst, row_off, wg, rw, sl, tl);
     } else {
-      scatter_pairs8<kRows>(dst, row_off, base_g, kAll, rw, sl, tl);
+      scatter_pairs8<kRows>(dst, row_off, base_g, handled, rw, sl, tl);
     }
   }
   if (gloc != nullptr) {
     for (int a = 0; a < NDIM; ++a) _mm256_storeu_ps(gloc + a * n_out, _mm256_mul_ps(gt[a], dsrc[a]));
   }
-  return true;
+  return mask;
 }
 
 }  // namespace warp
