@@ -121,6 +121,18 @@ struct Chunk {
   }
 };
 
+// Where a chunk adds the image gradient: element `offset` (flat within one channel) of
+// batch item b, channel c at ptr[((b - b0) * channels + c) * row_len + offset - shift]. The
+// gradient itself (b0 = 0, row_len = n_in, shift = 0) or a chunk's slab over its region.
+template <typename T>
+struct GradTarget {
+  T* ptr;
+  int64_t b0, channels, row_len, shift;
+  // Row (b, c) in the indexing of offset - shift.
+  T* row(int64_t b, int64_t c) const { return ptr + ((b - b0) * channels + c) * row_len; }
+  void operator()(int64_t b, int64_t c, int64_t offset, T value) const { row(b, c)[offset - shift] += value; }
+};
+
 // Rows [r0, r1] of the first spatial axis that a position p0 along it can touch.
 template <int PADDING, typename T>
 bool touched_rows(T p0, int64_t size0, int64_t& r0, int64_t& r1) {
@@ -131,6 +143,24 @@ bool touched_rows(T p0, int64_t size0, int64_t& r0, int64_t& r1) {
   const int64_t i = static_cast<int64_t>(f);
   r0 = std::max<int64_t>(i, 0);
   r1 = std::min<int64_t>(i + 1, size0 - 1);
+  return true;
+}
+
+// Rows [r0, r1] of the first spatial axis that positions along it within [lo, hi] can touch
+// under zeros or border padding (both map positions monotonically); false when none (also
+// for lo > hi: no finite position).
+template <int PADDING, typename T>
+bool touched_row_range(T lo, T hi, int64_t size0, int64_t& r0, int64_t& r1) {
+  const T last = static_cast<T>(size0 - 1);
+  if (!(lo <= hi)) return false;
+  if (size0 == 1) {  // every finite position samples index 0
+    r0 = r1 = 0;
+    return true;
+  }
+  if (PADDING == kZeros && (hi < T(-1) || lo >= last + T(1))) return false;
+  const T f0 = floor(lo), f1 = floor(hi) + T(1);  // compared before any integer cast
+  r0 = f0 <= T(0) ? 0 : f0 >= last ? size0 - 1 : static_cast<int64_t>(f0);
+  r1 = f1 <= T(0) ? 0 : f1 >= last ? size0 - 1 : static_cast<int64_t>(f1);
   return true;
 }
 
@@ -169,50 +199,111 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
     ch.hi = -1;
   }
 
-  // Runs the output voxels of one chunk, handing image-gradient contributions to scatter.
-  auto run_chunk = [&](const Chunk& ch, auto& scatter) {
+#ifdef FASTREG_WARP_AVX2
+  constexpr bool kSimd = std::is_same_v<scalar_t, float> && MODE == kBilinear && PADDING != kReflection;
+  const bool simd = kSimd && cpu_has_avx2() && s.n_in < (int64_t(1) << 31);
+#endif
+
+  // Runs the output voxels of one chunk, adding image-gradient contributions to `grad`
+  // (null when the image needs none).
+  auto run_chunk = [&](const Chunk& ch, const GradTarget<T>* grad) {
     T pos[NDIM];
     T gpos[NDIM];
-    Stencil<T, NDIM> st;
+    Stencil<T, NDIM> st{};
+    auto none = [](int64_t, int64_t, int64_t, T) {};
     Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
-    for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
+    // One output voxel (every batch item it feeds) through the scalar path.
+    auto voxel = [&](int64_t b0, int64_t b1) {
       load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx,
                                        displacement, pos);
       build_stencil<MODE, PADDING>(pos, geo, need_loc, st);
       for (int a = 0; a < NDIM; ++a) gpos[a] = T(0);
-      const int64_t b0 = broadcast ? 0 : cur.bl;
-      const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
       for (int64_t b = b0; b < b1; ++b) {
-        backward_channels<scalar_t, T, NDIM>(st, img + b * stride_b, go + b * s.channels * s.n_out + cur.v,
-                                             b, s.channels, s.n_in, s.n_out, need_image, need_loc,
-                                             gpos, scatter);
+        const scalar_t* gob = go + b * s.channels * s.n_out + cur.v;
+        if (grad != nullptr) {
+          backward_channels<scalar_t, T, NDIM>(st, img + b * stride_b, gob, b, s.channels, s.n_in, s.n_out, true,
+                                               need_loc, gpos, *grad);
+        } else {
+          backward_channels<scalar_t, T, NDIM>(st, img + b * stride_b, gob, b, s.channels, s.n_in, s.n_out, false,
+                                               need_loc, gpos, none);
+        }
       }
       if (need_loc) {
         for (int a = 0; a < NDIM; ++a) gl[(cur.bl * NDIM + a) * s.n_out + cur.v] = static_cast<scalar_t>(gpos[a]);
       }
+    };
+    for (int64_t i = ch.begin; i < ch.end;) {
+      const int64_t b0 = broadcast ? 0 : cur.bl;
+      const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
+#ifdef FASTREG_WARP_AVX2
+      if constexpr (kSimd) {
+        int handled = 0;
+        if (simd && i + 8 <= ch.end && cur.idx[NDIM - 1] + 8 <= out_size[NDIM - 1] &&
+            (handled = backward_block8<NDIM, PADDING == kBorder>(
+                 pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx, displacement, geo.size, geo.stride,
+                 img + b0 * stride_b, go + b0 * s.channels * s.n_out + cur.v, b1 - b0, s.channels, s.n_in,
+                 need_loc ? gl + cur.bl * NDIM * s.n_out + cur.v : nullptr,
+                 grad != nullptr ? grad->row(b0, 0) : nullptr, grad != nullptr ? grad->row_len : 0,
+                 grad != nullptr ? grad->shift : 0, grad != nullptr ? ch.lo : 0,
+                 grad != nullptr ? ch.hi + 1 : s.n_in)) != 0) {
+          for (int k = 0; k < 8; ++k) {  // the lanes the block did not take
+            if (!((handled >> k) & 1)) voxel(b0, b1);
+            cur.next(s.n_out, out_size);
+          }
+          i += 8;
+          continue;
+        }
+      }
+#endif
+      voxel(b0, b1);
+      cur.next(s.n_out, out_size);
+      ++i;
     }
   };
 
   if (!need_image) {
-    auto none = [](int64_t, int64_t, int64_t, T) {};
     at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t ci = c0; ci < c1; ++ci) run_chunk(chunks[ci], none);
+      for (int64_t ci = c0; ci < c1; ++ci) run_chunk(chunks[ci], nullptr);
     });
     return;
   }
 
   // Pass 1: the image rows each chunk can reach (first axis only: reads one channel of loc).
+  // Zeros and border padding map positions monotonically, so the rows of a run of voxels
+  // with the same first index follow from its least and greatest position (a superset when
+  // some lie outside); reflection folds, so it bounds voxel by voxel.
+  const int64_t inner = s.n_out / out_size[0];  // voxels per index of the first output axis
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ci = c0; ci < c1; ++ci) {
       Chunk& ch = chunks[ci];
-      Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
-      for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
-        T p0 = static_cast<T>(pos_ptr[cur.bl * NDIM * s.n_out + cur.v]);
-        if (displacement) p0 += static_cast<T>(cur.idx[0]);
-        int64_t r0, r1;
-        if (!touched_rows<PADDING>(p0, geo.size[0], r0, r1)) continue;
+      auto add_rows = [&](int64_t r0, int64_t r1) {
         ch.lo = std::min(ch.lo, r0 * geo.stride[0]);
         ch.hi = std::max(ch.hi, (r1 + 1) * geo.stride[0] - 1);
+      };
+      if constexpr (PADDING != kReflection) {
+        for (int64_t i = ch.begin; i < ch.end;) {
+          const int64_t bl = i / s.n_out, v = i % s.n_out, i0 = v / inner;
+          const int64_t end = std::min(ch.end, bl * s.n_out + (i0 + 1) * inner);
+          const scalar_t* p = pos_ptr + bl * NDIM * s.n_out + v;
+          T lo = std::numeric_limits<T>::infinity(), hi = -std::numeric_limits<T>::infinity();
+          for (int64_t j = 0; j < end - i; ++j) {  // NaN compares false: skipped
+            const T x = static_cast<T>(p[j]);
+            lo = x < lo ? x : lo;
+            hi = x > hi ? x : hi;
+          }
+          const T shift = displacement ? static_cast<T>(i0) : T(0);
+          int64_t r0, r1;
+          if (touched_row_range<PADDING>(lo + shift, hi + shift, geo.size[0], r0, r1)) add_rows(r0, r1);
+          i = end;
+        }
+      } else {
+        Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
+        for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
+          T p0 = static_cast<T>(pos_ptr[cur.bl * NDIM * s.n_out + cur.v]);
+          if (displacement) p0 += static_cast<T>(cur.idx[0]);
+          int64_t r0, r1;
+          if (touched_rows<PADDING>(p0, geo.size[0], r0, r1)) add_rows(r0, r1);
+        }
       }
     }
   });
@@ -225,11 +316,10 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
   if (direct) {
     constexpr bool same = std::is_same_v<T, scalar_t>;
     at::Tensor acc = same ? gimage.zero_() : at::zeros(image.sizes(), image.options().dtype(c10::CppTypeToScalarType<T>::value));
-    T* a = acc.mutable_data_ptr<T>();
-    auto scatter = [&](int64_t b, int64_t c, int64_t offset, T value) { a[(b * s.channels + c) * s.n_in + offset] += value; };
+    const GradTarget<T> target{acc.mutable_data_ptr<T>(), 0, s.channels, s.n_in, 0};
     for (int64_t phase = 0; phase < 2; ++phase) {
       at::parallel_for(0, (nchunks - phase + 1) / 2, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t ci = c0; ci < c1; ++ci) run_chunk(chunks[2 * ci + phase], scatter);
+        for (int64_t ci = c0; ci < c1; ++ci) run_chunk(chunks[2 * ci + phase], &target);
       });
     }
     if (!same) gimage.copy_(acc);
@@ -246,12 +336,8 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ci = c0; ci < c1; ++ci) {
       const Chunk& ch = chunks[ci];
-      T* slab = slab_ptr + slab_start[ci];
-      const int64_t len = ch.len();
-      auto scatter = [&](int64_t b, int64_t c, int64_t offset, T value) {
-        slab[((b - ch.b0) * s.channels + c) * len + (offset - ch.lo)] += value;
-      };
-      run_chunk(ch, scatter);
+      const GradTarget<T> target{slab_ptr + slab_start[ci], ch.b0, s.channels, ch.len(), ch.lo};
+      run_chunk(ch, &target);
     }
   });
   scalar_t* gi = gimage.mutable_data_ptr<scalar_t>();

@@ -1,8 +1,9 @@
 """Benchmark cases of the warp op family: ``fastreg.warp(image, disp)`` against the
 grid_sample paths of VoxelMorph and MONAI.
 
-Inputs: ``image`` (1, C, *S) standard normal, ``disp`` (1, ndim, *S) in voxels from
-fastreg.data.random_smooth_field (smooth, standard deviation 2 voxels). Linear
+Inputs: ``image`` (B, C, *S) standard normal, ``disp`` (B, ndim, *S) in voxels from
+fastreg.data.random_smooth_field (smooth, standard deviation 2 voxels), one field per
+batch item (8x1x224^2 is UniReg's 2-D training batch). Linear
 interpolation ("bilinear", trilinear in 3-D), zero padding, align_corners=True: what
 every peer computes by default (MONAI's Warp is asked for padding_mode="zeros").
 Peers (installed ones only; the heavy packages are imported at the first, untimed call):
@@ -30,8 +31,8 @@ from fastreg.reference.warp import identity_grid
 SHAPES = {
     "tiny": [(1, 1, 10, 12, 14), (1, 3, 24, 32)],
     "quick": [(1, 1, 64, 64, 64), (1, 3, 512, 512)],
-    "default": [(1, 1, 96, 96, 96), (1, 3, 1024, 1024)],
-    "large": [(1, 1, 96, 96, 96), (1, 3, 1024, 1024), (1, 1, 160, 192, 224)],
+    "default": [(1, 1, 96, 96, 96), (1, 3, 1024, 1024), (8, 1, 224, 224)],
+    "large": [(1, 1, 96, 96, 96), (1, 3, 1024, 1024), (8, 1, 224, 224), (1, 1, 160, 192, 224)],
 }
 GRAD_INPUTS = ("image", "disp")
 
@@ -61,7 +62,7 @@ def _case(dims: tuple[int, ...], mode: str) -> Case:
 
 def _make_inputs(dims, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     image = torch.randn(dims, device=device, dtype=dtype)
-    disp = random_smooth_field(dims[2:], batch=1, dtype=dtype, device=device)
+    disp = random_smooth_field(dims[2:], batch=dims[0], dtype=dtype, device=device)
     return {"image": image, "disp": disp}
 
 
