@@ -124,6 +124,9 @@ def resolve(recipe: dict, device: torch.device):
     data = _data(data_cfg, data_cfg["seed"], data_cfg["path"], data_device, "data")
     validation = None
     if val_cfg["every"]:
+        if val_cfg["seed"] == data_cfg["seed"] and (val_cfg["path"] or data_cfg["path"]) == data_cfg["path"]:
+            raise ValueError(f"validation.seed: equal to data.seed ({data_cfg['seed']}) on the same data: the"
+                             " validation batches would be training batches; give them different seeds")
         validation = _data(data_cfg, val_cfg["seed"], val_cfg["path"] or data_cfg["path"], data_device, "validation")
     loss = _loss(recipe["loss"], data)
     t = recipe["train"]

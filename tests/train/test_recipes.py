@@ -88,6 +88,7 @@ def test_set_parses_toml_values(recipe):
         ("data.kind='NoSuchPairs'", ValueError, "data.kind: fastreg.data has no 'NoSuchPairs'"),
         ("data.path='/no/such/folder'", ValueError, "data.path: no such file or folder"),
         ("model.pretrained='/no/such.pt'", ValueError, "model.pretrained: no such file"),
+        ("data.seed=1", ValueError, r"validation.seed: equal to data.seed \(1\) on the same data"),
     ],
 )
 def test_resolve_errors_name_the_key(recipe, assignment, error, match):
