@@ -1,5 +1,5 @@
 // CPU launcher of warp (contract in warp.h). Parallel over output voxels with
-// at::parallel_for; the image gradient is scattered race-free and deterministically
+// at::parallel_for (the backward's scatter in one OpenMP region); the image gradient is scattered race-free and deterministically
 // (see backward_kernel: alternating chunks, or per-chunk slabs summed in a fixed order).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -268,60 +268,76 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
     return;
   }
 
-  // Pass 1: the image rows each chunk can reach (first axis only: reads one channel of loc).
+  // The image rows each chunk can reach (first axis only: reads one channel of loc).
   // Zeros and border padding map positions monotonically, so the rows of a run of voxels
   // with the same first index follow from its least and greatest position (a superset when
   // some lie outside); reflection folds, so it bounds voxel by voxel.
   const int64_t inner = s.n_out / out_size[0];  // voxels per index of the first output axis
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t ci = c0; ci < c1; ++ci) {
-      Chunk& ch = chunks[ci];
-      auto add_rows = [&](int64_t r0, int64_t r1) {
-        ch.lo = std::min(ch.lo, r0 * geo.stride[0]);
-        ch.hi = std::max(ch.hi, (r1 + 1) * geo.stride[0] - 1);
-      };
-      if constexpr (PADDING != kReflection) {
-        for (int64_t i = ch.begin; i < ch.end;) {
-          const int64_t bl = i / s.n_out, v = i % s.n_out, i0 = v / inner;
-          const int64_t end = std::min(ch.end, bl * s.n_out + (i0 + 1) * inner);
-          const scalar_t* p = pos_ptr + bl * NDIM * s.n_out + v;
-          T lo = std::numeric_limits<T>::infinity(), hi = -std::numeric_limits<T>::infinity();
-          for (int64_t j = 0; j < end - i; ++j) {  // NaN compares false: skipped
-            const T x = static_cast<T>(p[j]);
-            lo = x < lo ? x : lo;
-            hi = x > hi ? x : hi;
-          }
-          const T shift = displacement ? static_cast<T>(i0) : T(0);
-          int64_t r0, r1;
-          if (touched_row_range<PADDING>(lo + shift, hi + shift, geo.size[0], r0, r1)) add_rows(r0, r1);
-          i = end;
+  auto bound_chunk = [&](Chunk& ch) {
+    auto add_rows = [&](int64_t r0, int64_t r1) {
+      ch.lo = std::min(ch.lo, r0 * geo.stride[0]);
+      ch.hi = std::max(ch.hi, (r1 + 1) * geo.stride[0] - 1);
+    };
+    if constexpr (PADDING != kReflection) {
+      for (int64_t i = ch.begin; i < ch.end;) {
+        const int64_t bl = i / s.n_out, v = i % s.n_out, i0 = v / inner;
+        const int64_t end = std::min(ch.end, bl * s.n_out + (i0 + 1) * inner);
+        const scalar_t* p = pos_ptr + bl * NDIM * s.n_out + v;
+        T lo = std::numeric_limits<T>::infinity(), hi = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < end - i; ++j) {  // NaN compares false: skipped
+          const T x = static_cast<T>(p[j]);
+          lo = x < lo ? x : lo;
+          hi = x > hi ? x : hi;
         }
-      } else {
-        Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
-        for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
-          T p0 = static_cast<T>(pos_ptr[cur.bl * NDIM * s.n_out + cur.v]);
-          if (displacement) p0 += static_cast<T>(cur.idx[0]);
-          int64_t r0, r1;
-          if (touched_rows<PADDING>(p0, geo.size[0], r0, r1)) add_rows(r0, r1);
-        }
+        const T shift = displacement ? static_cast<T>(i0) : T(0);
+        int64_t r0, r1;
+        if (touched_row_range<PADDING>(lo + shift, hi + shift, geo.size[0], r0, r1)) add_rows(r0, r1);
+        i = end;
+      }
+    } else {
+      Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
+      for (int64_t i = ch.begin; i < ch.end; ++i, cur.next(s.n_out, out_size)) {
+        T p0 = static_cast<T>(pos_ptr[cur.bl * NDIM * s.n_out + cur.v]);
+        if (displacement) p0 += static_cast<T>(cur.idx[0]);
+        int64_t r0, r1;
+        if (touched_rows<PADDING>(p0, geo.size[0], r0, r1)) add_rows(r0, r1);
       }
     }
-  });
-
-  bool direct = true;
-  for (int64_t i = 0; i < nchunks && direct; ++i) {
-    for (int64_t j = i + 2; j < nchunks && direct; j += 2) direct = !chunks[i].overlaps(chunks[j]);
-  }
-
-  if (direct) {
-    constexpr bool same = std::is_same_v<T, scalar_t>;
-    at::Tensor acc = same ? gimage.zero_() : at::zeros(image.sizes(), image.options().dtype(c10::CppTypeToScalarType<T>::value));
-    const GradTarget<T> target{acc.mutable_data_ptr<T>(), 0, s.channels, s.n_in, 0};
-    for (int64_t phase = 0; phase < 2; ++phase) {
-      at::parallel_for(0, (nchunks - phase + 1) / 2, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t ci = c0; ci < c1; ++ci) run_chunk(chunks[2 * ci + phase], &target);
-      });
+  };
+  // Direct scatter is safe when no two chunks of the same parity overlap.
+  auto parities_disjoint = [&]() {
+    for (int64_t i = 0; i < nchunks; ++i) {
+      for (int64_t j = i + 2; j < nchunks; j += 2) {
+        if (chunks[i].overlaps(chunks[j])) return false;
+      }
     }
+    return true;
+  };
+
+  // One parallel region (its barriers are the synchronisation that matters with several
+  // threads on a loaded machine): bound the chunks and zero the accumulator, one barrier;
+  // then, when direct, even chunks scatter straight into it, one barrier, odd chunks.
+  constexpr bool same = std::is_same_v<T, scalar_t>;
+  at::Tensor acc = same ? gimage : at::empty(image.sizes(), image.options().dtype(c10::CppTypeToScalarType<T>::value));
+  T* acc_ptr = acc.mutable_data_ptr<T>();
+  const int64_t n_acc = acc.numel();
+  const GradTarget<T> target{acc_ptr, 0, s.channels, s.n_in, 0};
+  const int nthreads = static_cast<int>(at::get_num_threads());
+  const int64_t nzero = std::max<int64_t>(1, std::min<int64_t>(nthreads, n_acc / kGrain));
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && !at::in_parallel_region())
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t ci = 0; ci < nchunks; ++ci) bound_chunk(chunks[ci]);
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < nzero; ++k) std::fill(acc_ptr + n_acc * k / nzero, acc_ptr + n_acc * (k + 1) / nzero, T(0));
+    if (parities_disjoint()) {  // the same answer on every thread: all or none take the loops
+#pragma omp for schedule(static)
+      for (int64_t ci = 0; ci < nchunks; ci += 2) run_chunk(chunks[ci], &target);
+#pragma omp for schedule(static) nowait
+      for (int64_t ci = 1; ci < nchunks; ci += 2) run_chunk(chunks[ci], &target);
+    }
+  }
+  if (parities_disjoint()) {
     if (!same) gimage.copy_(acc);
     return;
   }
