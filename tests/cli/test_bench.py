@@ -313,10 +313,10 @@ def test_shape_name():
 def test_warp_cases_time_the_public_op_on_the_listed_shapes():
     assert all(c.ours.func is fastreg.warp and c.op == "warp" for c in warp_cases.cases("tiny", quick=False))
     assert [c.dims for c in warp_cases.cases("large", quick=False)] == [
-        (1, 1, 96, 96, 96), (1, 3, 1024, 1024), (1, 1, 160, 192, 224)
+        (1, 1, 96, 96, 96), (1, 3, 1024, 1024), (8, 1, 224, 224), (1, 1, 160, 192, 224)
     ]
     assert [c.name for c in warp_cases.cases("default", quick=False)] == [
-        "3d 1x1x96^3 trilinear", "2d 1x3x1024^2 bilinear"
+        "3d 1x1x96^3 trilinear", "2d 1x3x1024^2 bilinear", "2d 8x1x224^2 bilinear"
     ]
 
 
