@@ -93,7 +93,11 @@ def test_inductor_compiled_model_matches_eager(cls):
     # static shapes: after the other compile tests of this model class dynamo would mark the
     # sizes dynamic, and inductor 2.13 fails on the pooled sizes ("Invalid ranges [0:-1]")
     compiled = torch.compile(model, dynamic=False)
-    torch.testing.assert_close(compiled(fixed, moving), model(fixed, moving), rtol=1e-4, atol=1e-5)
+    expected = model(fixed, moving)
+    # inductor reorders float32 sums: 1e-5 of the field's largest vector (CI seed 29152397
+    # missed a 1e-5 absolute bound by 3 %); a wrong axis or sign is off by the field itself
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(compiled(fixed, moving), expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
 
 
 @pytest.mark.parametrize("cls, lr", [(DPVFA, 1e-3), (DPConvC, 1e-3)])
