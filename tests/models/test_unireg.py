@@ -255,7 +255,7 @@ def test_torch_compile():
 
 @pytest.mark.slow
 def test_overfit_recovers_a_known_field():
-    """30 Adam steps on one pair whose true field is known (fixed = moving warped by u): the
+    """60 Adam steps on one pair whose true field is known (fixed = moving warped by u): the
     loss falls and the predicted field approaches u. With a flipped warp sign or swapped
     axes the loss still falls but the field error grows, so this fails."""
     skdata = pytest.importorskip("skimage.data")
@@ -274,7 +274,7 @@ def test_overfit_recovers_a_known_field():
         return loss, (disp - truth)[inner].norm(dim=1).mean().item()
 
     first_loss, first_error = step()
-    for _ in range(30):
+    for _ in range(60):  # 30 left the loss at 0.20-0.64 and the error at 0.47-0.87 of the first
         loss, _ = step()
         optimizer.zero_grad()
         loss.backward()
@@ -282,7 +282,8 @@ def test_overfit_recovers_a_known_field():
     with torch.no_grad():
         last_loss, last_error = step()
     assert last_loss < 0.6 * first_loss.item()
-    assert last_error < 0.9 * first_error  # a flipped sign gives 1.2-1.5x the first error
+    # 0.34-0.69 over 13 seeds; a flipped sign gives 1.2-1.5x the first error
+    assert last_error < 0.85 * first_error
 
 
 def test_bad_input_names_the_argument():
