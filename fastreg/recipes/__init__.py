@@ -12,6 +12,11 @@ data class that lands later:
                first when set; seed/batch_size/device passed when the constructor takes them);
                a map-style dataset of single pairs (ImagePairs) is read through
                fastreg.train.stream.Shuffled with data.batch_size and the seed
+  validation   a stream like data.kind's from ``validation.path`` (default data.path) and
+               ``validation.seed``; for a dataset of real pairs read from data.path itself
+               (no validation.path) a share ``validation.holdout`` of the pairs (at least
+               one, chosen by validation.seed) is held out of training and validated on,
+               so no validation pair is ever a training pair
   loss.name    a preset of ``fastreg.nn.loss_for`` (adapted by fastreg.train.objective.pair_loss,
                with one-hot warped labels when ``loss.labels``) or "module:function" taking
                (batch, disp) as fastreg.train.fit does
@@ -34,19 +39,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, Subset
 
 from fastreg import train
 from fastreg.train import distributed
 from fastreg.train.objective import pair_loss
-from fastreg.train.stream import Shuffled, is_drawn, is_indexed
+from fastreg.train.stream import Shuffled, batch_seed, is_drawn, is_indexed
 from fastreg.train.validate import HIGHER_IS_BETTER
 
 DEFAULTS: dict = {
     "description": "",
     "model": {"name": "", "pretrained": "", "args": {}},
     "data": {"kind": "", "path": "", "batch_size": 1, "seed": 0, "workers": 0, "args": {}},
-    "validation": {"every": 0, "batches": 4, "seed": 1, "path": "", "best": "loss"},
+    "validation": {"every": 0, "batches": 4, "seed": 1, "path": "", "best": "loss", "holdout": 0.1},
     "loss": {"name": "", "labels": False},
     "train": {
         "steps": 1000, "seed": 0, "device": "auto", "optimizer": "adam", "lr": 1e-4, "amsgrad": False,
@@ -121,13 +126,20 @@ def resolve(recipe: dict, device: torch.device):
     model = _model(recipe["model"])
     data_cfg, val_cfg = recipe["data"], recipe["validation"]
     data_device = device if data_cfg["workers"] == 0 else torch.device("cpu")
-    data = _data(data_cfg, data_cfg["seed"], data_cfg["path"], data_device, "data")
+    data = _dataset(data_cfg, data_cfg["seed"], data_cfg["path"], data_device, "data")
     validation = None
     if val_cfg["every"]:
-        if val_cfg["seed"] == data_cfg["seed"] and (val_cfg["path"] or data_cfg["path"]) == data_cfg["path"]:
-            raise ValueError(f"validation.seed: equal to data.seed ({data_cfg['seed']}) on the same data: the"
-                             " validation batches would be training batches; give them different seeds")
-        validation = _data(data_cfg, val_cfg["seed"], val_cfg["path"] or data_cfg["path"], data_device, "validation")
+        same_data = (val_cfg["path"] or data_cfg["path"]) == data_cfg["path"]
+        if same_data and _pairs(data):
+            data, held = _hold_out(data, val_cfg["holdout"], val_cfg["seed"])
+            validation = _stream(held, data_cfg["batch_size"], val_cfg["seed"])
+        else:
+            if same_data and val_cfg["seed"] == data_cfg["seed"]:
+                raise ValueError(f"validation.seed: equal to data.seed ({data_cfg['seed']}) on the same data: the"
+                                 " validation batches would be training batches; give them different seeds")
+            held = _dataset(data_cfg, val_cfg["seed"], val_cfg["path"] or data_cfg["path"], data_device, "validation")
+            validation = _stream(held, data_cfg["batch_size"], val_cfg["seed"])
+    data = _stream(data, data_cfg["batch_size"], data_cfg["seed"])
     loss = _loss(recipe["loss"], data)
     t = recipe["train"]
     kwargs = dict(
@@ -293,7 +305,8 @@ def _model(cfg: dict) -> torch.nn.Module:
     return models.load(pretrained)
 
 
-def _data(cfg: dict, seed: int, path: str, device: torch.device, key: str):
+def _dataset(cfg: dict, seed: int, path: str, device: torch.device, key: str):
+    """The data class of ``cfg`` built on ``path`` with ``seed`` (not yet a stream)."""
     kind = cfg["kind"]
     if not kind:
         raise ValueError("data.kind: the recipe names no data")
@@ -313,10 +326,33 @@ def _data(cfg: dict, seed: int, path: str, device: torch.device, key: str):
             args[name] = value
     if path and not Path(path).exists():
         raise ValueError(f"{key}.path: no such file or folder {path!r}")
-    data = cls(path, **args) if path else cls(**args)
-    if is_indexed(data) or is_drawn(data) or isinstance(data, IterableDataset) or not hasattr(data, "__getitem__"):
-        return data
-    return Shuffled(data, cfg["batch_size"], seed)  # a map-style dataset of single pairs
+    return cls(path, **args) if path else cls(**args)
+
+
+def _pairs(data) -> bool:
+    """Whether ``data`` is a map-style dataset of single pairs (a finite set, not a stream)."""
+    streams = is_indexed(data) or is_drawn(data) or isinstance(data, IterableDataset)
+    return not streams and hasattr(data, "__getitem__") and hasattr(data, "__len__")
+
+
+def _stream(data, batch_size: int, seed: int):
+    return Shuffled(data, batch_size, seed) if _pairs(data) else data
+
+
+def _hold_out(data, share: float, seed: int) -> tuple[Subset, Subset]:
+    """(training pairs, validation pairs) of a map-style dataset: ``max(1, round(share * n))``
+    pairs drawn by ``seed`` are held out (the same ones on every run and resume)."""
+    if not 0 < share < 1:
+        raise ValueError(f"validation.holdout: expected a share in (0, 1), got {share!r}")
+    n = len(data)
+    if n < 2:
+        raise ValueError(f"validation: the data holds {n} pair(s), too few to hold any out for validation; "
+                         "give validation.path (other pairs) or set validation.every = 0")
+    count = min(n - 1, max(1, round(share * n)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(batch_seed(seed, 0))).tolist()
+    held = sorted(order[:count])
+    kept = sorted(order[count:])
+    return Subset(data, kept), Subset(data, held)
 
 
 def _loss(cfg: dict, data):

@@ -97,6 +97,27 @@ def test_resolve_errors_name_the_key(recipe, assignment, error, match):
         recipes.resolve(recipe, torch.device("cpu"))
 
 
+def test_real_pairs_hold_out_validation_pairs(recipe):
+    """A finite set of pairs validated on itself (no validation.path): a seeded share is held
+    out of training, the same on every resolve, never a training pair."""
+    n = int(torch.randint(6, 20, ()).item())
+    recipe = recipes.override(recipes.load(recipe), ["data.kind='tiny:TinyMap'", f"data.args.n={n}",
+                                                     "validation.holdout=0.25", "data.seed=1"])
+    _, data, validation, *_ = recipes.resolve(recipe, torch.device("cpu"))
+    train_ids, held_ids = data.dataset.indices, validation.dataset.indices
+    assert len(held_ids) == max(1, round(0.25 * n)) and sorted(train_ids + held_ids) == list(range(n))
+    assert not set(train_ids) & set(held_ids)
+    _, again, revalidation, *_ = recipes.resolve(recipe, torch.device("cpu"))
+    assert again.dataset.indices == train_ids and revalidation.dataset.indices == held_ids
+    seen = {round(float(v), 6) for b in range(4 * n) for v in data.take(b, 1)["fixed"].flatten()[:1]}
+    held = {round(float(validation.dataset[i]["fixed"].flatten()[0]), 6) for i in range(len(held_ids))}
+    assert not seen & held  # no held-out pair in four epochs of training batches
+    with pytest.raises(ValueError, match="validation: the data holds 1 pair"):
+        recipes.resolve(recipes.override(recipe, ["data.args.n=1"]), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"validation.holdout: expected a share in \(0, 1\)"):
+        recipes.resolve(recipes.override(recipe, ["validation.holdout=1.5"]), torch.device("cpu"))
+
+
 def test_run_writes_the_resolved_recipe_and_fine_tunes_from_it(recipe, tmp_path):
     recipe = recipes.override(recipes.load(recipe), ["train.steps=2"])
     result = recipes.run(recipe, tmp_path / "run")
