@@ -73,7 +73,9 @@ def affine_register(
     next one, decaying linearly to a tenth within a level; a level whose pooled image would
     have an axis under 4 voxels is skipped). The defaults end at half resolution, where a
     2 mm brain is aligned to about 0.1 voxel in well under a second of CPU (BENCHMARKS.md);
-    add a level 1 for full-resolution accuracy at about twice the time.
+    add a level 1 for full-resolution accuracy at about twice the time. The result is never
+    worse than the start by the finest level's similarity: coarse levels of a small image
+    can mislead the optimisation, and then the start (per batch item) is kept.
     ``init``: "moments" or "identity" (physical identity, centres not matched). ``bins``:
     histogram bins of "mi"; ``window``: box window of "lncc" (clipped to the pooled size).
     Deterministic: the same inputs give the same matrix. Example::
@@ -113,6 +115,7 @@ def affine_register(
     else:
         params.rotation0 = candidates[0]
 
+    start = params.snapshot()
     for index, (factor, steps) in enumerate(schedule):
         if index > 0:
             loss = _LevelLoss(fixed, moving, factor, geometry, centre_f, centre_m, similarity, bins, window)
@@ -124,6 +127,13 @@ def affine_register(
             value.backward()
             optimizer.step()
             decay.step()
+    if schedule:  # never worse than the start at the finest level (coarse levels can mislead)
+        with torch.no_grad():
+            found = params.snapshot()
+            after = loss(params.linear(), params.shift())
+            params.restore(start)
+            before = loss(params.linear(), params.shift())
+            params.restore([torch.where(_rows(after <= before, f), f, s) for f, s in zip(found, start)])
 
     with torch.no_grad():
         matrix = geometry.voxel_matrix(params.linear(), params.shift(), centre_f, centre_m)
@@ -304,6 +314,14 @@ class _Parameters:
             self.delta = torch.zeros(batch, ndim, ndim, requires_grad=True, **opts)
             self.tensors.append(self.delta)
 
+    def snapshot(self) -> list[torch.Tensor]:
+        return [t.detach().clone() for t in self.tensors]
+
+    def restore(self, values: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for t, v in zip(self.tensors, values):
+                t.copy_(v)
+
     def shift(self) -> torch.Tensor:
         return self.radius * self.tau
 
@@ -317,6 +335,11 @@ class _Parameters:
         if self.dof == 9:
             m = m * (self.scale0.view(-1, 1) * torch.exp(self.sigma)).unsqueeze(1)
         return m
+
+
+def _rows(keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The per-item flag ``keep`` (B,) broadcastable against ``like`` (B, ...)."""
+    return keep.view(-1, *[1] * (like.dim() - 1))
 
 
 def _skew(omega: torch.Tensor, ndim: int) -> torch.Tensor:
