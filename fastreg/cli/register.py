@@ -8,30 +8,24 @@
 ``register`` writes OUT/ (``Registration.save``: warped, field, inverse, warped_labels,
 affine.txt, stats.json, preview.png) through a hidden staging folder next to it, renamed into
 place once complete: a failure leaves no partial OUT. An existing non-empty OUT is refused
-unless --force. ``--pairs``: a CSV with a header naming the columns fixed, moving and
-optionally fixed_labels, moving_labels (paths relative to the CSV's folder); pair k goes to
-OUT/pair-k/ and one row per pair to OUT/results.csv; pairs whose folder is complete are
-skipped, so an interrupted run resumes.
+unless --force. ``--pairs``: many pairs, I/O overlapped with compute, resumable, sharded
+over the processes of torchrun (fastreg.cli.pairs).
 Exit status: 0 done, 2 bad arguments or input (nothing written).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from fastreg import io
+from fastreg.cli.output import check_out, staging
+from fastreg.cli.pairs import register_pairs
 from fastreg.io.image import PICTURE, extension
-from fastreg.register import FIELD_FORMATS, device_for, register, resolve_model
+from fastreg.register import FIELD_FORMATS, register
 
 EXAMPLE_SIZE = 224
-RESULT_COLUMNS = (
-    "pair", "fixed", "moving", "cc_before", "cc_after", "folding_percent", "sdlogj", "dice_mean", "seconds",
-)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         iterations = _iterations(args.iterations)
         if args.pairs is not None:
-            return _pairs(args, iterations)
-        _check_out(args.out, args.force)
-        with _staging(args.out) as stage:
+            return register_pairs(args, iterations, _register)
+        check_out(args.out, args.force)
+        with staging(args.out) as stage:
             if args.example:
                 args.fixed, args.moving = write_example(stage)
-            reg = _register(args, args.fixed, args.moving, args.model, iterations)
+            reg = _register(args, args.fixed, args.moving, args.fixed_labels, args.moving_labels, args.model,
+                            iterations)
             reg.save(stage, format=args.format, preview=not args.no_preview)
         print(summary(reg, args.out))
     except (ValueError, TypeError, OSError) as exc:
@@ -81,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _register(args, fixed, moving, model, iterations):
-    return register(fixed, moving, model=model, nio=args.nio, affine=args.affine, fixed_labels=args.fixed_labels,
-                    moving_labels=args.moving_labels, device=args.device, half=args.half,
+def _register(args, fixed, moving, fixed_labels, moving_labels, model, iterations):
+    return register(fixed, moving, model=model, nio=args.nio, affine=args.affine, fixed_labels=fixed_labels,
+                    moving_labels=moving_labels, device=args.device, half=args.half,
                     intensity=args.intensity, iterations=iterations, max_seconds=args.max_seconds)
 
 
@@ -97,40 +92,6 @@ def _iterations(text):
     if not values or min(values) < 1:
         raise ValueError(f"--iterations: expected positive integers separated by commas, e.g. 100,60,30, got {text!r}")
     return values
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"--out: {out} already holds results; pass --force to replace them")
-    parent = out.resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"--out: cannot create {out}: {parent} is not a writable folder")
-
-
-class _staging:
-    """A hidden folder next to ``out``; on success it replaces ``out``, on failure it is removed."""
-
-    def __init__(self, out: Path):
-        self.out = out.resolve()
-
-    def __enter__(self) -> Path:
-        self.path = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.staging."))
-        return self.path
-
-    def __exit__(self, kind, value, traceback):
-        if kind is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            return False
-        old = None
-        if self.out.exists():
-            old = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old."))
-            os.replace(self.out, old / "out")
-        os.replace(self.path, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 def write_example(folder: Path) -> tuple[Path, Path]:
@@ -167,64 +128,6 @@ def summary(reg, out: Path) -> str:
     lines.append("seconds: " + "  ".join(f"{k} {v:.3f}" for k, v in t.items()) + f"  total {sum(t.values()):.3f}")
     lines.append(f"written to {out}/")
     return "\n".join(lines)
-
-
-def _pairs(args, iterations) -> int:
-    """Register every row of the CSV with one model; resumable (module docstring)."""
-    rows = _read_pairs(args.pairs)
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    first = io.load(rows[0]["fixed"])
-    model, _ = resolve_model(args.model, first.ndim, device_for(args.device))
-    results = out / "results.csv"
-    done = set()
-    if results.is_file():
-        with open(results, newline="") as f:
-            done = {row["pair"] for row in csv.DictReader(f)}
-    new = not results.is_file()
-    with open(results, "a", newline="") as f:
-        writer = csv.DictWriter(f, RESULT_COLUMNS)
-        if new:
-            writer.writeheader()
-        for k, row in enumerate(rows):
-            name = f"pair-{k:05d}"
-            if name in done:
-                continue
-            target = out / name
-            if target.exists():
-                shutil.rmtree(target)  # a pair interrupted before its row was written
-            args.fixed_labels, args.moving_labels = row.get("fixed_labels"), row.get("moving_labels")
-            with _staging(target) as stage:
-                reg = _register(args, row["fixed"], row["moving"], model, iterations)
-                reg.save(stage, format=args.format, preview=not args.no_preview)
-            s = reg.stats
-            writer.writerow({"pair": name, "fixed": row["fixed"], "moving": row["moving"], "cc_before": s["cc_before"],
-                             "cc_after": s["cc_after"], "folding_percent": s["folding_percent"], "sdlogj": s["sdlogj"],
-                             "dice_mean": s.get("dice_mean", ""), "seconds": sum(reg.timings.values())})
-            f.flush()
-            print(f"{name}: CC {s['cc_before']:.4f} -> {s['cc_after']:.4f}, {sum(reg.timings.values()):.2f} s")
-    print(f"{len(rows)} pairs ({len(done)} done before); results in {results}")
-    return 0
-
-
-def _read_pairs(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ValueError(f"--pairs: {path}: file not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        if not {"fixed", "moving"} <= columns:
-            raise ValueError(f"--pairs: {path}: expected a header with columns fixed, moving; got {sorted(columns)}")
-        rows = [{k: (str(path.parent / v) if v else None) for k, v in row.items() if k in
-                 ("fixed", "moving", "fixed_labels", "moving_labels")} for row in reader]
-    if not rows:
-        raise ValueError(f"--pairs: {path}: no pairs")
-    for i, row in enumerate(rows):
-        if not row["fixed"] or not row["moving"]:
-            raise ValueError(f"--pairs: {path}: row {i + 1} lacks a fixed or moving path")
-    return rows
 
 
 # -- fastreg apply -------------------------------------------------------------------------------

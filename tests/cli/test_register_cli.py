@@ -3,6 +3,10 @@ import contextlib
 import csv
 import io as stdio
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +171,51 @@ def test_pairs_are_resumable(pair, run_folder, tmp_path):
     with open(out / "results.csv") as f:
         assert [r["pair"] for r in csv.DictReader(f)] == ["pair-00000", "pair-00001"]
     assert (out / "pair-00001" / "stats.json").is_file()
+
+
+def pairs_table(tmp_path, count):
+    """A pairs CSV of ``count`` distinct random 2-D pairs (NIfTI files next to it)."""
+    lines = ["fixed,moving"]
+    for k in range(count):
+        for role in ("f", "m"):
+            io.save(tmp_path / f"{role}{k}.nii.gz", io.Image(smooth(24, 20)))
+        lines.append(f"f{k}.nii.gz,m{k}.nii.gz")
+    table = tmp_path / "pairs.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def test_pairs_stop_at_an_unreadable_pair_with_the_earlier_ones_written(run_folder, tmp_path):
+    table = pairs_table(tmp_path, 3)
+    (tmp_path / "m1.nii.gz").unlink()
+    out = tmp_path / "many"
+    code, _, err = run(["register", "--pairs", str(table), "-o", str(out), "--model", str(run_folder),
+                        "--no-preview", "--affine", "off"])
+    assert code == 2 and "m1.nii.gz" in err
+    with open(out / "results.csv") as f:
+        assert [r["pair"] for r in csv.DictReader(f)] == ["pair-00000"]
+    assert sorted(p.name for p in out.iterdir()) == ["pair-00000", "results.csv"]  # nothing half-written
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_pairs_shard_over_torchrun_processes(run_folder, tmp_path):
+    """Two processes share five pairs (0, 2, 4 and 1, 3), append to one results.csv under a
+    lock, and give the same fields as one process."""
+    table = pairs_table(tmp_path, 5)
+    common = ["--pairs", str(table), "--model", str(run_folder), "--no-preview", "--affine", "off", "--device", "cpu"]
+    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "fastreg.cli.main", "register",
+           "-o", str(tmp_path / "two"), *common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 0 of 2" in done.stdout and "process 1 of 2" in done.stdout
+    with open(tmp_path / "two" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["pair"] for r in rows) == [f"pair-{k:05d}" for k in range(5)]
+    assert all(r["moving"].endswith(f"m{int(r['pair'][5:])}.nii.gz") for r in rows)
+    code, _, err = run(["register", "-o", str(tmp_path / "one"), *common])
+    assert code == 0, err
+    for k in range(5):
+        a = io.load(tmp_path / "two" / f"pair-{k:05d}" / "field.nii.gz").data
+        b = io.load(tmp_path / "one" / f"pair-{k:05d}" / "field.nii.gz").data
+        assert torch.allclose(a, b, atol=1e-5)
