@@ -37,7 +37,9 @@ class Autograd:
     output_mask])`` (``output_mask``, one bool per input, when ``output_mask`` is True; it
     then returns one tensor per input, else the gradient of the single input). A backward
     run with ``create_graph=True`` instead differentiates ``reference(*inputs, *arguments)``
-    (the same mathematics in plain torch) with ``_backend.differentiable_backward``.
+    (the same mathematics in plain torch) with ``_backend.differentiable_backward``. The
+    backward kernel's fake is made here: each gradient has its input's shape (shape (0,)
+    where ``output_mask`` asks for none).
     """
 
     forward: str
@@ -52,7 +54,9 @@ class Autograd:
 @dataclass(frozen=True)
 class Family:
     """An op family: ``name`` (the module name in fastreg/ops, fastreg/triton, fastreg/reference
-    and csrc), its ``ops`` (the keys of ``_backend.select``), the backend they prefer on a GPU, the fake kernel of every kernel (kernel name -> fake) and the autograd specs."""
+    and csrc), its ``ops`` (the keys of ``_backend.select``), the fake kernel of every kernel
+    that is not a backward (kernel name -> fake), the autograd specs and the backend its ops
+    prefer on a GPU."""
 
     name: str
     ops: tuple[str, ...]
@@ -60,15 +64,25 @@ class Family:
     autograd: tuple[Autograd, ...] = ()
     gpu_default: str = "cuda"
 
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        """Every kernel's name: those with fakes, then the backward kernels."""
+        return (*self.fakes, *(spec.backward for spec in self.autograd))
+
 
 def op_name(kernel: str, backend: str) -> str:
-    """``fastreg::<kernel>`` for the C++ backends ("cpu", "cuda"), ``fastreg::<kernel>_triton``."""
-    return f"fastreg::{kernel}_triton" if backend == "triton" else f"fastreg::{kernel}"
+    """``fastreg::<kernel>`` on the C++ backends ("cpu", "cuda"), ``fastreg::<kernel>_triton``
+    on "triton"."""
+    return f"fastreg::{_unqualified(kernel, backend)}"
 
 
 def kernel(name: str, backend: str):
     """The op (a torch.ops.fastreg packet) of kernel ``name`` on ``backend``."""
-    return getattr(torch.ops.fastreg, op_name(name, backend).split("::")[1])
+    return getattr(torch.ops.fastreg, _unqualified(name, backend))
+
+
+def _unqualified(kernel: str, backend: str) -> str:
+    return f"{kernel}_triton" if backend == "triton" else kernel
 
 
 def triton_runnable() -> bool:
@@ -86,11 +100,13 @@ def triton_op(name: str):
 
 def register(family: Family) -> None:
     """Register ``family``'s fakes and autograd for its C++ ops when the extension is loaded
-    and for its Triton ops when Triton can run (their module must be imported before), and
-    its GPU default for ``_backend.select``."""
+    and for its Triton ops when Triton can run and the family has them (their module must be
+    imported before), and its GPU default for ``_backend.select``."""
     for op in family.ops:
         _backend.GPU_DEFAULT[op] = family.gpu_default
-    backends = (("cpu",) if _extension.AVAILABLE else ()) + (("triton",) if triton_runnable() else ())
+    backends = ["cpu"] if _extension.AVAILABLE else []
+    if triton_runnable() and all(hasattr(torch.ops.fastreg, _unqualified(k, "triton")) for k in family.kernels):
+        backends.append("triton")
     for backend in backends:
         for name, fake in family.fakes.items():
             torch.library.register_fake(op_name(name, backend))(fake)
@@ -101,6 +117,12 @@ def register(family: Family) -> None:
 def _register_autograd(spec: Autograd, backend: str) -> None:
     backward_op = kernel(spec.backward, backend)
     n = spec.inputs
+
+    @torch.library.register_fake(op_name(spec.backward, backend))
+    def fake_backward(grad_out, *args):
+        if not spec.output_mask:
+            return args[0].new_empty(args[0].shape)
+        return tuple(x.new_empty(x.shape) if need else x.new_empty((0,)) for x, need in zip(args[:n], args[-1]))
 
     def setup_context(ctx, inputs, output):
         outputs = output if isinstance(output, tuple) else (output,)

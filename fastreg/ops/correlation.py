@@ -114,23 +114,11 @@ def _fake_correlation_forward(f, m, radius, scale, padding):
     return f.new_empty((f.shape[0], _num_offsets(radius, f.dim() - 2), *f.shape[2:]))
 
 
-def _fake_correlation_backward(grad_out, f, m, radius, scale, padding, output_mask):
-    grad_f = f.new_empty(f.shape) if output_mask[0] else f.new_empty((0,))
-    grad_m = m.new_empty(m.shape) if output_mask[1] else m.new_empty((0,))
-    return grad_f, grad_m
-
-
 def _fake_vfa_forward(q, k, radius, scale):
     ndim = q.dim() - 2
     out = q.new_empty((q.shape[0], ndim, *q.shape[2:]))
     lse = q.new_empty((q.shape[0], *q.shape[2:]), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)  # the kernels' sums
     return out, lse
-
-
-def _fake_vfa_backward(grad_out, q, k, out, lse, radius, scale, output_mask):
-    grad_q = q.new_empty(q.shape) if output_mask[0] else q.new_empty((0,))
-    grad_k = k.new_empty(k.shape) if output_mask[1] else k.new_empty((0,))
-    return grad_q, grad_k
 
 
 def _reference_correlation(f, m, radius, scale, padding):
@@ -144,12 +132,7 @@ def _reference_vfa(q, k, radius, scale):
 FAMILY = _library.Family(
     name="correlation",
     ops=("local_correlation", "vfa_attention"),
-    fakes={
-        "local_correlation_forward": _fake_correlation_forward,
-        "local_correlation_backward": _fake_correlation_backward,
-        "vfa_attention_forward": _fake_vfa_forward,
-        "vfa_attention_backward": _fake_vfa_backward,
-    },
+    fakes={"local_correlation_forward": _fake_correlation_forward, "vfa_attention_forward": _fake_vfa_forward},
     autograd=(
         _library.Autograd("local_correlation_forward", "local_correlation_backward", _reference_correlation, inputs=2),
         _library.Autograd("vfa_attention_forward", "vfa_attention_backward", _reference_vfa, inputs=2,

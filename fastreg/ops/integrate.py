@@ -13,8 +13,8 @@ gradient at each voxel, its value gradient scattered to the stencil corners: exa
 math chained) and builds no per-step autograd graph. What it keeps is set by
 ``checkpoints``, the number of intermediate fields u_k stored for the backward: the fields
 it lacks are recomputed from the nearest stored one below (v is always at hand) on a
-binomial checkpointing schedule (``fastreg._checkpoint.checkpoint_plan``: Griewank and Walther's revolve, with
-the forward sweep placing the first snapshots for free). The result does not depend on
+binomial checkpointing schedule (``fastreg._checkpoint.checkpoint_plan``: Griewank and
+Walther's revolve, with the forward sweep placing the first snapshots for free). The result does not depend on
 ``checkpoints``: bit for bit on the CPU, whose scatter is deterministic; up to the order of
 atomic adds on CUDA and Triton.
 """
@@ -27,6 +27,7 @@ from fastreg import _validate as check
 from fastreg._checkpoint import checkpoint_plan
 from fastreg.ops.warp import PADDINGS
 from fastreg.reference import integrate as reference
+
 
 def integrate_svf(v: torch.Tensor, steps: int = 7, padding_mode: str = "zeros", checkpoints: int | None = 1) -> torch.Tensor:
     """Integrate the stationary velocity ``v`` (B, ndim, *S) by scaling and squaring.
@@ -81,10 +82,6 @@ def _fake_forward(v, steps, padding, keep):
     return v.new_empty(v.shape), v.new_empty((len(keep), *v.shape))
 
 
-def _fake_backward(grad_out, v, saved, steps, padding, keep, pushes):
-    return v.new_empty(v.shape)
-
-
 def _backward_args(steps, padding, keep):
     """The backward's recompute schedule: the plan's pushes, when keep is the plan's for its size."""
     plan_keep, pushes = checkpoint_plan(steps, len(keep)) if steps > 0 else ((), ())
@@ -98,7 +95,7 @@ def _reference(v, steps, padding, keep):
 FAMILY = _library.Family(
     name="integrate",
     ops=("integrate_svf",),
-    fakes={"integrate_svf_forward": _fake_forward, "integrate_svf_backward": _fake_backward},
+    fakes={"integrate_svf_forward": _fake_forward},
     autograd=(
         _library.Autograd(
             "integrate_svf_forward", "integrate_svf_backward", _reference,

@@ -118,10 +118,6 @@ def _fake_forward(disp, mode, spacing):
     return disp.new_empty((disp.shape[0], *disp.shape[2:]))
 
 
-def _fake_backward(grad_out, disp, mode, spacing):
-    return disp.new_empty(disp.shape)
-
-
 def _fake_stats(disp, mode, spacing, crop):
     return disp.new_empty((disp.shape[0], N_STATS), dtype=torch.float64)
 
@@ -133,8 +129,7 @@ def _reference(disp, mode, spacing):
 FAMILY = _library.Family(
     name="jacobian",
     ops=("jacobian_det", "jacobian_stats"),
-    fakes={"jacobian_det_forward": _fake_forward, "jacobian_det_backward": _fake_backward,
-           "jacobian_stats": _fake_stats},
+    fakes={"jacobian_det_forward": _fake_forward, "jacobian_stats": _fake_stats},
     autograd=(_library.Autograd("jacobian_det_forward", "jacobian_det_backward", _reference, output_mask=False),),
 )
 if _library.triton_runnable():

@@ -111,16 +111,10 @@ def _fake_forward(a, b, window, taps, norm, smooth_nr, floor, eps):
     return a.new_empty(a.shape)
 
 
-def _fake_backward(grad_out, a, b, window, taps, norm, smooth_nr, floor, eps, output_mask):
-    grad_a = a.new_empty(a.shape) if output_mask[0] else a.new_empty((0,))
-    grad_b = b.new_empty(b.shape) if output_mask[1] else b.new_empty((0,))
-    return grad_a, grad_b
-
-
 FAMILY = _library.Family(
     name="lncc",
     ops=("lncc",),
-    fakes={"lncc_forward": _fake_forward, "lncc_backward": _fake_backward},
+    fakes={"lncc_forward": _fake_forward},
     autograd=(_library.Autograd("lncc_forward", "lncc_backward", reference.lncc_map, inputs=2),),
 )
 if _library.triton_runnable():

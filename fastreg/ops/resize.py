@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from fastreg import _backend
 from fastreg import _validate as check
 
+
 def resize_field(
     u: torch.Tensor,
     size: int | Sequence[int] | None = None,

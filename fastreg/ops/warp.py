@@ -110,12 +110,6 @@ def _fake_forward(image, loc, mode, padding, displacement):
     return image.new_empty((image.shape[0], image.shape[1], *loc.shape[2:]))
 
 
-def _fake_backward(grad_out, image, loc, mode, padding, displacement, output_mask):
-    grad_image = image.new_empty(image.shape) if output_mask[0] else image.new_empty((0,))
-    grad_loc = loc.new_empty(loc.shape) if output_mask[1] else loc.new_empty((0,))
-    return grad_image, grad_loc
-
-
 def _reference(image, loc, mode, padding, displacement):
     return (reference.warp if displacement else reference.sample)(image, loc, MODES[mode], PADDINGS[padding])
 
@@ -123,7 +117,7 @@ def _reference(image, loc, mode, padding, displacement):
 FAMILY = _library.Family(
     name="warp",
     ops=("warp",),
-    fakes={"warp_forward": _fake_forward, "warp_backward": _fake_backward},
+    fakes={"warp_forward": _fake_forward},
     autograd=(_library.Autograd("warp_forward", "warp_backward", _reference, inputs=2),),
 )
 if _library.triton_runnable():
