@@ -64,3 +64,22 @@ def test_imports_point_down(path):
         if target == layer or RANK[target] == RANK[layer] == 0:
             continue
         assert RANK[target] < RANK[layer], f"{_module(path)} ({layer}) imports {name} ({target}), not below it"
+
+
+def test_no_import_cycles():
+    """No module of the op layers reaches itself through imports (e.g. compat/_integrate.py and
+    compat/voxelmorph importing each other)."""
+    graph = {_module(p): {name for name in _imports(p) if _layer(name)} for p in LOW}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt])
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
