@@ -115,10 +115,9 @@ def _fake_correlation_forward(f, m, radius, scale, padding):
 
 
 def _fake_vfa_forward(q, k, radius, scale):
-    ndim = q.dim() - 2
-    out = q.new_empty((q.shape[0], ndim, *q.shape[2:]))
-    lse = q.new_empty((q.shape[0], *q.shape[2:]), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)  # the kernels' sums
-    return out, lse
+    out = q.new_empty((q.shape[0], q.dim() - 2, *q.shape[2:]))
+    accumulation = torch.float64 if q.dtype == torch.float64 else torch.float32  # the kernels' sums
+    return out, q.new_empty((q.shape[0], *q.shape[2:]), dtype=accumulation)
 
 
 def _reference_correlation(f, m, radius, scale, padding):
