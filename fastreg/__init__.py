@@ -13,9 +13,13 @@ Conventions: fields are (B, ndim, *S) in voxels, ij channel order, align_corners
 """
 from fastreg._backend import available_backends, get_backend, set_backend, use_backend
 from fastreg import data, io, metrics, nn
-from fastreg.ops import compose, jacobian_det, lncc, local_correlation, sample, vfa_attention, warp
-from fastreg.ops import integrate_svf, resize_field
-from fastreg.ops import invert_field
+from fastreg.ops.correlation import local_correlation, vfa_attention
+from fastreg.ops.jacobian import jacobian_det
+from fastreg.ops.lncc import lncc
+from fastreg.ops.warp import compose, sample, warp
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.resize import resize_field
+from fastreg.ops.invert import invert_field
 from fastreg.affine import affine_coords, affine_error, affine_field, affine_register
 from fastreg.register import Registration, register
 

@@ -22,8 +22,10 @@ from fastreg import _extension
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
-# Per-op GPU default between "cuda" and "triton" (BENCHMARKS.md records why).
-GPU_DEFAULT = {"warp": "cuda"}
+# Per-op GPU default between "cuda" and "triton", keyed by op name (the kernels' name:
+# "warp", "vfa_attention"; fastreg._library): each family's declaration (its ``gpu_default``,
+# BENCHMARKS.md records why) fills it at import; an op not in it prefers "cuda".
+GPU_DEFAULT: dict[str, str] = {}
 
 # The forced backend: the innermost ``use_backend`` of this thread / asyncio context (a stack
 # of (scope, name) entries, each scope removing its own entry on exit, so exits out of
@@ -125,7 +127,7 @@ class use_backend:
 
 
 def select(op: str, device: torch.device) -> str:
-    """The backend that runs ``op`` on tensors of ``device``."""
+    """The backend that runs the op named ``op`` (a key of GPU_DEFAULT) on tensors of ``device``."""
     forced = get_backend()
     if forced is not None:
         _check_runnable(forced, device)

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 
 from fastreg import _validate as check
 from fastreg.metrics import _bin
-from fastreg.ops import lncc, sample
+from fastreg.ops.lncc import lncc
+from fastreg.ops.warp import sample
 
 DOFS = (12, 9, 6, 3)
 SIMILARITIES = ("mi", "lncc", "mse")

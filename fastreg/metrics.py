@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fastreg import _validate as check
-from fastreg.ops import sample
+from fastreg.ops.warp import sample
 from fastreg.ops.jacobian import jacobian_stats
 
 __all__ = ["jacobian_stats", "cc", "mutual_information", "dice", "hd95", "tre", "ssim"]

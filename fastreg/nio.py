@@ -60,7 +60,7 @@ from torch.func import functional_call, vmap
 
 from fastreg import _validate as check
 from fastreg.models.base import RegistrationModel
-from fastreg.ops.lncc import lncc, window_sizes
+from fastreg.ops.lncc import lncc
 from fastreg.ops.warp import warp
 
 # The paper's schedule (NIO_m, brain MR); fewer stages take its first entries.
@@ -157,7 +157,7 @@ def optimize(
     fixed, moving = fixed.detach(), moving.detach()
     plan = _levels(levels, model.num_levels)
     steps = _iterations(iterations, len(plan))
-    window = window_sizes(window, fixed.shape[2:])
+    window = check.windows(window, fixed.shape[2:])
     lam = check.probability(lam, "lam")
     lr = check.positive_number(lr, "lr")
     _check_callback(callback)
@@ -225,7 +225,7 @@ def instance_optimize(
     check.finite(disp, "disp")
     fixed, moving = fixed.detach(), moving.detach()
     steps = (check.non_negative_int(iterations, "iterations"),)
-    window = window_sizes(window, fixed.shape[2:])
+    window = check.windows(window, fixed.shape[2:])
     lam = check.probability(lam, "lam")
     lr = check.positive_number(lr, "lr")
     size = tuple(disp.shape[2:])

@@ -54,7 +54,10 @@ from fastreg.io.image import PICTURE, extension
 from fastreg.io.space import grid_map, voxel_coords
 from fastreg.models import RegistrationModel
 from fastreg.models import weights as shipped
-from fastreg.ops import integrate_svf, invert_field, resize_field, sample
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.invert import invert_field
+from fastreg.ops.resize import resize_field
+from fastreg.ops.warp import sample
 
 AFFINE_MODES = ("auto", "on", "off")
 INTENSITIES = ("mr", "ct", "none")

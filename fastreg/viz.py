@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from fastreg.ops import jacobian_det  # noqa: E402
+from fastreg.ops.jacobian import jacobian_det  # noqa: E402
 
 __all__ = ["image", "pair", "checkerboard", "overlay", "deformation_grid", "jacobian_map", "slices", "save_figure"]
 

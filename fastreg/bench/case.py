@@ -30,6 +30,8 @@ class Case:
         bytes_moved: ``inputs -> (forward, forward+backward)`` minimal bytes: every input
             read once and every output written once (see `io_bytes`); None if unknown.
         dims: optional metadata, e.g. the (B, C, *spatial) size of the main input.
+        op_name: the op ``ours`` runs, the key of fastreg._backend.select that resolves the
+            reported backend (e.g. "vfa_attention"); None: ``op`` (warp, lncc).
     """
 
     op: str
@@ -40,6 +42,7 @@ class Case:
     grad_inputs: tuple[str, ...] = ()
     bytes_moved: Callable[[Inputs], tuple[int, int]] | None = None
     dims: tuple = ()
+    op_name: str | None = None
 
 
 def io_bytes(inputs: Inputs, out_bytes: int, grad_inputs: Sequence[str]) -> tuple[int, int]:

@@ -90,7 +90,7 @@ def run(
             impls = []  # (row, backend to run under, fn)
             for name in backends:
                 with _backend.use_backend(name):
-                    resolved = _backend.select(case.op, device)
+                    resolved = _backend.select(case.op_name or case.op, device)
                 impls.append(({"impl": "fastreg", "backend": resolved}, name, case.ours))
             for peer, fn in (case.peers.items() if peers else ()):
                 impls.append(({"impl": peer, "backend": None}, None, fn))

@@ -103,7 +103,7 @@ def write_example(folder: Path) -> tuple[Path, Path]:
     from skimage import data
 
     from fastreg.data.fields import random_smooth_field
-    from fastreg.ops import warp
+    from fastreg.ops.warp import warp
 
     camera = torch.from_numpy(data.camera().astype(np.float32))[None, None]
     fixed = F.interpolate(camera, size=(EXAMPLE_SIZE, EXAMPLE_SIZE), mode="area")

@@ -14,7 +14,8 @@ from torch import nn
 
 from fastreg import _validate as check
 from fastreg.compat._warp import SpatialTransformer, Warp
-from fastreg.ops.integrate import integrate_svf, resize_field
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.resize import resize_field
 
 
 class VecInt(nn.Module):

@@ -30,7 +30,7 @@ import warnings
 
 from fastreg import _backend
 from fastreg import _validate as check
-from fastreg.ops.lncc import lncc, lncc_map, window_sizes
+from fastreg.ops.lncc import lncc, lncc_map
 from fastreg.reference import lncc as reference
 
 
@@ -133,7 +133,7 @@ class LocalNormalizedCrossCorrelationLoss(_Loss):
             ncc = _backend.run_reference(reference.lncc_map, t, p, list(windows), taps, self.norm, self.smooth_nr,
                                          self.smooth_dr, 0.0)
         else:
-            ncc = lncc_map(t, p, window_sizes(windows, t.shape[2:]), taps, self.norm, self.smooth_nr, self.smooth_dr, 0.0)
+            ncc = lncc_map(t, p, check.windows(windows, t.shape[2:]), taps, self.norm, self.smooth_nr, self.smooth_dr, 0.0)
         if self.ndim == 1:
             ncc = ncc.squeeze(2)
         if self.reduction == "sum":

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from fastreg import _validate as check
 from fastreg.data import _random
-from fastreg.ops import integrate_svf, jacobian_det, resize_field
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.jacobian import jacobian_det
+from fastreg.ops.resize import resize_field
 
 
 def random_smooth_field(

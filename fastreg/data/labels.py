@@ -43,7 +43,9 @@ import torch.nn.functional as F
 
 from fastreg import _validate as check
 from fastreg.data import _random
-from fastreg.ops import integrate_svf, resize_field, sample
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.resize import resize_field
+from fastreg.ops.warp import sample
 
 KINDS = ("labelm", "synthmorph", "spheres", "rectangles")
 SIZES = ("small", "medium", "large")

@@ -33,7 +33,7 @@ from fastreg.data import _random
 from fastreg.data.fields import fold_free_disps, random_velocity
 from fastreg.data.intensities import CONTRASTS, apply_colormap, pair_contrast, random_colormap, recolor_labels, render
 from fastreg.data.labels import KINDS, NOISE_GRID, SIZES, label_map
-from fastreg.ops import compose, warp
+from fastreg.ops.warp import compose, warp
 
 RECOLOR = ("labels", "colormap")
 

@@ -11,7 +11,7 @@ import torch
 
 from fastreg import _validate as check
 from fastreg.io.image import Image, as_image, spatial_affine
-from fastreg.ops import sample
+from fastreg.ops.warp import sample
 
 
 def grid_map(image: Image, name: str) -> np.ndarray:

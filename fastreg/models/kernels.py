@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from fastreg.ops import compose, integrate_svf, local_correlation, resize_field, vfa_attention, warp
+from fastreg.ops.correlation import local_correlation, vfa_attention
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.resize import resize_field
+from fastreg.ops.warp import compose, warp
 
 
 @dataclass(frozen=True)

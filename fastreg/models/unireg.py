@@ -39,7 +39,7 @@ from torch import nn
 
 from fastreg.models import extractors
 from fastreg.models.base import RegistrationModel
-from fastreg.ops import resize_field
+from fastreg.ops.resize import resize_field
 
 
 def _conv(ndim: int):

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from fastreg import _validate as check
-from fastreg.ops.integrate import integrate_svf, resize_field
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.resize import resize_field
 from fastreg.ops.warp import PADDINGS
 
 
@@ -55,14 +56,7 @@ class ResizeField(nn.Module):
 
     def __init__(self, size: int | Sequence[int] | None = None, scale_factor: float | Sequence[float] | None = None):
         super().__init__()
-        if (size is None) == (scale_factor is None):
-            raise ValueError(f"size, scale_factor: expected exactly one of them, got size={size!r}, scale_factor={scale_factor!r}")
-        for value, name in ((size, "size"), (scale_factor, "scale_factor")):  # per axis or one for all
-            for item in value if isinstance(value, (list, tuple)) else ([] if value is None else [value]):
-                if name == "size":
-                    check.int_in_range(item, name, 1, 2**62)
-                else:
-                    check.positive_number(item, name)
+        check.resize_options(size, scale_factor)
         self.size = size
         self.scale_factor = scale_factor
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from fastreg import _validate as check
-from fastreg.ops.lncc import check_options, lncc
+from fastreg.ops.lncc import KERNELS, lncc
 
 FORMS = ("neg", "one_minus")
 
@@ -35,7 +35,7 @@ class LNCCLoss(torch.nn.Module):
         form: str = "neg",
     ) -> None:
         super().__init__()
-        check_options(window, kernel, sigma, eps)
+        check.lncc_options(window, kernel, sigma, eps, KERNELS)
         check.choice(form, "form", FORMS)
         self.window, self.kernel, self.sigma, self.eps, self.form = window, kernel, sigma, eps, form
 

@@ -22,11 +22,10 @@ is built by the kernels (the reference's unfold form builds one, as the VFA pape
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from fastreg import _backend, _extension
+from fastreg import _backend, _library
 from fastreg import _validate as check
 from fastreg.reference import correlation as reference
 
@@ -52,9 +51,9 @@ def local_correlation(
 
         corr = fastreg.local_correlation(feat_fixed, feat_moving)   # (1, 27, D, H, W)
     """
-    f, m = _check_pair(*_backend.autocast_promote(f, m), "f", "m")
-    _check_radius(radius, f.shape[2:])
-    s = _scale(scale, f.shape[1])
+    f, m = check.feature_pair(*_backend.autocast_promote(f, m), "f", "m")
+    check.radius(radius, f.shape[2:])
+    s = check.correlation_scale(scale, f.shape[1])
     p = check.choice(padding_mode, "padding_mode", PADDINGS)
     shape = (f.shape[0], _num_offsets(radius, f.dim() - 2), *f.shape[2:])
     if math.prod(shape) == 0:
@@ -62,11 +61,7 @@ def local_correlation(
     backend = _backend.select("local_correlation", f.device)
     if backend == "reference":
         return _backend.run_reference(reference.local_correlation, f, m, radius, s, padding_mode)
-    if backend == "triton":
-        from fastreg.triton import correlation as triton_correlation
-
-        return triton_correlation.local_correlation_forward(f, m, radius, s, p)
-    return torch.ops.fastreg.local_correlation_forward(f, m, radius, s, p)
+    return _library.kernel("local_correlation_forward", backend)(f, m, radius, s, p)
 
 
 def vfa_attention(
@@ -88,8 +83,8 @@ def vfa_attention(
 
         u = fastreg.vfa_attention(proj(feat_fixed), proj(feat_moving))   # (1, 3, D, H, W)
     """
-    q, k = _check_pair(*_backend.autocast_promote(q, k), "q", "k")
-    _check_radius(radius, q.shape[2:])
+    q, k = check.feature_pair(*_backend.autocast_promote(q, k), "q", "k")
+    check.radius(radius, q.shape[2:])
     if temperature is None:
         scale = q.shape[1] ** -0.5
     elif isinstance(temperature, torch.Tensor):
@@ -105,158 +100,44 @@ def vfa_attention(
     backend = _backend.select("vfa_attention", q.device)
     if backend == "reference":
         return _backend.run_reference(reference.vfa_attention, q, k, radius, 1.0 / scale)
-    if backend == "triton":
-        from fastreg.triton import correlation as triton_correlation
-
-        return triton_correlation.vfa_attention_forward(q, k, radius, scale)[0]
-    return torch.ops.fastreg.vfa_attention_forward(q, k, radius, scale)[0]
+    return _library.kernel("vfa_attention_forward", backend)(q, k, radius, scale)[0]
 
 
-def _check_pair(a, b, name_a: str, name_b: str) -> tuple[torch.Tensor, torch.Tensor]:
-    check.tensor(a, name_a)
-    check.tensor(b, name_b)
-    check.spatial_ndim(a, name_a)
-    check.channels(a, name_a)
-    check.same_device([(name_a, a), (name_b, b)])
-    check.same_dtype([(name_a, a), (name_b, b)])
-    if b.dim() != a.dim():
-        raise ValueError(f"{name_b}: expected a {a.dim()}-D tensor like {name_a}, got shape {tuple(b.shape)}")
-    if b.shape[1] != a.shape[1]:
-        raise ValueError(f"{name_b}: expected {a.shape[1]} channels (those of {name_a}), got {b.shape[1]}")
-    if b.shape[2:] != a.shape[2:]:
-        raise ValueError(
-            f"{name_b}: expected spatial size {tuple(a.shape[2:])} (that of {name_a}), got {tuple(b.shape[2:])}"
-        )
-    if a.shape[0] != b.shape[0]:
-        if b.shape[0] == 1:
-            b = b.expand(a.shape[0], *b.shape[1:])
-        elif a.shape[0] == 1:
-            a = a.expand(b.shape[0], *a.shape[1:])
-        else:
-            check.batch_broadcast(b, name_b, a.shape[0], name_a)
-    return a, b
-
-
-def _check_radius(radius, shape) -> None:
-    """1 <= radius <= the largest spatial size (beyond it every added offset reads padding
-    only, and the (2r+1)^ndim offsets grow without bound)."""
-    check.int_in_range(radius, "radius", 1, max(max(shape), 1), f"at most the largest spatial size of {tuple(shape)}")
-
-
-def _scale(scale, channels: int) -> float:
-    if scale is None:
-        return 1.0
-    if isinstance(scale, str):
-        if scale != "rsqrt_channels":
-            raise ValueError(f"scale: expected 'rsqrt_channels', None or a number, got {scale!r}")
-        return channels**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale: expected 'rsqrt_channels', None or a number, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale: expected a finite number, got {scale}")
-    return float(scale)
-
-
-# --- torch.library registration: fake (meta) kernels and autograd -----------------------
+# --- the op family's declaration (fastreg/_library.py) ------------------------------------
 
 
 def _num_offsets(radius: int, ndim: int) -> int:
     return (2 * radius + 1) ** ndim
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the log-sum-exp and of the kernels' sums (float32 for half types)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _fake_correlation_forward(f, m, radius, scale, padding):
     return f.new_empty((f.shape[0], _num_offsets(radius, f.dim() - 2), *f.shape[2:]))
 
 
-def _fake_correlation_backward(grad_out, f, m, radius, scale, padding, output_mask):
-    grad_f = f.new_empty(f.shape) if output_mask[0] else f.new_empty((0,))
-    grad_m = m.new_empty(m.shape) if output_mask[1] else m.new_empty((0,))
-    return grad_f, grad_m
-
-
 def _fake_vfa_forward(q, k, radius, scale):
-    ndim = q.dim() - 2
-    out = q.new_empty((q.shape[0], ndim, *q.shape[2:]))
-    lse = q.new_empty((q.shape[0], *q.shape[2:]), dtype=accumulation_dtype(q.dtype))
-    return out, lse
+    out = q.new_empty((q.shape[0], q.dim() - 2, *q.shape[2:]))
+    accumulation = torch.float64 if q.dtype == torch.float64 else torch.float32  # the kernels' sums
+    return out, q.new_empty((q.shape[0], *q.shape[2:]), dtype=accumulation)
 
 
-def _fake_vfa_backward(grad_out, q, k, out, lse, radius, scale, output_mask):
-    grad_q = q.new_empty(q.shape) if output_mask[0] else q.new_empty((0,))
-    grad_k = k.new_empty(k.shape) if output_mask[1] else k.new_empty((0,))
-    return grad_q, grad_k
+def _reference_correlation(f, m, radius, scale, padding):
+    return reference.local_correlation(f, m, radius, scale, PADDINGS[padding])
 
 
-def _setup_correlation(ctx, inputs, output):
-    f, m, radius, scale, padding = inputs
-    ctx.save_for_backward(f, m)
-    ctx.args = (radius, scale, padding)
+def _reference_vfa(q, k, radius, scale):
+    return reference.vfa_attention(q, k, radius, 1.0 / scale)
 
 
-def _setup_vfa(ctx, inputs, output):
-    q, k, radius, scale = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, out, lse)
-    ctx.args = (radius, scale)
-
-
-def register_autograd(correlation_ops: tuple[str, object], vfa_ops: tuple[str, object]) -> None:
-    """Register the backward ops (same schemas as fastreg::local_correlation_backward and
-    fastreg::vfa_attention_backward) as the gradients of the forward ops named beside them."""
-    correlation_forward, correlation_backward = correlation_ops
-    vfa_forward, vfa_backward = vfa_ops
-
-    def correlation_grad(ctx, grad):
-        f, m = ctx.saved_tensors
-        need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        if torch.is_grad_enabled():  # create_graph=True
-            radius, scale, padding = ctx.args
-            grad_f, grad_m = _backend.differentiable_backward(
-                lambda x, y: reference.local_correlation(x, y, radius, scale, PADDINGS[padding]), (f, m), need, grad
-            )
-        else:
-            grad_f, grad_m = correlation_backward(grad, f, m, *ctx.args, need)
-        return (grad_f if need[0] else None, grad_m if need[1] else None, None, None, None)
-
-    def vfa_grad(ctx, grad, _grad_lse):
-        q, k, out, lse = ctx.saved_tensors
-        need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        if torch.is_grad_enabled():  # create_graph=True
-            radius, scale = ctx.args
-            grad_q, grad_k = _backend.differentiable_backward(
-                lambda x, y: reference.vfa_attention(x, y, radius, 1.0 / scale), (q, k), need, grad
-            )
-        else:
-            grad_q, grad_k = vfa_backward(grad, q, k, out, lse, *ctx.args, need)
-        return (grad_q if need[0] else None, grad_k if need[1] else None, None, None)
-
-    torch.library.register_autograd(correlation_forward, correlation_grad, setup_context=_setup_correlation)
-    torch.library.register_autograd(vfa_forward, vfa_grad, setup_context=_setup_vfa)
-
-
-def register_fakes(names: tuple[str, str, str, str]) -> None:
-    """Fake kernels for (correlation forward, correlation backward, vfa forward, vfa backward)."""
-    fakes = (_fake_correlation_forward, _fake_correlation_backward, _fake_vfa_forward, _fake_vfa_backward)
-    for name, fake in zip(names, fakes):
-        torch.library.register_fake(name)(fake)
-
-
-if _extension.AVAILABLE:
-    register_fakes(
-        (
-            "fastreg::local_correlation_forward",
-            "fastreg::local_correlation_backward",
-            "fastreg::vfa_attention_forward",
-            "fastreg::vfa_attention_backward",
-        )
-    )
-    register_autograd(
-        ("fastreg::local_correlation_forward", torch.ops.fastreg.local_correlation_backward),
-        ("fastreg::vfa_attention_forward", torch.ops.fastreg.vfa_attention_backward),
-    )
+FAMILY = _library.Family(
+    name="correlation",
+    ops=("local_correlation", "vfa_attention"),
+    fakes={"local_correlation_forward": _fake_correlation_forward, "vfa_attention_forward": _fake_vfa_forward},
+    autograd=(
+        _library.Autograd("local_correlation_forward", "local_correlation_backward", _reference_correlation, inputs=2),
+        _library.Autograd("vfa_attention_forward", "vfa_attention_backward", _reference_vfa, inputs=2,
+                          saved_outputs=(0, 1)),
+    ),
+)
+if _library.triton_runnable():
+    from fastreg.triton import correlation as _triton  # noqa: F401  (defines fastreg::*_triton)
+_library.register(FAMILY)

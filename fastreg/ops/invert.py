@@ -70,7 +70,7 @@ def invert_field(
         assert fastreg.compose(disp, inverse).abs().max() < 1e-3   # for a smooth disp
     """
     check.tensor(disp, "disp")
-    ndim = check.spatial_ndim(disp, "disp", "(B, 2, H, W) or (B, 3, D, H, W)")
+    ndim = check.spatial_ndim(disp, "disp", check.FIELD)
     check.field(disp, "disp", ndim)
     iterations = check.positive_int(iterations, "iterations")
     tol = check.non_negative(tol, "tol")

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from fastreg import _backend, _extension
+from fastreg import _backend, _library
 from fastreg import _validate as check
 from fastreg.reference import jacobian as reference
 
@@ -44,19 +44,14 @@ def jacobian_det(disp: torch.Tensor, mode: str = "central", spacing: float | Seq
         det = fastreg.jacobian_det(flow, mode="gradient")   # VoxelMorph (np.gradient)
         folds = (det <= 0).float().mean()
     """
-    ndim, mode_index, sp = _check(disp, mode, spacing)
-    del ndim
+    _, mode_index, sp = check.jacobian(disp, mode, spacing, MODES)
     shape = (disp.shape[0], *disp.shape[2:])
     if math.prod(shape) == 0:
         return _backend.empty_result(shape, disp)
-    backend = _backend.select("jacobian", disp.device)
+    backend = _backend.select("jacobian_det", disp.device)
     if backend == "reference":
         return _backend.run_reference(reference.jacobian_det, disp, mode, sp)
-    if backend == "triton":
-        from fastreg.triton import jacobian as triton_jacobian
-
-        return triton_jacobian.jacobian_det_forward(disp, mode_index, list(sp))
-    return torch.ops.fastreg.jacobian_det_forward(disp, mode_index, list(sp))
+    return _library.kernel("jacobian_det_forward", backend)(disp, mode_index, list(sp))
 
 
 def jacobian_stats(
@@ -82,23 +77,15 @@ def jacobian_stats(
     stencils read a NaN gets NaN everywhere. The kernels make one fused pass (no determinant
     map) accumulating float64 sums; no gradient.
     """
-    ndim, mode_index, sp = _check(disp, mode, spacing)
-    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
-        raise ValueError(f"crop: expected a non-negative integer, got {crop!r}")
-    if min(disp.shape[2:]) <= 2 * crop:
-        raise ValueError(f"crop: {crop} voxels from every border leave nothing of spatial size {tuple(disp.shape[2:])}")
+    _, mode_index, sp = check.jacobian(disp, mode, spacing, MODES)
+    check.crop(crop, disp.shape[2:])
     disp = disp.detach()
     if disp.shape[0] == 0:
         return finalize_stats(disp.new_zeros((0, N_STATS), dtype=torch.float64), 1)
-    backend = _backend.select("jacobian", disp.device)
+    backend = _backend.select("jacobian_stats", disp.device)
     if backend == "reference":
         return _backend.run_reference(reference.jacobian_stats, disp, mode, sp, crop)
-    if backend == "triton":
-        from fastreg.triton import jacobian as triton_jacobian
-
-        sums = triton_jacobian.jacobian_stats(disp, mode_index, list(sp), crop)
-    else:
-        sums = torch.ops.fastreg.jacobian_stats(disp, mode_index, list(sp), crop)
+    sums = _library.kernel("jacobian_stats", backend)(disp, mode_index, list(sp), crop)
     region = 1
     for size in disp.shape[2:]:  # a loop, not a generator: torch.compile(fullgraph=True) traces it
         region *= size - 2 * crop
@@ -124,61 +111,27 @@ def finalize_stats(sums: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     return {k: torch.where(bad, torch.full_like(v, math.nan), v) for k, v in out.items()}
 
 
-def _check(disp, mode, spacing) -> tuple[int, int, tuple[float, ...]]:
-    check.tensor(disp, "disp")
-    ndim = check.spatial_ndim(disp, "disp", "(B, 2, H, W) or (B, 3, D, H, W)")
-    check.field(disp, "disp", ndim)
-    mode_index = check.choice(mode, "mode", MODES)
-    sp = check.spacing(spacing, "spacing", ndim)
-    if mode == "gradient" and min(disp.shape[2:]) < 2:
-        raise ValueError(f"disp: mode 'gradient' (np.gradient) needs every spatial size >= 2, got {tuple(disp.shape[2:])}")
-    return ndim, mode_index, sp
-
-
-# --- torch.library registration: fake (meta) kernels and autograd -----------------------
+# --- the op family's declaration (fastreg/_library.py) ------------------------------------
 
 
 def _fake_forward(disp, mode, spacing):
     return disp.new_empty((disp.shape[0], *disp.shape[2:]))
 
 
-def _fake_backward(grad_out, disp, mode, spacing):
-    return disp.new_empty(disp.shape)
-
-
 def _fake_stats(disp, mode, spacing, crop):
     return disp.new_empty((disp.shape[0], N_STATS), dtype=torch.float64)
 
 
-def _setup_context(ctx, inputs, output):
-    disp, mode, spacing = inputs
-    ctx.save_for_backward(disp)
-    ctx.args = (mode, spacing)
+def _reference(disp, mode, spacing):
+    return reference.jacobian_det(disp, MODES[mode], spacing)
 
 
-def register_autograd(forward_op: str, backward_op) -> None:
-    """Register ``backward_op`` (schema of fastreg::jacobian_det_backward) as the gradient of
-    ``forward_op`` (schema of fastreg::jacobian_det_forward)."""
-
-    def backward(ctx, grad):
-        (disp,) = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True
-            mode, spacing = ctx.args
-            (grad_disp,) = _backend.differentiable_backward(
-                lambda x: reference.jacobian_det(x, MODES[mode], spacing), (disp,), [True], grad
-            )
-            return grad_disp, None, None
-        return backward_op(grad.contiguous(), disp, *ctx.args), None, None
-
-    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
-
-
-def register_fakes(forward_op: str, backward_op: str, stats_op: str) -> None:
-    torch.library.register_fake(forward_op)(_fake_forward)
-    torch.library.register_fake(backward_op)(_fake_backward)
-    torch.library.register_fake(stats_op)(_fake_stats)
-
-
-if _extension.AVAILABLE:
-    register_fakes("fastreg::jacobian_det_forward", "fastreg::jacobian_det_backward", "fastreg::jacobian_stats")
-    register_autograd("fastreg::jacobian_det_forward", torch.ops.fastreg.jacobian_det_backward)
+FAMILY = _library.Family(
+    name="jacobian",
+    ops=("jacobian_det", "jacobian_stats"),
+    fakes={"jacobian_det_forward": _fake_forward, "jacobian_stats": _fake_stats},
+    autograd=(_library.Autograd("jacobian_det_forward", "jacobian_det_backward", _reference, output_mask=False),),
+)
+if _library.triton_runnable():
+    from fastreg.triton import jacobian as _triton  # noqa: F401  (defines fastreg::jacobian_*_triton)
+_library.register(FAMILY)

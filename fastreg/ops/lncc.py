@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from fastreg import _backend, _extension
+from fastreg import _backend, _library
 from fastreg import _validate as check
 from fastreg.reference import lncc as reference
 
@@ -59,8 +59,8 @@ def lncc(
         raise ValueError(f"b: expected shape {tuple(a.shape)} (that of a), got {tuple(b.shape)}")
     check.same_device([("a", a), ("b", b)])
     check.same_dtype([("a", a), ("b", b)])
-    check_options(window, kernel, sigma, eps)
-    windows = window_sizes(window, a.shape[2:])
+    check.lncc_options(window, kernel, sigma, eps, KERNELS)
+    windows = check.windows(window, a.shape[2:])
     check.choice(reduction, "reduction", REDUCTIONS)
     taps = [] if kernel == "box" else gaussian_taps(windows, sigma)
     cc = lncc_map(a, b, windows, taps, 0.0, 0.0, 0.0, float(eps))
@@ -71,50 +71,10 @@ def lncc(
     return cc
 
 
-def check_options(window, kernel: str, sigma, eps) -> None:
-    """The options of ``lncc`` that do not depend on the images (nn.LNCCLoss checks them at
-    construction): odd windows >= 1, the kernel, sigma only with "gaussian" (positive
-    numbers), eps a number >= 0."""
-    items = window if isinstance(window, (list, tuple)) else [window]
-    if not isinstance(window, (int, list, tuple)) or not items:
-        raise ValueError(f"window: expected an odd int or odd ints (one per spatial axis), got {window!r}")
-    if any(isinstance(k, bool) or not isinstance(k, int) for k in items):
-        raise TypeError(f"window: expected integers, got {window!r}")
-    if any(k < 1 or k % 2 == 0 for k in items):
-        raise ValueError(f"window: expected odd sizes >= 1, got {window!r}")
-    check.choice(kernel, "kernel", KERNELS)
-    if kernel == "box" and sigma is not None:
-        raise ValueError(f"sigma: only used by kernel='gaussian', got {sigma!r} with kernel='box'")
-    sigmas = sigma if isinstance(sigma, (list, tuple)) else [] if sigma is None else [sigma]
-    if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < math.inf for x in sigmas):
-        raise ValueError(f"sigma: expected positive numbers, got {sigma!r}")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < math.inf:
-        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
-
-
-def window_sizes(window, shape: Sequence[int]) -> tuple[int, ...]:
-    """Validated window sizes, one odd int per spatial axis in [1, size of the axis] (any
-    odd size along an empty axis: there is no voxel to window)."""
-    windows = check.per_axis(window, "window", len(shape))
-    for k, size in zip(windows, shape):
-        if k < 1 or k % 2 == 0:
-            raise ValueError(f"window: expected odd sizes >= 1, got {window!r}")
-        if 0 < size < k:
-            raise ValueError(f"window: expected sizes no larger than the image {tuple(shape)}, got {window!r}")
-    return windows
-
-
 def gaussian_taps(windows: Sequence[int], sigma) -> list[float]:
     """Per-axis Gaussian weights exp(-x^2 / (2 sigma^2)), x = -k//2..k//2, concatenated;
     sigma defaults to k / 3 per axis (MONAI)."""
-    if sigma is None:
-        sigmas = [k / 3.0 for k in windows]
-    else:
-        sigmas = [sigma] * len(windows) if isinstance(sigma, (int, float)) else sigma
-        if not isinstance(sigmas, (list, tuple)) or len(sigmas) != len(windows):
-            raise ValueError(f"sigma: expected a number or {len(windows)} numbers, got {sigma!r}")
-        if any(isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 for s in sigmas):
-            raise ValueError(f"sigma: expected positive numbers, got {sigma!r}")
+    sigmas = [k / 3.0 for k in windows] if sigma is None else check.sigmas(sigma, len(windows))
     taps = []
     for k, s in zip(windows, sigmas):
         taps += [math.exp(-0.5 * (x / s) ** 2) for x in range(-(k // 2), k // 2 + 1)]
@@ -141,52 +101,22 @@ def lncc_map(
     backend = _backend.select("lncc", a.device)
     if backend == "reference":
         return _backend.run_reference(reference.lncc_map, a, b, window, taps, norm, smooth_nr, floor, eps)
-    if backend == "triton":
-        from fastreg.triton import lncc as triton_lncc
-
-        return triton_lncc.lncc_forward(a, b, window, taps, norm, smooth_nr, floor, eps)
-    return torch.ops.fastreg.lncc_forward(a, b, window, taps, norm, smooth_nr, floor, eps)
+    return _library.kernel("lncc_forward", backend)(a, b, window, taps, norm, smooth_nr, floor, eps)
 
 
-# --- torch.library registration: fake (meta) kernels and autograd -----------------------
+# --- the op family's declaration (fastreg/_library.py) ------------------------------------
 
 
-def fake_forward(a, b, window, taps, norm, smooth_nr, floor, eps):
-    """Shapes of fastreg::lncc_forward (and of the Triton op with its schema)."""
+def _fake_forward(a, b, window, taps, norm, smooth_nr, floor, eps):
     return a.new_empty(a.shape)
 
 
-def fake_backward(grad_out, a, b, window, taps, norm, smooth_nr, floor, eps, output_mask):
-    grad_a = a.new_empty(a.shape) if output_mask[0] else a.new_empty((0,))
-    grad_b = b.new_empty(b.shape) if output_mask[1] else b.new_empty((0,))
-    return grad_a, grad_b
-
-
-def _setup_context(ctx, inputs, output):
-    a, b, *args = inputs
-    ctx.save_for_backward(a, b)
-    ctx.args = args
-
-
-def register_autograd(forward_op, backward_op) -> None:
-    """Register ``backward_op`` (schema of fastreg::lncc_backward) as the gradient of
-    ``forward_op`` (schema of fastreg::lncc_forward). Only a and b are saved."""
-
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        if torch.is_grad_enabled():  # create_graph=True
-            grad_a, grad_b = _backend.differentiable_backward(
-                lambda x, y: reference.lncc_map(x, y, *ctx.args), (a, b), need, grad
-            )
-        else:
-            grad_a, grad_b = backward_op(grad, a, b, *ctx.args, need)
-        return (grad_a if need[0] else None, grad_b if need[1] else None, *[None] * len(ctx.args))
-
-    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
-
-
-if _extension.AVAILABLE:
-    torch.library.register_fake("fastreg::lncc_forward")(fake_forward)
-    torch.library.register_fake("fastreg::lncc_backward")(fake_backward)
-    register_autograd("fastreg::lncc_forward", torch.ops.fastreg.lncc_backward)
+FAMILY = _library.Family(
+    name="lncc",
+    ops=("lncc",),
+    fakes={"lncc_forward": _fake_forward},
+    autograd=(_library.Autograd("lncc_forward", "lncc_backward", reference.lncc_map, inputs=2),),
+)
+if _library.triton_runnable():
+    from fastreg.triton import lncc as _triton  # noqa: F401  (defines fastreg::lncc_*_triton)
+_library.register(FAMILY)

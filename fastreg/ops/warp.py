@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from fastreg import _backend, _extension
+from fastreg import _backend, _library
 from fastreg import _validate as check
 from fastreg.reference import warp as reference
 
@@ -44,12 +44,7 @@ def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear", paddin
         moved = fastreg.warp(moving, ddf, padding_mode="border")  # MONAI Warp
     """
     image, disp = _backend.autocast_promote(image, disp)
-    ndim = _check(image, disp, "disp", mode, padding_mode)
-    if tuple(disp.shape[2:]) != tuple(image.shape[2:]):
-        raise ValueError(
-            f"disp: expected spatial size {tuple(image.shape[2:])} (that of image), got {tuple(disp.shape[2:])}"
-        )
-    del ndim
+    check.sampling(image, disp, "disp", mode, padding_mode, MODES, PADDINGS, same_size=True)
     return _dispatch(image, disp, mode, padding_mode, True)
 
 
@@ -59,7 +54,7 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
     The output (B, C, *S_out) may differ in size from the image (resampling, landmarks).
     """
     image, coords = _backend.autocast_promote(image, coords)
-    _check(image, coords, "coords", mode, padding_mode)
+    check.sampling(image, coords, "coords", mode, padding_mode, MODES, PADDINGS)
     return _dispatch(image, coords, mode, padding_mode, False)
 
 
@@ -69,32 +64,11 @@ def compose(u: torch.Tensor, v: torch.Tensor, padding_mode: str = "border") -> t
     u, v: (B|1, ndim, *S) in voxels. Gradients flow to both fields.
     """
     u, v = _backend.autocast_promote(u, v)
-    check.tensor(u, "u")
-    ndim = check.spatial_ndim(u, "u", "(B, ndim, H, W) or (B, ndim, D, H, W)")
-    check.field(u, "u", ndim)
-    check.field(v, "v", ndim)
-    check.same_device([("u", u), ("v", v)])
-    check.same_dtype([("u", u), ("v", v)])
-    if tuple(v.shape[2:]) != tuple(u.shape[2:]):
-        raise ValueError(f"v: expected spatial size {tuple(u.shape[2:])} (that of u), got {tuple(v.shape[2:])}")
-    if u.shape[0] != v.shape[0] and 1 not in (u.shape[0], v.shape[0]):
-        raise ValueError(f"v: expected batch 1 or {u.shape[0]} (the batch of u), got {v.shape[0]}")
+    check.field_pair(u, v, "u", "v")
     check.choice(padding_mode, "padding_mode", PADDINGS)
     if u.shape[0] < v.shape[0]:
         u = u.expand(v.shape[0], *u.shape[1:])
     return v + _dispatch(u, v, "bilinear", padding_mode, True)
-
-
-def _check(image, loc, loc_name: str, mode, padding_mode) -> int:
-    check.tensor(image, "image")
-    ndim = check.spatial_ndim(image, "image")
-    check.field(loc, loc_name, ndim)
-    check.same_device([("image", image), (loc_name, loc)])
-    check.same_dtype([("image", image), (loc_name, loc)])
-    check.batch_broadcast(loc, loc_name, image.shape[0], "image")
-    check.choice(mode, "mode", MODES)
-    check.choice(padding_mode, "padding_mode", PADDINGS)
-    return ndim
 
 
 def _dispatch(image, loc, mode: str, padding_mode: str, displacement: bool) -> torch.Tensor:
@@ -115,11 +89,7 @@ def _dispatch(image, loc, mode: str, padding_mode: str, displacement: bool) -> t
             return _backend.run_reference(reference.warp, image, loc, mode, padding_mode)
         return _backend.run_reference(reference.sample, image, loc, mode, padding_mode)
     m, p = MODES.index(mode), PADDINGS.index(padding_mode)
-    if backend == "triton":
-        from fastreg.triton import warp as triton_warp
-
-        return triton_warp.warp_forward(image, loc, m, p, displacement)
-    return torch.ops.fastreg.warp_forward(image, loc, m, p, displacement)
+    return _library.kernel("warp_forward", backend)(image, loc, m, p, displacement)
 
 
 def _folded(image, loc, mode: str, padding_mode: str, displacement: bool) -> torch.Tensor:
@@ -133,50 +103,23 @@ def _folded(image, loc, mode: str, padding_mode: str, displacement: bool) -> tor
     return values.reshape(image.shape[1], batch, *out).transpose(0, 1).contiguous()
 
 
-# --- torch.library registration: fake (meta) kernels and autograd -----------------------
+# --- the op family's declaration (fastreg/_library.py) ------------------------------------
 
 
 def _fake_forward(image, loc, mode, padding, displacement):
     return image.new_empty((image.shape[0], image.shape[1], *loc.shape[2:]))
 
 
-def _fake_backward(grad_out, image, loc, mode, padding, displacement, output_mask):
-    grad_image = image.new_empty(image.shape) if output_mask[0] else image.new_empty((0,))
-    grad_loc = loc.new_empty(loc.shape) if output_mask[1] else loc.new_empty((0,))
-    return grad_image, grad_loc
+def _reference(image, loc, mode, padding, displacement):
+    return (reference.warp if displacement else reference.sample)(image, loc, MODES[mode], PADDINGS[padding])
 
 
-def _setup_context(ctx, inputs, output):
-    image, loc, mode, padding, displacement = inputs
-    ctx.save_for_backward(image, loc)
-    ctx.args = (mode, padding, displacement)
-
-
-def register_autograd(forward_op: str, backward_op) -> None:
-    """Register the warp backward (``backward_op``, same schema as fastreg::warp_backward)
-    as the gradient of ``forward_op`` (same schema as fastreg::warp_forward)."""
-
-    def backward(ctx, grad):
-        image, loc = ctx.saved_tensors
-        need = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-        if torch.is_grad_enabled():  # create_graph=True
-            mode, padding, displacement = ctx.args
-            fn = reference.warp if displacement else reference.sample
-            grad_image, grad_loc = _backend.differentiable_backward(
-                lambda i, p: fn(i, p, MODES[mode], PADDINGS[padding]), (image, loc), need, grad
-            )
-            return grad_image, grad_loc, None, None, None
-        grad_image, grad_loc = backward_op(grad, image, loc, *ctx.args, need)
-        return (grad_image if need[0] else None, grad_loc if need[1] else None, None, None, None)
-
-    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
-
-
-def register_fakes(forward_op: str, backward_op: str) -> None:
-    torch.library.register_fake(forward_op)(_fake_forward)
-    torch.library.register_fake(backward_op)(_fake_backward)
-
-
-if _extension.AVAILABLE:
-    register_fakes("fastreg::warp_forward", "fastreg::warp_backward")
-    register_autograd("fastreg::warp_forward", torch.ops.fastreg.warp_backward)
+FAMILY = _library.Family(
+    name="warp",
+    ops=("warp",),
+    fakes={"warp_forward": _fake_forward},
+    autograd=(_library.Autograd("warp_forward", "warp_backward", _reference, inputs=2),),
+)
+if _library.triton_runnable():
+    from fastreg.triton import warp as _triton  # noqa: F401  (defines fastreg::warp_*_triton)
+_library.register(FAMILY)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastreg.ops import warp
+from fastreg.ops.warp import warp
 
 
 def one_hot(labels: torch.Tensor, num_labels: int, dtype: torch.dtype) -> torch.Tensor:

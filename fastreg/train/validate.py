@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from fastreg import metrics
-from fastreg.ops import warp
+from fastreg.ops.warp import warp
 from fastreg.train.stream import to_device
 
 # Whether a larger value is better, per metric (best checkpoint selection).

@@ -9,19 +9,16 @@ types accumulate in float32, float64 in float64. Gradients of the padded operand
 gathers (no atomics, deterministic). vfa_attention stores no logits: forward is an online
 softmax that keeps the per-voxel log-sum-exp; backward recomputes the logits and writes
 d loss / d logit into one (B, K, *S) temporary for the key gradient.
-Registered as torch.library.triton_op (fastreg::*_triton) so torch.compile sees the kernels.
-Under TRITON_INTERPRET=1 (CPU tensors) wrap_triton cannot trace, so the same functions are
-registered as opaque custom ops with explicit fake kernels instead.
+Defined as the ops fastreg::<kernel>_triton by fastreg._library.triton_op.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from fastreg import _backend
-from fastreg.ops import correlation as ops
+from fastreg import _library
 
 
 @triton.jit
@@ -226,11 +223,9 @@ def _vfa_dlogit_kernel(g_ptr, q_ptr, k_ptr, out_ptr, lse_ptr, dl_ptr, C, N, S0, 
     tl.store(dl_ptr + (b * K + kk) * N + v, dl, mask=kok & inb)
 
 
-def _register(name: str):
-    """triton_op on GPUs; an opaque custom op (fakes registered below) under the interpreter."""
-    if _backend.triton_interpret():
-        return lambda fn: torch.library.custom_op(name, fn, mutates_args=())
-    return lambda fn: triton_op(name, fn, mutates_args=())
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the log-sum-exp and of the kernels' sums (float32 for half types)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _Launch:
@@ -238,7 +233,7 @@ class _Launch:
 
     def __init__(self, x: torch.Tensor, radius: int):
         self.device = x.device
-        self.dtype = ops.accumulation_dtype(x.dtype)
+        self.dtype = _accumulation_dtype(x.dtype)
         self.ndim = x.dim() - 2
         self.sizes = (1, *x.shape[2:]) if self.ndim == 2 else tuple(x.shape[2:])
         self.n = self.sizes[0] * self.sizes[1] * self.sizes[2]
@@ -279,7 +274,7 @@ def _gradients(dl, a, b, radius: int, scale: float, padding: int, output_mask):
     return grad_a, grad_b
 
 
-@_register("fastreg::local_correlation_forward_triton")
+@_library.triton_op("local_correlation_forward")
 def local_correlation_forward(f: torch.Tensor, m: torch.Tensor, radius: int, scale: float, padding: int) -> torch.Tensor:
     f, m = f.contiguous(), m.contiguous()
     run = _Launch(f, radius)
@@ -292,7 +287,7 @@ def local_correlation_forward(f: torch.Tensor, m: torch.Tensor, radius: int, sca
     return out
 
 
-@_register("fastreg::local_correlation_backward_triton")
+@_library.triton_op("local_correlation_backward")
 def local_correlation_backward(
     grad_out: torch.Tensor, f: torch.Tensor, m: torch.Tensor, radius: int, scale: float, padding: int,
     output_mask: list[bool],
@@ -301,12 +296,12 @@ def local_correlation_backward(
     return _gradients(g, f.contiguous(), m.contiguous(), radius, scale, padding, output_mask)
 
 
-@_register("fastreg::vfa_attention_forward_triton")
+@_library.triton_op("vfa_attention_forward")
 def vfa_attention_forward(q: torch.Tensor, k: torch.Tensor, radius: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     q, k = q.contiguous(), k.contiguous()
     run = _Launch(q, radius)
     out = q.new_empty((q.shape[0], run.ndim, *q.shape[2:]))
-    lse = q.new_empty((q.shape[0], *q.shape[2:]), dtype=ops.accumulation_dtype(q.dtype))
+    lse = q.new_empty((q.shape[0], *q.shape[2:]), dtype=_accumulation_dtype(q.dtype))
     if out.numel() == 0:
         return out, lse
     wrap_triton(_vfa_forward_kernel)[run.grid(q.shape[0])](
@@ -315,14 +310,14 @@ def vfa_attention_forward(q: torch.Tensor, k: torch.Tensor, radius: int, scale: 
     return out, lse
 
 
-@_register("fastreg::vfa_attention_backward_triton")
+@_library.triton_op("vfa_attention_backward")
 def vfa_attention_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     radius: int, scale: float, output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, k = q.contiguous(), k.contiguous()
     run = _Launch(q, radius)
-    dtype = ops.accumulation_dtype(q.dtype)
+    dtype = _accumulation_dtype(q.dtype)
     dl = q.new_empty((q.shape[0], run.count, *q.shape[2:]), dtype=dtype)
     if q.numel() and (output_mask[0] or output_mask[1]):
         g = grad_out.contiguous().to(q.dtype)
@@ -331,18 +326,3 @@ def vfa_attention_backward(
             *run.sizes, run.scale(scale), **run.meta
         )
     return _gradients(dl, q, k, radius, 1.0, 1, output_mask)
-
-
-if _backend.triton_interpret():
-    ops.register_fakes(
-        (
-            "fastreg::local_correlation_forward_triton",
-            "fastreg::local_correlation_backward_triton",
-            "fastreg::vfa_attention_forward_triton",
-            "fastreg::vfa_attention_backward_triton",
-        )
-    )
-ops.register_autograd(
-    ("fastreg::local_correlation_forward_triton", local_correlation_backward),
-    ("fastreg::vfa_attention_forward_triton", vfa_attention_backward),
-)

@@ -1,4 +1,4 @@
-"""integrate_svf in Triton: the ops fastreg::triton_integrate_svf_forward / _backward.
+"""integrate_svf in Triton: the ops fastreg::integrate_svf_forward_triton / _backward_triton.
 
 Contract (exactly that of fastreg::integrate_svf_forward / _backward, see
 csrc/integrate/integrate.h and integrate_loop.h):
@@ -7,7 +7,7 @@ csrc/integrate/integrate.h and integrate_loop.h):
   step), u_{k+1} = u_k + warp(u_k, u_k) (linear, padding 0 zeros / 1 border / 2 reflection,
   align_corners=True); saved = u_k for k in keep (len(keep), *v.shape).
   backward(grad_out, v, saved, steps, padding, keep, pushes) -> grad_v (recomputes the
-  fields not saved, storing `pushes` on its way; fastreg.ops.integrate.checkpoint_plan).
+  fields not saved, storing `pushes` on its way; fastreg._checkpoint).
 Kernels: one program per BLOCK voxels of one batch item; one fused kernel per step reads the
 field at its voxels and their stencils and writes the new field once; one per step of the
 backward adds g + (d sample / d position)^T g at each voxel and scatters the sampled
@@ -23,15 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fastreg._backend import triton_interpret
-from fastreg.ops.integrate import register_autograd, register_fakes
+from fastreg import _library
+from fastreg._checkpoint import backward_sweep
 from fastreg.triton.warp import _linear_axis  # warp's per-axis interpolation and padding
 
 BLOCK = 128
-
-# torch.compile traces into a triton_op; under TRITON_INTERPRET=1 the kernels are interpreted
-# Python that cannot be traced, so there the ops are opaque custom ops with fake kernels.
-_define_op = torch.library.custom_op if triton_interpret() else torch.library.triton_op
 
 
 @triton.jit
@@ -172,14 +168,11 @@ def _step_backward_kernel(g, v, grad, n, S0, S1, S2, scale, NDIM: tl.constexpr,
 # --- host side ------------------------------------------------------------------------------
 
 
-def _check(v: torch.Tensor, steps: int, padding: int) -> None:
-    ndim = v.dim() - 2
-    if ndim not in (2, 3) or v.shape[1] != ndim:
-        raise ValueError(f"v: expected (B, 2, H, W) or (B, 3, D, H, W), got shape {tuple(v.shape)}")
-    if not 0 <= steps < 64:
-        raise ValueError(f"steps: expected 0 <= steps < 64, got {steps}")
-    if padding not in (0, 1, 2):
-        raise ValueError(f"padding: expected 0 (zeros), 1 (border) or 2 (reflection), got {padding}")
+def _check(v: torch.Tensor, steps: int, padding: int, keep: list[int]) -> None:
+    """The launchers' preconditions (the public op validated the arguments)."""
+    assert v.dim() - 2 in (2, 3) and v.shape[1] == v.dim() - 2, tuple(v.shape)
+    assert 0 <= steps < 64 and padding in (0, 1, 2), (steps, padding)
+    assert all(1 <= k < steps for k in keep) and keep == sorted(set(keep)), keep
 
 
 def _launch(kernel, v: torch.Tensor, args: tuple, scale: float, padding: int) -> None:
@@ -206,16 +199,9 @@ def _advance(u: torch.Tensor, start: int, stop: int, steps: int, padding: int) -
     return u
 
 
-def _check_steps_list(values: list[int], steps: int, name: str, increasing: bool) -> None:
-    if any(not 1 <= k < steps for k in values) or (increasing and any(b <= a for a, b in zip(values, values[1:]))):
-        order = ", strictly increasing" if increasing else ""
-        raise ValueError(f"{name}: expected step indices in [1, steps - 1]{order}, got {values}")
-
-
-@_define_op("fastreg::triton_integrate_svf_forward", mutates_args=())
+@_library.triton_op("integrate_svf_forward")
 def _forward_op(v: torch.Tensor, steps: int, padding: int, keep: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    _check(v, steps, padding)
-    _check_steps_list(keep, steps, "keep", increasing=True)
+    _check(v, steps, padding, keep)
     v = v.contiguous()
     saved = v.new_empty((len(keep), *v.shape))
     if steps == 0:
@@ -229,15 +215,13 @@ def _forward_op(v: torch.Tensor, steps: int, padding: int, keep: list[int]) -> t
     return out, saved
 
 
-@_define_op("fastreg::triton_integrate_svf_backward", mutates_args=())
+@_library.triton_op("integrate_svf_backward")
 def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, saved: torch.Tensor, steps: int, padding: int,
                  keep: list[int], pushes: list[int]) -> torch.Tensor:
-    """The executor of csrc/integrate/integrate_loop.h's backward_loop (same snapshot stack)."""
-    _check(v, steps, padding)
-    _check_steps_list(keep, steps, "keep", increasing=True)
-    _check_steps_list(pushes, steps, "pushes", increasing=False)
-    if saved.shape != (len(keep), *v.shape):
-        raise ValueError(f"saved: expected (len(keep), *v.shape) = {(len(keep), *v.shape)}, got {tuple(saved.shape)}")
+    """csrc/integrate/integrate_loop.h's backward_loop: the same schedule, run by
+    fastreg._checkpoint.backward_sweep."""
+    _check(v, steps, padding, keep)
+    assert all(1 <= k < steps for k in pushes) and saved.shape == (len(keep), *v.shape), (pushes, saved.shape)
     if torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled():
         raise RuntimeError("fastreg integrate_svf backward (Triton) scatters with atomic adds and has no "
                            "deterministic implementation; use the cpu backend or disable deterministic algorithms")
@@ -246,26 +230,14 @@ def _backward_op(grad_out: torch.Tensor, v: torch.Tensor, saved: torch.Tensor, s
         return grad_out.to(v.dtype, memory_format=torch.contiguous_format, copy=True)
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
     g = grad_out.contiguous().to(acc)  # gradients stay in the accumulation type between steps
-    snapshots = [(0, v), *zip(keep, (u.contiguous() for u in saved))]
-    following = iter(pushes)
-    nxt = next(following, None)
-    for k in range(steps - 1, -1, -1):
-        while snapshots[-1][0] > k:
-            snapshots.pop()
-        while nxt is not None and snapshots[-1][0] < nxt <= k:
-            snapshots.append((nxt, _advance(snapshots[-1][1], snapshots[-1][0], nxt, steps, padding)))
-            nxt = next(following, None)
-        u = _advance(snapshots[-1][1], snapshots[-1][0], k, steps, padding)
+
+    def step_backward(g: torch.Tensor, u: torch.Tensor, k: int) -> torch.Tensor:
         grad = torch.zeros(v.shape, dtype=acc, device=v.device)
         _launch(_step_backward_kernel, v, (g, u, grad), _scale(k, steps), padding)
-        g = grad
-    return g.to(v.dtype)
+        return grad
 
+    def advance(u: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return _advance(u, start, stop, steps, padding)
 
-def integrate_svf_forward(v: torch.Tensor, steps: int, padding: int, keep: list[int]):
-    """Triton fastreg::integrate_svf_forward: v (B, ndim, *S) -> (u (B, ndim, *S), saved)."""
-    return torch.ops.fastreg.triton_integrate_svf_forward(v, steps, padding, keep)
-
-
-register_fakes("fastreg::triton_integrate_svf_forward", "fastreg::triton_integrate_svf_backward")
-register_autograd("fastreg::triton_integrate_svf_forward", torch.ops.fastreg.triton_integrate_svf_backward)
+    saved = [u.contiguous() for u in saved]
+    return backward_sweep(g, v, saved, steps, keep, pushes, advance, step_backward).to(v.dtype)

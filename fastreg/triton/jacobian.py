@@ -6,9 +6,7 @@ Contract: the same as csrc/jacobian/jacobian.h (which these kernels mirror line 
   of fastreg.ops.jacobian (NAN, FOLDS, LOG3_SUM, LOG3_SQ, POSITIVE, LOG_SUM, LOG_SQ,
   DET_SUM, DET_SQ, NDV). mode: 0 central, 1 forward, 2 gradient. Float16/bfloat16 compute in
   float32; statistics accumulate in float64 per block, blocks summed by torch (deterministic).
-Registered with torch.library.triton_op on GPUs, so torch.compile sees into them; under
-TRITON_INTERPRET=1 (CPU tensors) they are opaque custom ops with fake kernels, as the other
-families' Triton ops.
+Defined as the ops fastreg::<kernel>_triton by fastreg._library.triton_op.
 """
 from __future__ import annotations
 
@@ -17,13 +15,10 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastreg._backend import triton_interpret
-from fastreg.ops import jacobian as ops
-
-# wrap_triton cannot trace interpreted kernels: custom ops with fakes under the interpreter.
-_define_op = torch.library.custom_op if triton_interpret() else torch.library.triton_op
+from fastreg import _library
 
 BLOCK = 256
+N_STATS = 10  # the sums of one batch item (enum Stats in csrc/jacobian/jacobian.h)
 
 
 @triton.jit
@@ -424,7 +419,7 @@ def _inverse(spacing):
     return [1.0 / float(s) for s in spacing]
 
 
-@_define_op("fastreg::jacobian_det_forward_triton", mutates_args=())
+@_library.triton_op("jacobian_det_forward")
 def jacobian_det_forward(disp: torch.Tensor, mode: int, spacing: list[float]) -> torch.Tensor:
     disp = disp.contiguous()
     ndim = disp.dim() - 2
@@ -438,7 +433,7 @@ def jacobian_det_forward(disp: torch.Tensor, mode: int, spacing: list[float]) ->
     return out
 
 
-@_define_op("fastreg::jacobian_det_backward_triton", mutates_args=())
+@_library.triton_op("jacobian_det_backward")
 def jacobian_det_backward(grad_out: torch.Tensor, disp: torch.Tensor, mode: int, spacing: list[float]) -> torch.Tensor:
     disp = disp.contiguous()
     grad_out = grad_out.contiguous().to(disp.dtype)
@@ -456,21 +451,16 @@ def jacobian_det_backward(grad_out: torch.Tensor, disp: torch.Tensor, mode: int,
     return out
 
 
-@_define_op("fastreg::jacobian_stats_triton", mutates_args=())
+@_library.triton_op("jacobian_stats")
 def jacobian_stats(disp: torch.Tensor, mode: int, spacing: list[float], crop: int) -> torch.Tensor:
     disp = disp.contiguous()
     ndim = disp.dim() - 2
     numel = disp[0, 0].numel()
     blocks = triton.cdiv(numel, BLOCK)
-    part = disp.new_zeros((disp.shape[0], blocks, ops.N_STATS), dtype=torch.float64)
+    part = disp.new_zeros((disp.shape[0], blocks, N_STATS), dtype=torch.float64)
     grid = (blocks, disp.shape[0])
     f64 = disp.dtype == torch.float64
     kernel = _stats2_kernel if ndim == 2 else _stats3_kernel
     wrap_triton(kernel)[grid](disp, part, numel, *disp.shape[2:], *_inverse(spacing), crop,
                               MODE=mode, F64=f64, BLOCK_SIZE=BLOCK)
     return part.sum(1)
-
-
-ops.register_fakes("fastreg::jacobian_det_forward_triton", "fastreg::jacobian_det_backward_triton",
-                   "fastreg::jacobian_stats_triton")
-ops.register_autograd("fastreg::jacobian_det_forward_triton", jacobian_det_backward)

@@ -22,13 +22,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from fastreg import _library
 from fastreg._backend import triton_interpret
-from fastreg.ops.lncc import fake_backward, fake_forward, register_autograd
-
-# torch.compile traces into a triton_op and records its kernels in the graph. Under
-# TRITON_INTERPRET=1 kernels are interpreted Python that cannot be traced, so there the ops
-# are opaque custom ops with the fake kernels registered below.
-_define_op = torch.library.custom_op if triton_interpret() else torch.library.triton_op
 
 # Elements per program of the pointwise kernels, lines per program of the filter. The
 # interpreter runs programs one by one in Python: there, fewer and wider ones are faster.
@@ -198,7 +193,7 @@ def _sums(a: torch.Tensor, b: torch.Tensor, window: list[int], taps: list[float]
     return _window_sums(x, list(a.shape[2:]), window, taps)
 
 
-@_define_op("fastreg::triton_lncc_forward", mutates_args=())
+@_library.triton_op("lncc_forward")
 def lncc_forward(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -221,7 +216,7 @@ def lncc_forward(
     return out
 
 
-@_define_op("fastreg::triton_lncc_backward", mutates_args=())
+@_library.triton_op("lncc_backward")
 def lncc_backward(
     grad_out: torch.Tensor,
     a: torch.Tensor,
@@ -256,6 +251,3 @@ def lncc_backward(
     return ga, gb
 
 
-lncc_forward.register_fake(fake_forward)
-lncc_backward.register_fake(fake_backward)
-register_autograd(lncc_forward, lncc_backward)

@@ -1,4 +1,4 @@
-"""warp in Triton: the ops fastreg::triton_warp_forward and fastreg::triton_warp_backward.
+"""warp in Triton: the ops fastreg::warp_forward_triton and fastreg::warp_backward_triton.
 
 Contract (exactly that of fastreg::warp_forward / warp_backward, see csrc/warp/warp.h):
   image  (B, C, *S_in)       2-D (H, W) or 3-D (D, H, W) spatial; float32/float64/float16/bfloat16
@@ -38,16 +38,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fastreg._backend import triton_interpret
-from fastreg.ops.warp import register_autograd, register_fakes
+from fastreg import _library
 
 _SIZE_ARGS = ["B", "C", "n_in", "n_out", "sz0", "sz1", "sz2", "o1", "o2"]
 _INT64_NUMEL = 2**31  # offsets switch to int64 from this many elements in a tensor
-
-# torch.compile traces into a triton_op and records its kernels in the graph. Under
-# TRITON_INTERPRET=1 kernels are interpreted Python that cannot be traced (wrap_triton returns
-# them unchanged), so there the ops are opaque custom ops with the fake kernels registered below.
-_define_op = torch.library.custom_op if triton_interpret() else torch.library.triton_op
 
 
 @triton.jit
@@ -321,7 +315,7 @@ def _check_options(mode: int, padding: int) -> None:
         raise ValueError(f"padding: expected 0 (zeros), 1 (border) or 2 (reflection), got {padding}")
 
 
-@_define_op("fastreg::triton_warp_forward", mutates_args=())
+@_library.triton_op("warp_forward")
 def _forward_op(image: torch.Tensor, loc: torch.Tensor, mode: int, padding: int, displacement: bool) -> torch.Tensor:
     _check_options(mode, padding)
     geo = _geometry(image, loc, displacement)
@@ -354,7 +348,7 @@ def _from_fixed_point(acc: torch.Tensor, flags: torch.Tensor, scale: torch.Tenso
     return torch.where(nan, float("nan"), total)
 
 
-@_define_op("fastreg::triton_warp_backward", mutates_args=())
+@_library.triton_op("warp_backward")
 def _backward_op(
     grad_out: torch.Tensor,
     image: torch.Tensor,
@@ -394,18 +388,3 @@ def _backward_op(
     if fixed:
         grad_image = _from_fixed_point(grad_image, flags, scale)
     return grad_image.to(image.dtype), grad_loc
-
-
-def warp_forward(image: torch.Tensor, loc: torch.Tensor, mode: int, padding: int, displacement: bool) -> torch.Tensor:
-    """Triton fastreg::warp_forward: image (B, C, *S_in), loc (B|1, ndim, *S_out) -> (B, C, *S_out)."""
-    return torch.ops.fastreg.triton_warp_forward(image, loc, mode, padding, displacement)
-
-
-def warp_backward(grad_out, image, loc, mode: int, padding: int, displacement: bool, output_mask):
-    """Triton fastreg::warp_backward: (grad_image (B, C, *S_in), grad_loc (B|1, ndim, *S_out)),
-    an empty shape-(0,) tensor for an output not asked for in output_mask."""
-    return torch.ops.fastreg.triton_warp_backward(grad_out, image, loc, mode, padding, displacement, list(output_mask))
-
-
-register_fakes("fastreg::triton_warp_forward", "fastreg::triton_warp_backward")
-register_autograd("fastreg::triton_warp_forward", torch.ops.fastreg.triton_warp_backward)

@@ -13,6 +13,7 @@ from torch.autograd import gradcheck
 from torch.library import opcheck
 
 import fastreg
+from fastreg import _library
 from fastreg.reference import correlation as reference
 
 SHAPES = {2: (2, 3, 5, 6), 3: (2, 3, 3, 4, 5)}
@@ -25,15 +26,9 @@ def _pair(shape, device, dtype=torch.float64, grad=False):
 
 
 def _op_names(backend):
-    suffix = "_triton" if backend == "triton" else ""
-    if backend == "triton":
-        import fastreg.triton.correlation  # noqa: F401  (registers the triton ops)
-    return (
-        getattr(torch.ops.fastreg, f"local_correlation_forward{suffix}").default,
-        getattr(torch.ops.fastreg, f"local_correlation_backward{suffix}").default,
-        getattr(torch.ops.fastreg, f"vfa_attention_forward{suffix}").default,
-        getattr(torch.ops.fastreg, f"vfa_attention_backward{suffix}").default,
-    )
+    kernels = ("local_correlation_forward", "local_correlation_backward", "vfa_attention_forward",
+               "vfa_attention_backward")
+    return tuple(_library.kernel(name, backend).default for name in kernels)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

@@ -111,7 +111,7 @@ def test_zero_steps_returns_v(backend, device):
 
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_checkpoints_give_identical_results(backend, device, padding):
-    from fastreg.ops.integrate import checkpoint_plan
+    from fastreg._checkpoint import checkpoint_plan
 
     if backend == "triton" and device.type == "cpu" and padding != "zeros":
         pytest.skip("interpreter: about 20 s per padding; the schedule does not depend on it")
@@ -172,7 +172,7 @@ def best_plan_cost(steps, slots):
 
 @pytest.mark.parametrize("steps", range(1, 10))
 def test_checkpoint_plan_is_optimal_and_within_budget(steps):
-    from fastreg.ops.integrate import checkpoint_plan
+    from fastreg._checkpoint import checkpoint_plan
 
     for slots in range(0, steps + 1):
         keep, pushes = checkpoint_plan(steps, slots)

@@ -9,6 +9,8 @@ import scipy.ndimage
 import torch
 
 import fastreg
+from fastreg import _library
+from fastreg import _validate as check
 from fastreg.data import random_smooth_field
 from fastreg.ops import jacobian as ops
 from fastreg.reference import jacobian as reference
@@ -186,10 +188,8 @@ def test_opcheck():
 def test_opcheck_triton():
     if not torch.cuda.is_available():
         pytest.skip("opcheck of Triton ops needs a GPU (the interpreter cannot run fake tensors)")
-    from fastreg.triton import jacobian as tj
-
     disp = field((4, 5), batch=1, device="cuda").requires_grad_()
-    torch.library.opcheck(tj.jacobian_det_forward, (disp, 0, [1.0, 2.0]), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.fastreg.jacobian_det_forward_triton.default, (disp, 0, [1.0, 2.0]), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compile(backend, device):
@@ -291,14 +291,9 @@ def test_stats_nan_count(backend, device, mode):
     disp = field(LONG_ROWS[0], batch=2, device=device, dtype=torch.float32)
     disp[1, 1, 2, 2, 33] = math.nan
     disp[1, 0, 1, 3, 68] = math.nan
-    _, mode_index, spacing = ops._check(disp, mode, None)
+    _, mode_index, spacing = check.jacobian(disp, mode, None, ops.MODES)
     for crop in (0, 2):
-        if backend == "triton":
-            from fastreg.triton import jacobian as triton_jacobian
-
-            sums = triton_jacobian.jacobian_stats(disp, mode_index, list(spacing), crop)
-        else:
-            sums = torch.ops.fastreg.jacobian_stats(disp, mode_index, list(spacing), crop)
+        sums = _library.kernel("jacobian_stats", backend)(disp, mode_index, list(spacing), crop)
         flagged = torch.isnan(reference.jacobian_det(disp.double(), mode))
         for t in reference.tetrahedra_dets(disp.double()):
             flagged |= torch.isnan(t)

@@ -7,6 +7,7 @@ import torch
 import fastreg
 from fastreg.data import random_smooth_field
 from fastreg.nn import LNCCLoss
+from fastreg import _library
 from fastreg.ops.lncc import gaussian_taps, lncc_map
 from fastreg.reference import lncc as reference
 
@@ -103,13 +104,7 @@ def test_gradient_to_one_input(backend, device):
 def _op_and_args(backend, device):
     a = torch.rand(1, 2, 5, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.rand(1, 2, 5, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
-    if backend == "triton":
-        from fastreg.triton import lncc as triton_lncc
-
-        op = triton_lncc.lncc_forward
-    else:
-        op = torch.ops.fastreg.lncc_forward.default
-    return op, a, b
+    return _library.kernel("lncc_forward", backend).default, a, b
 
 
 @pytest.mark.parametrize("taps", [[], gaussian_taps((3, 5, 3), None)])

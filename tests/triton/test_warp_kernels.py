@@ -1,7 +1,7 @@
 """The Triton warp ops (fastreg/triton/warp.py) against the plain-torch reference.
 
 tests/ops/test_warp.py runs the public functions on every backend; this file checks what is
-specific to fastreg::triton_warp_forward / triton_warp_backward: parity with
+specific to fastreg::warp_forward_triton / warp_backward_triton: parity with
 fastreg.reference.warp in float64 (1e-10 relative) and float32 for 2-D and 3-D, every mode
 and padding, broadcast positions, absolute coordinates with another output size, size-1
 axes, half precision, the int64-offset path, gradcheck, opcheck, the deterministic
@@ -25,6 +25,8 @@ if "triton" not in fastreg.available_backends():
     pytest.skip("the triton backend cannot run here", allow_module_level=True)
 
 from fastreg.triton import warp as tw  # noqa: E402
+
+warp_forward, warp_backward = torch.ops.fastreg.warp_forward_triton, torch.ops.fastreg.warp_backward_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MODES = ("bilinear", "nearest")
@@ -73,8 +75,8 @@ def reference_grads(image, loc, grad_out, mode, padding, displacement):
 
 def triton_grads(image, loc, grad_out, mode, padding, displacement, mask=(True, True)):
     m, p = MODES.index(mode), PADDINGS.index(padding)
-    out = tw.warp_forward(image, loc, m, p, displacement)
-    grad_image, grad_loc = tw.warp_backward(grad_out, image, loc, m, p, displacement, list(mask))
+    out = warp_forward(image, loc, m, p, displacement)
+    grad_image, grad_loc = warp_backward(grad_out, image, loc, m, p, displacement, list(mask))
     return out, grad_image, grad_loc
 
 
@@ -188,7 +190,7 @@ def test_gradcheck(ndim, padding, displacement):
     image.requires_grad_()
     loc.requires_grad_()
     p = PADDINGS.index(padding)
-    fn = tw.warp_forward
+    fn = warp_forward
     assert torch.autograd.gradcheck(lambda i, d: fn(i, d, 0, p, displacement), (image, loc), fast_mode=True)
     assert torch.autograd.gradcheck(lambda i: fn(i, loc.detach(), 1, p, displacement), (image,), fast_mode=True)
 
@@ -198,7 +200,7 @@ def test_gradcheck_full_jacobian():
     image, loc = make_inputs(2, shape=(2, 3), batch=2, channels=1)
     image.requires_grad_()
     loc.requires_grad_()
-    assert torch.autograd.gradcheck(lambda i, d: tw.warp_forward(i, d, 0, 2, True), (image, loc))
+    assert torch.autograd.gradcheck(lambda i, d: warp_forward(i, d, 0, 2, True), (image, loc))
 
 
 @pytest.mark.parametrize("ndim, displacement, mode, padding", [(2, True, 0, 2), (3, False, 1, 1)])
@@ -206,10 +208,10 @@ def test_opcheck(ndim, displacement, mode, padding):
     image, loc = make_inputs(ndim, displacement, shape=(3, 4) if ndim == 2 else (2, 3, 4))
     image.requires_grad_()
     loc.requires_grad_()
-    torch.library.opcheck(torch.ops.fastreg.triton_warp_forward.default, (image, loc, mode, padding, displacement))
+    torch.library.opcheck(torch.ops.fastreg.warp_forward_triton.default, (image, loc, mode, padding, displacement))
     grad_out = torch.randn(image.shape[0], image.shape[1], *loc.shape[2:], dtype=image.dtype, device=DEVICE)
     torch.library.opcheck(
-        torch.ops.fastreg.triton_warp_backward.default,
+        torch.ops.fastreg.warp_backward_triton.default,
         (grad_out, image.detach(), loc.detach(), mode, padding, displacement, [True, ndim == 2]),
     )
 
@@ -230,7 +232,7 @@ def test_deterministic_image_grad_is_order_independent(ndim, deterministic):
     def grads(idx):
         loc = flat[..., idx].reshape(1, ndim, *lead, n)
         grad_out = grad_flat[..., idx].reshape(2, 2, *lead, n)
-        return tw.warp_backward(grad_out, image, loc, 0, 1, False, [True, True])
+        return warp_backward(grad_out, image, loc, 0, 1, False, [True, True])
 
     first, second, shuffled = grads(torch.arange(n, device=DEVICE)), grads(torch.arange(n, device=DEVICE)), grads(perm)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
@@ -321,15 +323,15 @@ def test_torch_compile_through_public_ops():
 def test_bad_arguments_raise():
     image, loc = make_inputs(2)
     with pytest.raises(ValueError, match="mode"):
-        tw.warp_forward(image, loc, 2, 0, True)
+        warp_forward(image, loc, 2, 0, True)
     with pytest.raises(ValueError, match="padding"):
-        tw.warp_forward(image, loc, 0, 3, True)
+        warp_forward(image, loc, 0, 3, True)
     with pytest.raises(ValueError, match="loc"):
-        tw.warp_forward(image, loc[:, :1], 0, 0, True)
+        warp_forward(image, loc[:, :1], 0, 0, True)
     with pytest.raises(ValueError, match="loc"):
-        tw.warp_forward(image, loc[..., :3], 0, 0, True)
+        warp_forward(image, loc[..., :3], 0, 0, True)
     with pytest.raises(ValueError, match="grad_out"):
-        tw.warp_backward(image[:, :1], image, loc, 0, 0, True, [True, True])
+        warp_backward(image[:, :1], image, loc, 0, 0, True, [True, True])
 
 
 # Compiles kernel variants covering every constexpr branch for an H100 (sm_90), down to cubin.

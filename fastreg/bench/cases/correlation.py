@@ -54,6 +54,7 @@ def _vfa_case(dims: tuple[int, ...]) -> Case:
     ndim = len(dims) - 2
     return Case(
         op="correlation",
+        op_name="vfa_attention",
         name=f"{ndim}d {shape_name(dims)} vfa_attention r{RADIUS}",
         make_inputs=partial(_make_inputs, dims, ("q", "k")),
         ours=partial(fastreg.vfa_attention, radius=RADIUS),
@@ -71,6 +72,7 @@ def _correlation_case(dims: tuple[int, ...]) -> Case:
     ndim = len(dims) - 2
     return Case(
         op="correlation",
+        op_name="local_correlation",
         name=f"{ndim}d {shape_name(dims)} local_correlation r{RADIUS}",
         make_inputs=partial(_make_inputs, dims, ("f", "m")),
         ours=partial(fastreg.local_correlation, radius=RADIUS, scale="rsqrt_channels", padding_mode="zeros"),

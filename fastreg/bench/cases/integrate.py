@@ -47,6 +47,7 @@ def _case(dims: tuple[int, ...], steps: int) -> Case:
     ndim = len(dims) - 2
     return Case(
         op="integrate",
+        op_name="integrate_svf",
         name=f"{ndim}d {shape_name(dims)} {steps} steps",
         make_inputs=partial(_make_inputs, dims),
         ours=partial(fastreg.integrate_svf, steps=steps, padding_mode="zeros"),

@@ -44,6 +44,7 @@ def _case(dims: tuple[int, ...]) -> Case:
     ndim = len(dims) - 2
     return Case(
         op="jacobian",
+        op_name="jacobian_stats",
         name=f"{ndim}d {shape_name(dims)} stats",
         make_inputs=partial(_make_inputs, dims),
         ours=_ours,

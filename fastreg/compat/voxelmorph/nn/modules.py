@@ -23,7 +23,8 @@ from torch import nn
 from fastreg import _backend
 from fastreg import _validate as check
 from fastreg.compat._warp import grid_sample_warp
-from fastreg.ops.integrate import integrate_svf, resize_field
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.resize import resize_field
 from fastreg.ops.warp import warp
 
 _MODES = {"linear": "bilinear", "nearest": "nearest"}
