@@ -15,6 +15,11 @@ Velocity models (``model.svf`` True) also give
   model.velocity(fixed, moving)  (B, ndim, *S') the stationary velocity the displacement
                                  integrates, so the inverse is ``exp(-v)``; S' is the grid the
                                  model integrates on (see the model's docstring)
+Recursion (``model.passes`` = n > 1, displacement models only): the network is applied n
+times with the same weights, each pass registering the moving image warped by the field so
+far, and the fields are composed (u <- u o ... : ``fastreg.compose(u, d)``), the weight-shared
+recursive cascade of Zhao et al. (ICCV 2019); a model trained for one pass refines its own
+residual. Levels apply to every pass.
 Sizes: a subclass states ``multiple`` (the factor the network's input sizes must divide by);
 ``forward`` pads both images up to it (replicate padding of the last voxels) and crops the
 field back, so odd sizes never raise.
@@ -24,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from fastreg.ops.warp import compose, warp
 
 
 class RegistrationModel(nn.Module):
@@ -37,6 +44,7 @@ class RegistrationModel(nn.Module):
     multiple: int = 1
     num_levels: int = 1
     svf: bool = False
+    passes: int = 1
 
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int) -> torch.Tensor:
         raise NotImplementedError
@@ -47,7 +55,18 @@ class RegistrationModel(nn.Module):
         shape = tuple(fixed.shape[2:])
         fixed_p, moving_p = self.pad(fixed), self.pad(moving)
         disp = self.predict(fixed_p, moving_p, levels)
+        for _ in range(self.passes - 1):
+            residual = self.predict(fixed_p, warp(moving_p, disp, padding_mode="border"), levels)
+            disp = compose(disp, residual)
         return self.crop(disp, shape)
+
+    def set_passes(self, passes: int) -> None:
+        """Apply the network ``passes`` times (module docstring: Recursion)."""
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes: expected a positive int, got {passes!r}")
+        if passes > 1 and self.svf:
+            raise ValueError("passes: a velocity model (svf) is applied once (its inverse is exp(-v))")
+        self.passes = passes
 
     # -- helpers shared by every model -------------------------------------------------
     def check_pair(self, fixed, moving) -> None:

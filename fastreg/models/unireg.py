@@ -150,6 +150,8 @@ class UniReg(RegistrationModel):
             default (64, 128, 256), three levels).
         extractor_weights: path or state_dict for the named extractor (torchvision keys for the
             ResNet-50 / GoogLeNet stems; default None: the shipped VGG16 weights).
+        passes: how many times the network is applied, each pass registering the moving image
+            warped by the field so far (fastreg.models.base: Recursion; default 1, the paper).
 
     Example::
 
@@ -162,8 +164,9 @@ class UniReg(RegistrationModel):
     svf = False
 
     def __init__(self, ndim: int = 2, extractor="vgg16", widths: Sequence[int] = (64, 128, 256),
-                 extractor_weights=None):
+                 extractor_weights=None, passes: int = 1):
         super().__init__()
+        self.set_passes(passes)
         if isinstance(ndim, bool) or ndim not in (2, 3):
             raise ValueError(f"ndim: expected 2 or 3, got {ndim!r}")
         if (not isinstance(widths, (list, tuple)) or len(widths) < 2
