@@ -28,9 +28,12 @@ When torch.are_deterministic_algorithms_enabled(), it is accumulated in 64-bit f
 instead (integer atomics commute, so the result is bit-identical run to run): every
 contribution w * g is rounded to a multiple of 1 / scale, scale = 2**(62 - L - e) with
 max|grad_out| < 2**e (finite values) and n_out < 2**L; a sum at one image voxel has at most
-n_out contributions of magnitude <= max|grad_out|, so it stays below 2**62. Rounding adds an
-absolute error of at most one unit 2**(e + L - 62) per contribution to each image-gradient
-element, e.g. 4e-12 * max|grad_out| per contribution for 256**3 output voxels. Non-finite
+n_out contributions of magnitude <= max|grad_out|, so it stays below 2**62. Bicubic: the taps
+of one output voxel that land on one image voxel (clamped or mirrored indices) weigh at most
+sum |w| <= 1.375**ndim < 4 together, so scale = 2**(60 - L - e) there. Rounding adds an
+absolute error of at most one unit 2**(e + L - 62) (2**(e + L - 60) bicubic) per
+contribution to each image-gradient element, e.g. 4e-12 * max|grad_out| per contribution for
+256**3 output voxels. Non-finite
 contributions are recorded as flags (NaN, +inf, -inf) and combined as IEEE addition would.
 """
 from __future__ import annotations
@@ -427,12 +430,12 @@ def _forward_op(image: torch.Tensor, loc: torch.Tensor, mode: int, padding: int,
     return out
 
 
-def _fixed_point_scale(grad_out: torch.Tensor, n_out: int) -> torch.Tensor:
-    """2**(62 - L - e) (float64, 0-d) with max finite |grad_out| < 2**e and n_out < 2**L."""
+def _fixed_point_scale(grad_out: torch.Tensor, n_out: int, bits: int = 62) -> torch.Tensor:
+    """2**(bits - L - e) (float64, 0-d) with max finite |grad_out| < 2**e and n_out < 2**L."""
     mag = grad_out.abs().to(torch.float64)
     top = torch.where(torch.isfinite(mag), mag, 0.0).amax()
     _, e = torch.frexp(top)
-    k = torch.clamp(62 - int(n_out).bit_length() - e.to(torch.int64), min=-1022, max=1023)
+    k = torch.clamp(bits - int(n_out).bit_length() - e.to(torch.int64), min=-1022, max=1023)
     return ((k + 1023) << 52).view(torch.float64)  # the power of two built from its exponent bits
 
 
@@ -467,7 +470,7 @@ def _backward_op(
     if fixed:
         grad_image = torch.zeros(image.shape, dtype=torch.int64, device=image.device)
         flags = torch.zeros(image.shape, dtype=torch.int32, device=image.device)
-        scale = _fixed_point_scale(grad_out, geo["n_out"])
+        scale = _fixed_point_scale(grad_out, geo["n_out"], 60 if mode == 2 else 62)
     else:
         grad_image = torch.zeros(image.shape, dtype=acc_dtype, device=image.device) if need_image else None
         flags = scale = None
