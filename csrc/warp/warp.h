@@ -434,6 +434,16 @@ FASTREG_HOST_DEVICE void sample_channels(const StencilT& st, const scalar_t* ima
   }
 }
 
+// A NaN position has a NaN position gradient and no image-gradient contribution: sets gpos
+// (when need_loc) and returns true for it.
+template <int NDIM, typename T>
+FASTREG_HOST_DEVICE bool nan_position(bool nan, bool need_loc, T* gpos) {
+  if (nan && need_loc) {
+    for (int a = 0; a < NDIM; ++a) gpos[a] = static_cast<T>(NAN);
+  }
+  return nan;
+}
+
 // Backward at one output voxel for one batch item b. Adds d loss / d position into gpos
 // (when need_loc) and hands every image-gradient contribution to scatter(b, c, offset, value)
 // (when need_image). gout points at the voxel of channel 0, channels n_out apart (scalar_t or
@@ -443,12 +453,7 @@ FASTREG_HOST_DEVICE void backward_channels(const Stencil<T, NDIM>& st, const sca
                                            const gout_t* gout, int64_t b, int64_t channels,
                                            int64_t n_in, int64_t n_out, bool need_image,
                                            bool need_loc, T* gpos, Scatter& scatter) {
-  if (st.nan) {
-    if (need_loc) {
-      for (int a = 0; a < NDIM; ++a) gpos[a] = static_cast<T>(NAN);
-    }
-    return;
-  }
+  if (nan_position<NDIM>(st.nan, need_loc, gpos)) return;
   for (int64_t c = 0; c < channels; ++c) {
     const T g = static_cast<T>(gout[c * n_out]);
     const scalar_t* img = image + c * n_in;
@@ -469,12 +474,7 @@ FASTREG_HOST_DEVICE void backward_channels(const CubicStencil<T, NDIM>& st, cons
                                            const gout_t* gout, int64_t b, int64_t channels,
                                            int64_t n_in, int64_t n_out, bool need_image,
                                            bool need_loc, T* gpos, Scatter& scatter) {
-  if (st.nan) {
-    if (need_loc) {
-      for (int a = 0; a < NDIM; ++a) gpos[a] = static_cast<T>(NAN);
-    }
-    return;
-  }
+  if (nan_position<NDIM>(st.nan, need_loc, gpos)) return;
   for (int k = 0; k < CubicStencil<T, NDIM>::kTaps; ++k) {
     int64_t offset;
     T weight;
