@@ -176,6 +176,7 @@ def _invert_bad(device):
 
 OPS = {
     "warp": Op(fastreg.warp, _warp_samples, _warp_bad, 2),
+    "warp_bicubic": Op(lambda i, d: fastreg.warp(i, d, "bicubic", "reflection"), _warp_samples, _warp_bad, 2),
     "sample": Op(fastreg.sample, _sample_samples, _sample_bad, 2),
     "compose": Op(fastreg.compose, lambda d, t: [s + s for s in _field_samples(d, t, 1.0)], _compose_bad, 2),
     "lncc": Op(lambda a, b: fastreg.lncc(a, b, 3, reduction="none"), lambda d, t: _pair_samples(d, t, 1), _lncc_bad, 2),
@@ -319,18 +320,19 @@ def test_nn_modules_validate_at_construction(make, match):
         make()
 
 
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
-def test_infinite_positions_agree_on_every_backend(any_device, padding):
+def test_infinite_positions_agree_on_every_backend(any_device, padding, mode):
     """±inf lies outside at infinite distance: 0 with zeros/reflection, the edge with border."""
     image = _rand(1, 2, 4, 5, device=any_device)
     disp = _rand(1, 2, 4, 5, device=any_device).requires_grad_()
     inf = torch.zeros(1, 2, 4, 5, device=any_device, dtype=torch.float64)
     inf[0, 1, 1, 2], inf[0, 0, 2, 3] = float("inf"), -float("inf")
-    out = fastreg.warp(image, disp + inf, padding_mode=padding)
+    out = fastreg.warp(image, disp + inf, mode, padding)
     (grad,) = torch.autograd.grad(out.sum(), disp)
     hit = torch.isinf(inf).any(1, keepdim=True).expand_as(out)
     if padding == "border":  # as far as a large finite position goes
-        far = fastreg.warp(image, disp.detach() + torch.nan_to_num(inf, posinf=1e6, neginf=-1e6), padding_mode=padding)
+        far = fastreg.warp(image, disp.detach() + torch.nan_to_num(inf, posinf=1e6, neginf=-1e6), mode, padding)
         torch.testing.assert_close(out[hit], far[hit])
     else:
         assert (out[hit] == 0).all()

@@ -13,9 +13,12 @@
 //   with the normalised grid 2 * pos / (size - 1) - 1 in reversed (x, y, z) channel order.
 //   A size-1 axis always samples index 0 (grid_sample's convention); a NaN position gives
 //   NaN in every channel of that output voxel (grid_sample gives 0 there).
-//   mode:    kBilinear (linear in every axis) or kNearest (round half to even).
+//   mode:    kBilinear (linear in every axis), kNearest (round half to even) or kBicubic
+//            (separable cubic convolution, A = -0.75, over 4 taps per axis: grid_sample's
+//            bicubic in 2-D, the same kernel in 3-D; see CubicStencil).
 //   padding: kZeros (outside is 0), kBorder (clamp), kReflection (mirror about the border
 //            voxel centres, then clamp), with grid_sample's gradients (0 where clamped).
+//            Bicubic pads each tap index, never the position (as grid_sample).
 #pragma once
 
 #include <cmath>
@@ -31,6 +34,7 @@ namespace warp {
 
 constexpr int kBilinear = 0;
 constexpr int kNearest = 1;
+constexpr int kBicubic = 2;
 
 constexpr int kZeros = 0;
 constexpr int kBorder = 1;
@@ -189,6 +193,131 @@ FASTREG_HOST_DEVICE void build_stencil(const T* pos, const Geometry<NDIM>& geo, 
   return build_stencil<kBilinear, kZeros>(pos, geo, with_grad, st);
 }
 
+// Bicubic: per axis the taps floor(p) - 1 .. floor(p) + 2, each tap's voxel index (times the
+// axis stride) after padding, its validity (zeros padding reads nothing outside the image),
+// Keys' cubic weight (A = -0.75) of the fraction t = p - floor(p) and d weight / d position.
+// The weight of a tap combination is the product over axes; combination k reads tap
+// (k >> 2 * (NDIM - 1 - a)) & 3 along axis a.
+template <typename T, int NDIM>
+struct CubicStencil {
+  static constexpr int kTaps = 1 << (2 * NDIM);
+  bool nan;
+  bool valid[NDIM][4];
+  int64_t offset[NDIM][4];
+  T weight[NDIM][4];
+  T dweight[NDIM][4];
+};
+
+constexpr double kCubicA = -0.75;
+
+// Keys' kernel for |x| <= 1 and 1 < |x| < 2, and their derivatives, as torch's upsample.
+template <typename T>
+FASTREG_HOST_DEVICE T cubic_near(T x) {
+  return ((T(kCubicA) + T(2)) * x - (T(kCubicA) + T(3))) * x * x + T(1);
+}
+template <typename T>
+FASTREG_HOST_DEVICE T cubic_far(T x) {
+  return ((T(kCubicA) * x - T(5) * T(kCubicA)) * x + T(8) * T(kCubicA)) * x - T(4) * T(kCubicA);
+}
+template <typename T>
+FASTREG_HOST_DEVICE T cubic_near_grad(T x) {
+  return (T(3) * (T(kCubicA) + T(2)) * x - T(2) * (T(kCubicA) + T(3))) * x;
+}
+template <typename T>
+FASTREG_HOST_DEVICE T cubic_far_grad(T x) {
+  return (T(3) * T(kCubicA) * x - T(10) * T(kCubicA)) * x + T(8) * T(kCubicA);
+}
+
+// The voxel index read by the integer-valued tap coordinate c along an axis of `size` voxels
+// under PADDING; false when it reads nothing (zeros padding outside the image).
+template <int PADDING, typename T>
+FASTREG_HOST_DEVICE bool cubic_tap(T c, int64_t size, int64_t& index) {
+  const T hi = static_cast<T>(size - 1);
+  if constexpr (PADDING == kZeros) {
+    if (!(c >= T(0) && c <= hi)) {
+      index = 0;
+      return false;
+    }
+  } else if constexpr (PADDING == kReflection) {
+    T g;
+    c = source_coordinate<kReflection>(c, size, g);  // mirrored, then clamped
+  }
+  index = c <= T(0) ? 0 : c >= hi ? size - 1 : static_cast<int64_t>(c);
+  return true;
+}
+
+// The taps of one axis: position p (not NaN), d weight / d position when with_grad.
+template <int PADDING, typename T>
+FASTREG_HOST_DEVICE void cubic_axis(T p, int64_t size, int64_t stride, bool with_grad, bool* valid,
+                                    int64_t* offset, T* weight, T* dweight) {
+  T g = T(1);  // d position / d p
+  if (size == 1) {  // grid_sample maps every finite coordinate of a size-1 axis to 0
+    p = T(0);
+    g = T(0);
+  } else if constexpr (PADDING == kBorder) {
+    // Beyond [-2, size + 1] every tap clamps to the edge voxel (infinite positions too).
+    if (p < T(-2)) p = T(-2);
+    if (p > static_cast<T>(size + 1)) p = static_cast<T>(size + 1);
+  } else if (!(p >= T(-2) && p < static_cast<T>(size + 1)) && (PADDING == kZeros || !(p - p == T(0)))) {
+    // No tap inside (zeros), or an infinite position (reflection has no image of it).
+    for (int k = 0; k < 4; ++k) {
+      valid[k] = false;
+      offset[k] = 0;
+      weight[k] = dweight[k] = T(0);
+    }
+    return;
+  }
+  const T f = floor(p);
+  const T t = p - f;
+  weight[0] = cubic_far(t + T(1));
+  weight[1] = cubic_near(t);
+  weight[2] = cubic_near(T(1) - t);
+  weight[3] = cubic_far(T(2) - t);
+  if (with_grad) {
+    dweight[0] = g * cubic_far_grad(t + T(1));
+    dweight[1] = g * cubic_near_grad(t);
+    dweight[2] = -g * cubic_near_grad(T(1) - t);
+    dweight[3] = -g * cubic_far_grad(T(2) - t);
+  }
+  for (int k = 0; k < 4; ++k) {
+    int64_t index;
+    valid[k] = cubic_tap<PADDING>(f + static_cast<T>(k - 1), size, index);
+    offset[k] = index * stride;
+  }
+}
+
+// Builds the bicubic stencil of `pos` (the overload of build_stencil for CubicStencil).
+template <int MODE, int PADDING, typename T, int NDIM>
+FASTREG_HOST_DEVICE void build_stencil(const T* pos, const Geometry<NDIM>& geo, bool with_grad,
+                                       CubicStencil<T, NDIM>& st) {
+  static_assert(MODE == kBicubic, "CubicStencil is the bicubic stencil");
+  st.nan = false;
+  for (int a = 0; a < NDIM; ++a) {
+    const bool nan = pos[a] != pos[a];
+    st.nan = st.nan || nan;
+    cubic_axis<PADDING>(nan ? T(0) : pos[a], geo.size[a], geo.stride[a], with_grad, st.valid[a],
+                        st.offset[a], st.weight[a], st.dweight[a]);
+  }
+}
+
+// Tap combination k of a cubic stencil: its flat offset and weight; false when it reads nothing.
+template <typename T, int NDIM>
+FASTREG_HOST_DEVICE bool stencil_corner(const CubicStencil<T, NDIM>& st, int k, int64_t& offset, T& weight) {
+  offset = 0;
+  weight = T(1);
+  for (int a = 0; a < NDIM; ++a) {
+    const int i = (k >> (2 * (NDIM - 1 - a))) & 3;
+    if (!st.valid[a][i]) return false;
+    offset += st.offset[a][i];
+    weight *= st.weight[a][i];
+  }
+  return true;
+}
+
+// The stencil type of MODE.
+template <int MODE, typename T, int NDIM>
+using StencilFor = std::conditional_t<MODE == kBicubic, CubicStencil<T, NDIM>, Stencil<T, NDIM>>;
+
 // Calls f(std::integral_constant<int, MODE>, std::integral_constant<int, PADDING>) for runtime
 // mode and padding values, so launchers instantiate one specialised loop per combination.
 template <typename F>
@@ -202,6 +331,8 @@ void dispatch_mode_padding(int mode, int padding, F&& f) {
   };
   if (mode == kNearest) {
     with_padding(std::integral_constant<int, kNearest>());
+  } else if (mode == kBicubic) {
+    with_padding(std::integral_constant<int, kBicubic>());
   } else {
     with_padding(std::integral_constant<int, kBilinear>());
   }
@@ -265,20 +396,52 @@ FASTREG_HOST_DEVICE void load_position(const scalar_t* loc, int64_t n_out, int64
   }
 }
 
-// Forward at one output voxel for one batch item: image (C, n_in), out strided by n_out.
-template <typename scalar_t, typename T, int NDIM>
-FASTREG_HOST_DEVICE void sample_channels(const Stencil<T, NDIM>& st, const scalar_t* image,
+// Corner k of a stencil (either kind): false when it reads nothing, else its flat offset
+// within one channel and its weight; stencil_count gives the number of corners.
+template <typename T, int NDIM>
+FASTREG_HOST_DEVICE bool stencil_corner(const Stencil<T, NDIM>& st, int k, int64_t& offset, T& weight) {
+  offset = st.offset[k];
+  weight = st.weight[k];
+  return st.valid[k];
+}
+
+template <typename T, int NDIM>
+FASTREG_HOST_DEVICE int stencil_count(const Stencil<T, NDIM>& st) {
+  return st.count;
+}
+
+template <typename T, int NDIM>
+FASTREG_HOST_DEVICE int stencil_count(const CubicStencil<T, NDIM>&) {
+  return CubicStencil<T, NDIM>::kTaps;
+}
+
+// Forward at one output voxel for one batch item: image (C, n_in), out strided by n_out;
+// st is a Stencil or a CubicStencil.
+template <typename scalar_t, typename T, int NDIM, typename StencilT>
+FASTREG_HOST_DEVICE void sample_channels(const StencilT& st, const scalar_t* image,
                                          int64_t channels, int64_t n_in, scalar_t* out,
                                          int64_t n_out) {
   for (int64_t c = 0; c < channels; ++c) {
     const scalar_t* img = image + c * n_in;
     T acc = T(0);
-    for (int k = 0; k < st.count; ++k) {
-      if (st.valid[k]) acc += st.weight[k] * static_cast<T>(img[st.offset[k]]);
+    for (int k = 0; k < stencil_count(st); ++k) {
+      int64_t offset;
+      T weight;
+      if (stencil_corner(st, k, offset, weight)) acc += weight * static_cast<T>(img[offset]);
     }
     if (st.nan) acc = static_cast<T>(NAN);
     out[c * n_out] = static_cast<scalar_t>(acc);
   }
+}
+
+// A NaN position has a NaN position gradient and no image-gradient contribution: sets gpos
+// (when need_loc) and returns true for it.
+template <int NDIM, typename T>
+FASTREG_HOST_DEVICE bool nan_position(bool nan, bool need_loc, T* gpos) {
+  if (nan && need_loc) {
+    for (int a = 0; a < NDIM; ++a) gpos[a] = static_cast<T>(NAN);
+  }
+  return nan;
 }
 
 // Backward at one output voxel for one batch item b. Adds d loss / d position into gpos
@@ -290,12 +453,7 @@ FASTREG_HOST_DEVICE void backward_channels(const Stencil<T, NDIM>& st, const sca
                                            const gout_t* gout, int64_t b, int64_t channels,
                                            int64_t n_in, int64_t n_out, bool need_image,
                                            bool need_loc, T* gpos, Scatter& scatter) {
-  if (st.nan) {
-    if (need_loc) {
-      for (int a = 0; a < NDIM; ++a) gpos[a] = static_cast<T>(NAN);
-    }
-    return;
-  }
+  if (nan_position<NDIM>(st.nan, need_loc, gpos)) return;
   for (int64_t c = 0; c < channels; ++c) {
     const T g = static_cast<T>(gout[c * n_out]);
     const scalar_t* img = image + c * n_in;
@@ -305,6 +463,39 @@ FASTREG_HOST_DEVICE void backward_channels(const Stencil<T, NDIM>& st, const sca
       if (need_loc) {
         const T gv = g * static_cast<T>(img[st.offset[k]]);
         for (int a = 0; a < NDIM; ++a) gpos[a] += st.dweight[a][k] * gv;
+      }
+    }
+  }
+}
+
+// backward_channels for the bicubic stencil.
+template <typename scalar_t, typename T, int NDIM, typename gout_t, typename Scatter>
+FASTREG_HOST_DEVICE void backward_channels(const CubicStencil<T, NDIM>& st, const scalar_t* image,
+                                           const gout_t* gout, int64_t b, int64_t channels,
+                                           int64_t n_in, int64_t n_out, bool need_image,
+                                           bool need_loc, T* gpos, Scatter& scatter) {
+  if (nan_position<NDIM>(st.nan, need_loc, gpos)) return;
+  for (int k = 0; k < CubicStencil<T, NDIM>::kTaps; ++k) {
+    int64_t offset;
+    T weight;
+    if (!stencil_corner(st, k, offset, weight)) continue;
+    T dw[NDIM];  // d weight / d position along each axis: one factor differentiated
+    if (need_loc) {
+      for (int a = 0; a < NDIM; ++a) {
+        T d = T(1);
+        for (int b2 = 0; b2 < NDIM; ++b2) {
+          const int i = (k >> (2 * (NDIM - 1 - b2))) & 3;
+          d *= b2 == a ? st.dweight[b2][i] : st.weight[b2][i];
+        }
+        dw[a] = d;
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      const T g = static_cast<T>(gout[c * n_out]);
+      if (need_image) scatter(b, c, offset, weight * g);
+      if (need_loc) {
+        const T gv = g * static_cast<T>(image[c * n_in + offset]);
+        for (int a = 0; a < NDIM; ++a) gpos[a] += dw[a] * gv;
       }
     }
   }

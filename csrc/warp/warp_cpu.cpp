@@ -62,7 +62,7 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
   at::parallel_for(0, s.loc_batch * s.n_out, kGrain, [&](int64_t begin, int64_t end) {
     Cursor<NDIM> cur(begin, s.n_out, out_size);
     T pos[NDIM];
-    Stencil<T, NDIM> st;
+    StencilFor<MODE, T, NDIM> st;
     // One output voxel (every batch item it feeds) through the scalar path.
     auto voxel = [&]() {
       load_position<scalar_t, T, NDIM>(pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx,
@@ -134,8 +134,24 @@ struct GradTarget {
 };
 
 // Rows [r0, r1] of the first spatial axis that a position p0 along it can touch.
-template <int PADDING, typename T>
+template <int MODE, int PADDING, typename T>
 bool touched_rows(T p0, int64_t size0, int64_t& r0, int64_t& r1) {
+  if constexpr (MODE == kBicubic) {
+    if (p0 != p0) return false;
+    bool valid[4];
+    int64_t index[4];
+    T w[4], dw[4];
+    cubic_axis<PADDING>(p0, size0, 1, false, valid, index, w, dw);
+    r0 = size0;
+    r1 = -1;
+    for (int k = 0; k < 4; ++k) {
+      if (valid[k]) {
+        r0 = std::min(r0, index[k]);
+        r1 = std::max(r1, index[k]);
+      }
+    }
+    return r1 >= r0;
+  }
   T g;
   const T c = source_coordinate<PADDING>(p0, size0, g);
   const T f = floor(c);
@@ -209,7 +225,7 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
   auto run_chunk = [&](const Chunk& ch, const GradTarget<T>* grad) {
     T pos[NDIM];
     T gpos[NDIM];
-    Stencil<T, NDIM> st{};
+    StencilFor<MODE, T, NDIM> st{};
     auto none = [](int64_t, int64_t, int64_t, T) {};
     Cursor<NDIM> cur(ch.begin, s.n_out, out_size);
     // One output voxel (every batch item it feeds) through the scalar path.
@@ -290,8 +306,9 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
           hi = x > hi ? x : hi;
         }
         const T shift = displacement ? static_cast<T>(i0) : T(0);
+        const T reach = MODE == kBicubic ? T(1) : T(0);  // cubic taps reach one row further each way
         int64_t r0, r1;
-        if (touched_row_range<PADDING>(lo + shift, hi + shift, geo.size[0], r0, r1)) add_rows(r0, r1);
+        if (touched_row_range<PADDING>(lo + shift - reach, hi + shift + reach, geo.size[0], r0, r1)) add_rows(r0, r1);
         i = end;
       }
     } else {
@@ -300,7 +317,7 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
         T p0 = static_cast<T>(pos_ptr[cur.bl * NDIM * s.n_out + cur.v]);
         if (displacement) p0 += static_cast<T>(cur.idx[0]);
         int64_t r0, r1;
-        if (touched_rows<PADDING>(p0, geo.size[0], r0, r1)) add_rows(r0, r1);
+        if (touched_rows<MODE, PADDING>(p0, geo.size[0], r0, r1)) add_rows(r0, r1);
       }
     }
   };
@@ -414,7 +431,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_
   const at::Tensor loc = loc_.contiguous();
   const at::Tensor grad_out = grad_out_.contiguous().to(image.scalar_type());
   const bool need_image = output_mask[0];
-  const bool need_loc = output_mask[1] && mode == kBilinear;
+  const bool need_loc = output_mask[1] && mode != kNearest;
   at::Tensor gimage = need_image ? at::empty(image.sizes(), image.options()) : at::empty({0}, image.options());
   // Every element of gloc is written when need_loc; nearest mode has a zero position gradient.
   at::Tensor gloc = !output_mask[1] ? at::empty({0}, loc.options())

@@ -45,7 +45,7 @@ template <int MODE, int PADDING, typename scalar_t, typename T, int NDIM, typena
 __device__ __forceinline__ void voxel_stencil(index_t i, const scalar_t* loc, const Geometry<NDIM>& geo,
                                               const OutGrid<NDIM>& og, index_t batch, index_t loc_batch,
                                               index_t n_out, bool displacement, bool with_grad,
-                                              Stencil<T, NDIM>& st, index_t& bl, index_t& v, index_t& b0,
+                                              StencilFor<MODE, T, NDIM>& st, index_t& bl, index_t& v, index_t& b0,
                                               index_t& b1) {
   bl = i / n_out;
   v = i % n_out;
@@ -67,9 +67,10 @@ __global__ void forward_kernel(const scalar_t* __restrict__ image, const scalar_
   const index_t total = loc_batch * n_out;
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
-    Stencil<T, NDIM> st;
+    StencilFor<MODE, T, NDIM> st;
     index_t bl, v, b0, b1;
-    voxel_stencil<MODE, PADDING>(i, loc, geo, og, batch, loc_batch, n_out, displacement, false, st, bl, v, b0, b1);
+    voxel_stencil<MODE, PADDING, scalar_t, T>(i, loc, geo, og, batch, loc_batch, n_out, displacement, false, st, bl,
+                                              v, b0, b1);
     for (index_t b = b0; b < b1; ++b) {
       sample_channels<scalar_t, T, NDIM>(st, image + b * channels * n_in, channels, n_in,
                                          out + b * channels * n_out + v, n_out);
@@ -122,9 +123,10 @@ __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_
   const index_t total = loc_batch * n_out;
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
-    Stencil<T, NDIM> st;
+    StencilFor<MODE, T, NDIM> st;
     index_t bl, v, b0, b1;
-    voxel_stencil<MODE, PADDING>(i, loc, geo, og, batch, loc_batch, n_out, displacement, need_loc, st, bl, v, b0, b1);
+    voxel_stencil<MODE, PADDING, scalar_t, T>(i, loc, geo, og, batch, loc_batch, n_out, displacement, need_loc, st,
+                                              bl, v, b0, b1);
     T gpos[NDIM];
     for (int a = 0; a < NDIM; ++a) gpos[a] = T(0);
     for (index_t b = b0; b < b1; ++b) {
@@ -264,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_out
   const at::Tensor loc = loc_.contiguous();
   const at::Tensor grad_out = grad_out_.contiguous().to(image.scalar_type());
   const bool need_image = output_mask[0];
-  const bool need_loc = output_mask[1] && mode == kBilinear;
+  const bool need_loc = output_mask[1] && mode != kNearest;
   at::Tensor gimage = need_image ? at::zeros(image.sizes(), image.options()) : at::empty({0}, image.options());
   at::Tensor gloc = output_mask[1] ? at::zeros(loc.sizes(), loc.options()) : at::empty({0}, loc.options());
   if ((!need_image && !need_loc) || grad_out.numel() == 0) return {gimage, gloc};

@@ -10,7 +10,6 @@ step of a network whose output starts at exactly zero, e.g. MONAI's LocalNet).
 """
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import torch
@@ -31,7 +30,7 @@ def native_options(mode, padding_mode) -> tuple[str, str]:
         mode = "bilinear"
     if not isinstance(padding_mode, str) and isinstance(padding_mode, int):
         padding_mode = "border"
-    check.choice(mode, "mode", (*MODES, "bicubic"))
+    check.choice(mode, "mode", MODES)
     check.choice(padding_mode, "padding_mode", PADDINGS)
     return mode, padding_mode
 
@@ -40,9 +39,10 @@ class Warp(nn.Module):
     """Warp an image with a dense displacement field (MONAI ``Warp``).
 
     Args:
-        mode: "bilinear" or "nearest" (fastreg kernels); "bicubic" runs grid_sample (MONAI's
-            formula) with a warning; integers (MONAI's compiled spline orders) mean
-            "bilinear", as MONAI's grid_sample path does.
+        mode: "bilinear", "nearest" or "bicubic" (fastreg kernels; bicubic is grid_sample's
+            cubic convolution, A = -0.75); integers (MONAI's compiled spline orders) mean
+            "bilinear", as MONAI's grid_sample path does (its compiled path reads them as
+            B-spline orders: 3 is a cubic B-spline, not grid_sample's bicubic).
         padding_mode: "border" (MONAI's default), "zeros" or "reflection"; integers mean "border".
         jitter: add MONAI's reference-grid jitter (uniform [0, 1) noise drawn with seed 0,
             the same for every call).
@@ -77,10 +77,6 @@ class Warp(nn.Module):
         image, ddf = _backend.promote(image, ddf)
         if self.jitter:
             ddf = ddf + self._jitter(ddf)
-        if self.mode == "bicubic":
-            warnings.warn("fastreg.compat.monai.Warp: mode='bicubic' runs torch grid_sample (MONAI's formula), "
-                          "not fastreg's kernels", RuntimeWarning, stacklevel=2)
-            return grid_sample_warp(image, ddf, self.mode, self.padding_mode)
         return warp(image, ddf, self.mode, self.padding_mode)
 
 
@@ -101,7 +97,9 @@ class SpatialTransformer(nn.Module):
 
     Args:
         size: spatial size (H, W) or (D, H, W) of the images and flows.
-        mode: "bilinear" or "nearest" (zero padding, align_corners=True, as the original).
+        mode: "bilinear", "nearest" or "bicubic" (zero padding, align_corners=True, as the
+            original; bicubic in 3-D is fastreg's tricubic, where the original's grid_sample
+            has none).
 
     forward(src (B, C, *size), flow (B|1, ndim, *size) in voxels, ij order) -> (B, C, *size),
     in the wider dtype of src and flow (the original adds its float32 grid to the flow).

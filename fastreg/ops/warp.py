@@ -8,15 +8,26 @@ Contract (every backend; per-element math in csrc/warp/warp.h):
   out    (B, C, *S | *S_out)    image interpolated at x + disp(x) (or at coords)
 Voxel centres sit at integer indices (align_corners=True), exactly VoxelMorph's
 SpatialTransformer and MONAI's Warp. No grid tensor is built. mode: "bilinear" (linear in
-every axis; "trilinear" in 3-D) or "nearest" (round half to even); padding_mode: "zeros",
-"border" or "reflection" with torch.grid_sample's semantics and gradients. A size-1 axis
-always samples index 0; a NaN position gives NaN (grid_sample gives 0); a ±inf position
-lies outside at infinite distance: 0 with "zeros" and "reflection" padding (reflection has no
-finite image of inf; grid_sample gives NaN with "zeros" and an arbitrary in-image voxel with
-"reflection"), the nearest edge voxel with "border" (as grid_sample). Gradients flow to the
-image and to the positions (zero in nearest mode). At exactly zero displacement (a position
-on a voxel centre) the gradient to the position is one-sided: the kernels take the cell
-above the position consistently, where grid_sample picks a side per voxel by rounding.
+every axis; "trilinear" in 3-D), "nearest" (round half to even) or "bicubic" (below);
+padding_mode: "zeros", "border" or "reflection" with torch.grid_sample's semantics and
+gradients. A size-1 axis always samples index 0; a NaN position gives NaN (grid_sample gives
+0); a ±inf position lies outside at infinite distance: 0 with "zeros" and "reflection"
+padding (reflection has no finite image of inf; grid_sample gives NaN with "zeros" and an
+arbitrary in-image voxel with "reflection"), the nearest edge voxel with "border" (as
+grid_sample). Gradients flow to the image and to the positions (zero in nearest mode). At
+exactly zero displacement (a position on a voxel centre) the bilinear gradient to the
+position is one-sided: the kernels take the cell above the position consistently, where
+grid_sample picks a side per voxel by rounding.
+"bicubic": separable cubic convolution (Keys, A = -0.75, grid_sample's and upsample's
+coefficient) over the 4^ndim taps floor(p) - 1 .. floor(p) + 2 per axis, weights of the
+fraction t = p - floor(p) per axis multiplied. In 2-D exactly torch.grid_sample(mode="bicubic",
+align_corners=True); in 3-D the same kernel along the third axis (tricubic; grid_sample has
+none). As in grid_sample, the position is not padded; each tap index is: "zeros" reads 0
+outside [0, size - 1], "border" clamps the index, "reflection" mirrors it about the border
+voxel centres. So the result is C1 in the position (no kink on voxel centres, a smooth
+gradient), not bounded by the image's range (overshoot near edges), and outside the image
+with "border" it tends to the edge voxel (position gradient 0 once every tap is clamped).
+NaN and ±inf positions as above.
 An image expanded along its batch or channel axis (stride 0) is read in place, never copied:
 one item or channel is sampled (positions of every batch item folded into one call) and the
 result broadcast; other strided layouts are made contiguous by the kernels.
@@ -31,7 +42,7 @@ from fastreg import _backend, _library
 from fastreg import _validate as check
 from fastreg.reference import warp as reference
 
-MODES = ("bilinear", "nearest")
+MODES = ("bilinear", "nearest", "bicubic")  # the index is the kernels' mode argument
 PADDINGS = ("zeros", "border", "reflection")
 
 

@@ -1,6 +1,8 @@
 """warp, sample and compose in plain differentiable torch: the oracle of every test and
-the fallback backend. Built on ``F.grid_sample`` (align_corners=True) exactly as
-VoxelMorph's SpatialTransformer and MONAI's Warp call it.
+the fallback backend. Bilinear and nearest are ``F.grid_sample`` (align_corners=True) exactly
+as VoxelMorph's SpatialTransformer and MONAI's Warp call it; bicubic is the separable cubic
+convolution written out over the 4^ndim taps (grid_sample's formula in 2-D, the same in 3-D,
+where grid_sample has none).
 
 Contract (shared by every backend, see csrc/warp/warp.h):
   image (B, C, *S_in); positions (B|1, ndim, *S_out) in voxels, channel a along spatial
@@ -10,8 +12,12 @@ Contract (shared by every backend, see csrc/warp/warp.h):
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
+
+CUBIC_A = -0.75  # Keys' coefficient, grid_sample's and upsample's
 
 
 def identity_grid(shape, device, dtype) -> torch.Tensor:
@@ -22,6 +28,8 @@ def identity_grid(shape, device, dtype) -> torch.Tensor:
 
 def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Sample image (B, C, *S_in) at absolute voxel coordinates (B|1, ndim, *S_out)."""
+    if mode == "bicubic":
+        return _bicubic(image, coords, padding_mode)
     ndim = coords.shape[1]
     sizes = image.shape[2:]
     # An infinite position lies outside at infinite distance: 0 with zeros and reflection
@@ -43,6 +51,87 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
     if infinite is not None:
         out = torch.where(infinite, torch.zeros_like(out), out)
     nan = torch.isnan(coords).any(dim=1, keepdim=True)
+    return torch.where(nan, torch.full_like(out, float("nan")), out)
+
+
+def cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
+    """Weights of the taps floor(p) - 1 .. floor(p) + 2 at fraction t = p - floor(p) in [0, 1):
+    Keys' cubic convolution kernel with A = CUBIC_A (they sum to 1)."""
+    a = CUBIC_A
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def cubic_tap(c: torch.Tensor, size: int, padding_mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The voxel index read for the integer tap coordinate c (float) along an axis of `size`
+    voxels, as grid_sample's bicubic mode maps it: zeros reads nothing outside [0, size - 1]
+    (returns the validity mask), border clamps, reflection mirrors about the border voxel
+    centres. Returns (index as long, valid or None)."""
+    hi = size - 1
+    valid = None
+    if padding_mode == "zeros":
+        valid = (c >= 0) & (c <= hi)
+    elif padding_mode == "reflection" and hi > 0:
+        c = c.abs()
+        flips = torch.floor(c / hi)
+        extra = torch.fmod(c, hi)
+        c = torch.where(torch.fmod(flips, 2) == 0, extra, hi - extra)
+    return c.clamp(0, hi).long(), valid
+
+
+def _bicubic(image: torch.Tensor, coords: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    """Cubic convolution over the 4^ndim taps around each position (contract in
+    fastreg/ops/warp.py): the position itself is not padded, each tap index is."""
+    ndim = coords.shape[1]
+    sizes = image.shape[2:]
+    batch, channels = image.shape[:2]
+    out_shape = coords.shape[2:]
+    nan = torch.isnan(coords).any(dim=1, keepdim=True)
+    coords = torch.where(torch.isnan(coords), torch.zeros_like(coords), coords)
+    infinite = None
+    if padding_mode == "border":  # beyond [-2, size + 1] every tap clamps to the edge voxel
+        coords = torch.stack([coords[:, a].clamp(-2.0, sizes[a] + 1.0) for a in range(ndim)], dim=1)
+    else:  # an infinite position reads nothing
+        infinite = torch.isinf(coords).any(dim=1, keepdim=True)
+        coords = torch.where(torch.isinf(coords), torch.zeros_like(coords), coords)
+    taps = []  # per axis: [(flat offset, weight)] for the 4 taps
+    stride = 1
+    strides = []
+    for a in reversed(range(ndim)):
+        strides.insert(0, stride)
+        stride *= sizes[a]
+    for a in range(ndim):
+        p = coords[:, a] * 0 if sizes[a] == 1 else coords[:, a]  # a size-1 axis samples index 0
+        f = torch.floor(p).detach()
+        weights = cubic_weights(p - f)
+        axis = []
+        for k in range(4):
+            index, valid = cubic_tap(f + (k - 1), sizes[a], padding_mode)
+            axis.append((index * strides[a], weights[k], valid))
+        taps.append(axis)
+    flat = image.reshape(batch, channels, -1)
+    out = None
+    for combo in itertools.product(*taps):
+        offset = sum(o for o, _, _ in combo).reshape(coords.shape[0], 1, -1).expand(batch, channels, -1)
+        weight = combo[0][1]
+        for _, w, _ in combo[1:]:
+            weight = weight * w
+        term = weight.unsqueeze(1) * torch.gather(flat, 2, offset).reshape(batch, channels, *out_shape)
+        masks = [v for _, _, v in combo if v is not None]
+        if masks:  # a tap outside the image (zeros padding) reads nothing, not even a NaN
+            valid = masks[0]
+            for v in masks[1:]:
+                valid = valid & v
+            term = torch.where(valid.unsqueeze(1), term, torch.zeros_like(term))
+        out = term if out is None else out + term
+    if infinite is not None:
+        out = torch.where(infinite, torch.zeros_like(out), out)
     return torch.where(nan, torch.full_like(out, float("nan")), out)
 
 

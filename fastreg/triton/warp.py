@@ -6,16 +6,19 @@ Contract (exactly that of fastreg::warp_forward / warp_backward, see csrc/warp/w
            displacement=True : position = index of the output voxel + loc  (S_out == S_in)
            displacement=False: position = loc (absolute voxel coordinates)
   out    (B, C, *S_out)      image interpolated at the positions
-  mode 0 bilinear (linear in every axis) / 1 nearest (round half to even); padding 0 zeros /
-  1 border / 2 reflection, with grid_sample(align_corners=True) semantics and gradients
-  (0 where clamped). A size-1 axis always samples index 0; a NaN position gives NaN in every
-  channel (and a NaN position gradient in bilinear mode, no image-gradient contribution).
+  mode 0 bilinear (linear in every axis) / 1 nearest (round half to even) / 2 bicubic (cubic
+  convolution, A = -0.75, over 4 taps per axis, each tap index padded; contract in
+  fastreg/ops/warp.py); padding 0 zeros / 1 border / 2 reflection, with
+  grid_sample(align_corners=True) semantics and gradients (0 where clamped). A size-1 axis
+  always samples index 0; a NaN position gives NaN in every channel (and a NaN position
+  gradient in bilinear and bicubic mode, no image-gradient contribution).
   backward(grad_out (B, C, *S_out), image, loc, mode, padding, displacement, output_mask)
   -> (grad_image (B, C, *S_in) or shape (0,), grad_loc (Bl, ndim, *S_out) or shape (0,)),
   grad_loc is zero in nearest mode.
 
 Kernels: one program per BLOCK output voxels of one positions batch item; the stencil
-(offsets, weights, d weight / d position of the 2^ndim corners, as a (BLOCK, corners) tile)
+(offsets, weights, d weight / d position of the 2^ndim corners, 4^ndim taps in bicubic mode,
+as a (BLOCK, corners) tile)
 is built once and reused for every channel and, when the positions broadcast, every batch
 item. Arithmetic runs in float32 for float32/float16/bfloat16 and float64 for float64.
 Offsets are int64 when a tensor has 2**31 elements or more.
@@ -25,9 +28,12 @@ When torch.are_deterministic_algorithms_enabled(), it is accumulated in 64-bit f
 instead (integer atomics commute, so the result is bit-identical run to run): every
 contribution w * g is rounded to a multiple of 1 / scale, scale = 2**(62 - L - e) with
 max|grad_out| < 2**e (finite values) and n_out < 2**L; a sum at one image voxel has at most
-n_out contributions of magnitude <= max|grad_out|, so it stays below 2**62. Rounding adds an
-absolute error of at most one unit 2**(e + L - 62) per contribution to each image-gradient
-element, e.g. 4e-12 * max|grad_out| per contribution for 256**3 output voxels. Non-finite
+n_out contributions of magnitude <= max|grad_out|, so it stays below 2**62. Bicubic: the taps
+of one output voxel that land on one image voxel (clamped or mirrored indices) weigh at most
+sum |w| <= 1.375**ndim < 4 together, so scale = 2**(60 - L - e) there. Rounding adds an
+absolute error of at most one unit 2**(e + L - 62) (2**(e + L - 60) bicubic) per
+contribution to each image-gradient element, e.g. 4e-12 * max|grad_out| per contribution for
+256**3 output voxels. Non-finite
 contributions are recorded as flags (NaN, +inf, -inf) and combined as IEEE addition would.
 """
 from __future__ import annotations
@@ -104,6 +110,64 @@ def _nearest_axis(p, size, PADDING: tl.constexpr, IDX: tl.constexpr):
 
 
 @triton.jit
+def _cubic_tap(c, size, PADDING: tl.constexpr, IDX: tl.constexpr):
+    """Voxel index read by the integer-valued tap coordinates c, and whether it reads at all
+    (zeros padding reads nothing outside the image; border clamps; reflection mirrors)."""
+    hi = (size - 1).to(c.dtype)
+    ok = c == c
+    if PADDING == 0:
+        ok = (c >= 0) & (c <= hi)
+    if PADDING == 2:
+        c, _ = _source(c, size, PADDING)  # mirrored about the border voxel centres, clamped
+    i = tl.where(c <= 0, 0.0, tl.where(c >= hi, hi, c)).to(IDX)
+    return i, ok
+
+
+@triton.jit
+def _cubic_axis(p, size, PADDING: tl.constexpr, IDX: tl.constexpr):
+    """Indices, validity, Keys weights (A = -0.75) and d weight / d position of the taps
+    floor(p) - 1 .. floor(p) + 2 of positions p (NaN positions are the caller's)."""
+    single = size == 1  # grid_sample maps every finite coordinate of a size-1 axis to 0
+    g = tl.where(single, 0.0, 1.0).to(p.dtype)
+    p = tl.where(single | (p != p), 0.0, p)
+    top = (size + 1).to(p.dtype)
+    none = p != p  # all false
+    if PADDING == 1:  # beyond [-2, size + 1] every tap clamps to the edge voxel
+        p = tl.minimum(tl.maximum(p, -2.0), top)
+    else:
+        none = ~((p >= -2.0) & (p < top))  # no tap inside
+        if PADDING == 2:
+            none = none & ((p - p) != 0)  # reflection: only an infinite position reads nothing
+        p = tl.where(none, 0.0, p)
+    f = tl.floor(p)
+    t = p - f
+    A: tl.constexpr = -0.75
+    x0 = t + 1.0
+    x2 = 1.0 - t
+    x3 = 2.0 - t
+    w0 = ((A * x0 - 5.0 * A) * x0 + 8.0 * A) * x0 - 4.0 * A
+    w1 = ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0
+    w2 = ((A + 2.0) * x2 - (A + 3.0)) * x2 * x2 + 1.0
+    w3 = ((A * x3 - 5.0 * A) * x3 + 8.0 * A) * x3 - 4.0 * A
+    d0 = g * ((3.0 * A * x0 - 10.0 * A) * x0 + 8.0 * A)
+    d1 = g * ((3.0 * (A + 2.0) * t - 2.0 * (A + 3.0)) * t)
+    d2 = -g * ((3.0 * (A + 2.0) * x2 - 2.0 * (A + 3.0)) * x2)
+    d3 = -g * ((3.0 * A * x3 - 10.0 * A) * x3 + 8.0 * A)
+    i0, ok0 = _cubic_tap(f - 1.0, size, PADDING, IDX)
+    i1, ok1 = _cubic_tap(f, size, PADDING, IDX)
+    i2, ok2 = _cubic_tap(f + 1.0, size, PADDING, IDX)
+    i3, ok3 = _cubic_tap(f + 2.0, size, PADDING, IDX)
+    return (i0, i1, i2, i3, ok0 & ~none, ok1 & ~none, ok2 & ~none, ok3 & ~none,
+            w0, w1, w2, w3, d0, d1, d2, d3)
+
+
+@triton.jit
+def _pick4(tap, a0, a1, a2, a3):
+    """(BLOCK, taps) tile: a_k where the tap's digit along this axis is k."""
+    return tl.where(tap == 0, a0[:, None], tl.where(tap == 1, a1[:, None], tl.where(tap == 2, a2[:, None], a3[:, None])))
+
+
+@triton.jit
 def _pick(bit, a0, a1):
     """(BLOCK, corners) tile: a1 where the corner's bit along this axis is set, else a0."""
     return tl.where(bit != 0, a1[:, None], a0[:, None])
@@ -163,6 +227,33 @@ def _stencil(loc, v, mask, n_out, sz0, sz1, sz2, o1, o2, NDIM: tl.constexpr, MOD
             off = off + (iz[:, None] + bz) * sz
             ok = ok & _pick(bz, okz0, okz1)
             dz = _pick(bz, dz0, dz1) * w
+            dy = wz * dy
+            dx = wz * dx
+            w = wz * w
+    elif MODE == 2:
+        kk = tl.arange(0, 1 << (2 * NDIM))[None, :]
+        tx = kk & 3
+        ty = (kk >> 2) & 3
+        ix0, ix1, ix2, ix3, okx0, okx1, okx2, okx3, wx0, wx1, wx2, wx3, dx0, dx1, dx2, dx3 = _cubic_axis(
+            px, sz2, PADDING, IDX)
+        iy0, iy1, iy2, iy3, oky0, oky1, oky2, oky3, wy0, wy1, wy2, wy3, dy0, dy1, dy2, dy3 = _cubic_axis(
+            py, sz1, PADDING, IDX)
+        wx = _pick4(tx, wx0, wx1, wx2, wx3)
+        wy = _pick4(ty, wy0, wy1, wy2, wy3)
+        off = _pick4(ty, iy0, iy1, iy2, iy3) * sy + _pick4(tx, ix0, ix1, ix2, ix3)
+        ok = _pick4(ty, oky0, oky1, oky2, oky3) & _pick4(tx, okx0, okx1, okx2, okx3)
+        w = wy * wx
+        dy = _pick4(ty, dy0, dy1, dy2, dy3) * wx
+        dx = wy * _pick4(tx, dx0, dx1, dx2, dx3)
+        dz = dx
+        if NDIM == 3:
+            tz = (kk >> 4) & 3
+            iz0, iz1, iz2, iz3, okz0, okz1, okz2, okz3, wz0, wz1, wz2, wz3, dz0, dz1, dz2, dz3 = _cubic_axis(
+                pz, sz0, PADDING, IDX)
+            wz = _pick4(tz, wz0, wz1, wz2, wz3)
+            off = off + _pick4(tz, iz0, iz1, iz2, iz3) * sz
+            ok = ok & _pick4(tz, okz0, okz1, okz2, okz3)
+            dz = _pick4(tz, dz0, dz1, dz2, dz3) * w
             dy = wz * dy
             dx = wz * dx
             w = wz * w
@@ -305,12 +396,14 @@ def _geometry(image: torch.Tensor, loc: torch.Tensor, displacement: bool) -> dic
 
 
 def _block(ndim: int, mode: int) -> int:
+    if mode == 2:  # (BLOCK, 4^ndim) tiles
+        return 32 if ndim == 3 else 128
     return 128 if (ndim == 3 and mode == 0) else 256
 
 
 def _check_options(mode: int, padding: int) -> None:
-    if mode not in (0, 1):
-        raise ValueError(f"mode: expected 0 (bilinear) or 1 (nearest), got {mode}")
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode: expected 0 (bilinear), 1 (nearest) or 2 (bicubic), got {mode}")
     if padding not in (0, 1, 2):
         raise ValueError(f"padding: expected 0 (zeros), 1 (border) or 2 (reflection), got {padding}")
 
@@ -331,12 +424,12 @@ def _forward_op(image: torch.Tensor, loc: torch.Tensor, mode: int, padding: int,
     return out
 
 
-def _fixed_point_scale(grad_out: torch.Tensor, n_out: int) -> torch.Tensor:
-    """2**(62 - L - e) (float64, 0-d) with max finite |grad_out| < 2**e and n_out < 2**L."""
+def _fixed_point_scale(grad_out: torch.Tensor, n_out: int, bits: int = 62) -> torch.Tensor:
+    """2**(bits - L - e) (float64, 0-d) with max finite |grad_out| < 2**e and n_out < 2**L."""
     mag = grad_out.abs().to(torch.float64)
     top = torch.where(torch.isfinite(mag), mag, 0.0).amax()
     _, e = torch.frexp(top)
-    k = torch.clamp(62 - int(n_out).bit_length() - e.to(torch.int64), min=-1022, max=1023)
+    k = torch.clamp(bits - int(n_out).bit_length() - e.to(torch.int64), min=-1022, max=1023)
     return ((k + 1023) << 52).view(torch.float64)  # the power of two built from its exponent bits
 
 
@@ -365,13 +458,13 @@ def _backward_op(
         raise ValueError(f"grad_out: expected shape {out_shape}, got {tuple(grad_out.shape)}")
     image, loc = image.contiguous(), loc.contiguous()
     grad_out = grad_out.contiguous().to(image.dtype)
-    need_image, need_loc = bool(output_mask[0]), bool(output_mask[1]) and mode == 0
+    need_image, need_loc = bool(output_mask[0]), bool(output_mask[1]) and mode != 1
     fixed = need_image and grad_out.numel() > 0 and torch.are_deterministic_algorithms_enabled()
     acc_dtype = torch.float64 if geo["ACC64"] else torch.float32
     if fixed:
         grad_image = torch.zeros(image.shape, dtype=torch.int64, device=image.device)
         flags = torch.zeros(image.shape, dtype=torch.int32, device=image.device)
-        scale = _fixed_point_scale(grad_out, geo["n_out"])
+        scale = _fixed_point_scale(grad_out, geo["n_out"], 60 if mode == 2 else 62)
     else:
         grad_image = torch.zeros(image.shape, dtype=acc_dtype, device=image.device) if need_image else None
         flags = scale = None

@@ -39,7 +39,8 @@ def test_monai_warp_jitter_and_bicubic():
     jittered = _quiet(fr_monai.Warp(jitter=True), image, ddf)
     torch.testing.assert_close(jittered, _quiet(MonaiWarp(jitter=True), image, ddf), rtol=1e-10, atol=1e-10)
     image2, ddf2 = torch.rand(1, 1, 7, 8, dtype=torch.float64), _field(1, 2, 7, 8)
-    with pytest.warns(RuntimeWarning, match="bicubic"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # bicubic runs fastreg's kernels, no fallback
         cubic = fr_monai.Warp("bicubic")(image2, ddf2)
     torch.testing.assert_close(cubic, _quiet(MonaiWarp("bicubic"), image2, ddf2), rtol=1e-10, atol=1e-10)
 
@@ -110,6 +111,22 @@ def test_voxelmorph_current_api(mode, corners):
     for factor in (2.0, 0.5):
         theirs = vxm.nn.modules.ResizeDisplacementField(factor)(v)
         torch.testing.assert_close(fr_vxm.nn.modules.ResizeDisplacementField(factor)(v), theirs, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode, ndim", [("bilinear", 3), ("trilinear", 3), ("bicubic", 2)])
+def test_voxelmorph_current_api_grid_sample_mode_names(mode, ndim):
+    """The original passes names other than "linear" to grid_sample: they run fastreg's kernels."""
+    shape = (6, 7, 5)[:ndim]
+    image, disp = torch.rand(2, 2, *shape, dtype=torch.float64), _field(2, ndim, *shape)
+    theirs = vxm.nn.modules.SpatialTransformer(mode)(image, disp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = fr_vxm.nn.modules.SpatialTransformer(mode)(image, disp)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    v = _field(2, ndim, *shape, scale=1.5)
+    theirs = vxm.nn.modules.IntegrateVelocityField(steps=3, interpolation_mode=mode)(v)
+    torch.testing.assert_close(fr_vxm.nn.modules.IntegrateVelocityField(steps=3, interpolation_mode=mode)(v), theirs,
+                               rtol=1e-9, atol=1e-9)
 
 
 def test_monai_patch_builds_voxelmorph_net_with_shims_and_matches():

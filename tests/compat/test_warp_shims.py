@@ -60,8 +60,10 @@ def _compare(ours, theirs, image, flow, tol):
 
 
 @pytest.mark.parametrize("shape", [(9, 11), (6, 7, 8)])
-@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 def test_voxelmorph_spatial_transformer_matches_published_formula(shape, mode):
+    if mode == "bicubic" and len(shape) == 3:
+        pytest.skip("grid_sample has no 3-D bicubic (the tricubic kernel is tested in tests/ops/test_warp.py)")
     image, flow = pair(shape)
     ours, theirs = fr_vxm.SpatialTransformer(shape, mode), LegacyVxmTransformer(shape, mode)
     assert list(ours.state_dict()) == list(theirs.state_dict()) == ["grid"]
@@ -83,10 +85,12 @@ def test_voxelmorph_package_spatial_transformer():
 
 
 @pytest.mark.parametrize("shape", [(9, 11), (6, 7, 8)])
-@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 @pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
 def test_monai_warp(shape, mode, padding_mode):
     blocks = pytest.importorskip("monai.networks.blocks")
+    if mode == "bicubic" and len(shape) == 3:
+        pytest.skip("MONAI's grid_sample path has no 3-D bicubic (the tricubic kernel is tested in tests/ops/test_warp.py)")
 
     def theirs():
         with warnings.catch_warnings():
@@ -95,6 +99,24 @@ def test_monai_warp(shape, mode, padding_mode):
 
     image, flow = pair(shape)
     compare(lambda: fr_monai.Warp(mode, padding_mode), theirs, image, flow)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_monai_warp_gradcheck_as_monai_tests_it(mode, padding_mode):
+    """MONAI's own TestWarp.test_grad (tests/networks/blocks/warp/test_warp.py) run on the
+    shim: float64 gradcheck to the image with its tolerances, at its size (20 x 20) for
+    bicubic with border and zeros padding, 8 x 8 for the other cases (time); then, for the
+    differentiable modes, a strict gradcheck to the ddf too."""
+    warp_layer = fr_monai.Warp(mode=mode, padding_mode=padding_mode)
+    size = 20 if mode == "bicubic" and padding_mode != "reflection" else 8
+    image = (torch.rand(2, 3, size, size, dtype=torch.float64) * 10.0).requires_grad_(True)
+    ddf = torch.rand(2, 2, size, size, dtype=torch.float64) * 2.0
+    assert torch.autograd.gradcheck(warp_layer, (image, ddf), atol=1e-2, eps=1e-2)
+    if mode != "nearest":
+        small = image.detach()[:1, :2, :6, :7].clone().requires_grad_(True)
+        field = (ddf[:1, :, :6, :7] * 2 - 1).requires_grad_(True)
+        assert torch.autograd.gradcheck(warp_layer, (small, field))
 
 
 def test_defaults_follow_the_originals():
@@ -106,6 +128,8 @@ def test_defaults_follow_the_originals():
 def test_shims_reject_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
         fr_monai.Warp(mode="bicubicc")
+    with pytest.raises(ValueError, match="interpolation_mode"):
+        fr_vxm.nn.modules.SpatialTransformer("cubic")
     with pytest.raises(ValueError, match="padding_mode"):
         fr_monai.Warp(padding_mode="wrap")
     with pytest.raises(ValueError, match="ddf"):

@@ -10,7 +10,7 @@ from fastreg.data import random_smooth_field
 from fastreg.reference import warp as ref
 from conftest import BLOCK_PATTERNS
 
-MODES = ("bilinear", "nearest")
+MODES = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
 SHAPES = {2: (7, 9), 3: (5, 6, 4)}
 
@@ -44,7 +44,7 @@ def test_warp_matches_reference_float64(backend, device, ndim, mode, padding, fi
     g_ours = torch.autograd.grad((fastreg.warp(image, disp, mode, padding) * weight).sum(), (image, disp))
     g_ref = torch.autograd.grad((ref.warp(image, disp, mode, padding) * weight).sum(), (image, disp))
     assert_close(g_ours[0], g_ref[0], rtol=1e-10)
-    if mode == "bilinear":
+    if mode != "nearest":
         assert_close(g_ours[1], g_ref[1], rtol=1e-10)
     else:
         assert torch.count_nonzero(g_ours[1]) == 0
@@ -78,15 +78,16 @@ def test_compose_matches_reference(backend, device):
 # --- gradients ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ("bilinear", "bicubic"))
 @pytest.mark.parametrize("ndim", (2, 3))
 @pytest.mark.parametrize("padding", PADDINGS)
-def test_gradcheck_bilinear(backend, device, ndim, padding):
+def test_gradcheck_image_and_positions(backend, device, ndim, padding, mode):
     if backend == "triton" and device.type == "cpu" and (ndim == 3 or padding != "zeros"):
         pytest.skip("interpreter: one gradcheck; the other cases compare gradients with the reference")
     shape = (4, 5) if ndim == 2 else (3, 4, 3)
     image = torch.randn(2, 2, *shape, dtype=torch.float64, device=device, requires_grad=True)
     disp = (2 * torch.randn(1, ndim, *shape, dtype=torch.float64, device=device)).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda i, d: fastreg.warp(i, d, "bilinear", padding), (image, disp))
+    assert torch.autograd.gradcheck(lambda i, d: fastreg.warp(i, d, mode, padding), (image, disp))
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
@@ -112,7 +113,7 @@ def test_gradcheck_sample_and_compose(backend, device):
 def test_opcheck_cpu_ops():
     if "cpu" not in fastreg.available_backends():
         pytest.skip("compiled extension not built")
-    for ndim, mode, padding in [(2, 0, 0), (3, 0, 2), (3, 1, 1)]:
+    for ndim, mode, padding in [(2, 0, 0), (3, 0, 2), (3, 1, 1), (2, 2, 2), (3, 2, 1)]:
         image, disp = inputs(ndim, "cpu", field_batch=1)
         image.requires_grad_(True)
         disp.requires_grad_(True)
@@ -123,13 +124,13 @@ def test_opcheck_cpu_ops():
         )
 
 
-@pytest.mark.parametrize("compile_backend", ("aot_eager", "inductor"))
-def test_torch_compile_fullgraph(backend, device, compile_backend):
+@pytest.mark.parametrize("compile_backend,mode", [("aot_eager", "bilinear"), ("inductor", "bilinear"), ("aot_eager", "bicubic")])
+def test_torch_compile_fullgraph(backend, device, compile_backend, mode):
     if compile_backend == "inductor" and backend != "cpu":
         pytest.skip("one inductor build is enough")
 
     def step(image, disp):
-        return (fastreg.warp(image, disp, "bilinear", "border") - image).square().mean()
+        return (fastreg.warp(image, disp, mode, "border") - image).square().mean()
 
     image, disp = inputs(3, device, dtype=torch.float32)
     disp.requires_grad_(True)
@@ -139,6 +140,68 @@ def test_torch_compile_fullgraph(backend, device, compile_backend):
     disp2 = disp.detach().clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(step(image, disp2), disp2)
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+# --- bicubic: grid_sample's formula in 2-D, the same separable kernel in 3-D ---------------
+
+
+def grid_sample_2d(image, coords, padding):
+    """torch.grid_sample(mode="bicubic", align_corners=True) at voxel coordinates (B, 2, *S_out)."""
+    sizes = image.shape[2:]
+    grid = torch.stack([coords[:, a] * (2.0 / (sizes[a] - 1)) - 1 if sizes[a] > 1 else coords[:, a] * 0
+                        for a in range(2)][::-1], dim=-1)
+    return torch.nn.functional.grid_sample(image, grid, mode="bicubic", padding_mode=padding, align_corners=True)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("shape", [(7, 9), (1, 6), (5, 1), (2, 3)])
+def test_bicubic_reference_is_grid_sample(padding, shape):
+    """The reference's bicubic is grid_sample's in 2-D: values and both gradients in float64,
+    positions up to 3 voxels outside the image (every tap padded)."""
+    image = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
+    span = torch.tensor(shape, dtype=torch.float64).view(1, 2, 1, 1)
+    coords = (torch.rand(2, 2, 6, 5, dtype=torch.float64) * (span + 5) - 3).requires_grad_(True)
+    weight = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    ours = ref.sample(image, coords, "bicubic", padding)
+    theirs = grid_sample_2d(image, coords, padding)
+    assert_close(ours, theirs, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad((ours * weight).sum(), (image, coords)),
+                    torch.autograd.grad((theirs * weight).sum(), (image, coords))):
+        assert_close(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_tricubic_is_separable(any_backend, any_device, padding):
+    """A product image f(z) g(y) h(x) samples to the product of three 1-D cubic
+    interpolations (each grid_sample's bicubic on a 1-row image): the 3-D kernel is the 2-D
+    one applied along every axis, padding per axis."""
+    shape = (4, 5, 6)
+    factors = [torch.randn(n, dtype=torch.float64) for n in shape]
+    image = (factors[0][:, None, None] * factors[1][None, :, None] * factors[2][None, None, :])[None, None]
+    span = torch.tensor(shape, dtype=torch.float64).view(1, 3, 1, 1, 1)
+    coords = torch.rand(1, 3, 3, 4, 2, dtype=torch.float64) * (span + 4) - 2.5
+    expected = torch.ones(1, 1, 3, 4, 2, dtype=torch.float64)
+    for a, f in enumerate(factors):
+        row = f.view(1, 1, 1, -1)
+        pos = torch.stack([coords[:, a] * 0, coords[:, a]], dim=1).reshape(1, 2, 3, 8)
+        expected = expected * grid_sample_2d(row, pos, padding).reshape(1, 1, 3, 4, 2)
+    out = fastreg.sample(image.to(any_device), coords.to(any_device), "bicubic", padding)
+    assert_close(out.cpu(), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_tricubic_of_a_volume_constant_along_an_axis_is_bicubic(any_backend, any_device, padding):
+    """Constant along the first axis, the 3-D result is grid_sample's 2-D bicubic of the slice
+    (the cubic weights sum to 1; with zeros padding every tap along that axis stays inside)."""
+    plane = torch.randn(2, 2, 6, 7, dtype=torch.float64)
+    image = plane[:, :, None].expand(2, 2, 5, 6, 7).contiguous()
+    coords = torch.rand(2, 3, 4, 3, 5, dtype=torch.float64) * torch.tensor([2.0, 10.0, 11.0]).view(1, 3, 1, 1, 1)
+    coords = coords - torch.tensor([-1.0, 2.0, 2.0]).view(1, 3, 1, 1, 1)  # z in [1, 3], y, x beyond the border
+    if padding != "zeros":
+        coords[:, 0] = coords[:, 0] * 6 - 10  # any z
+    out = fastreg.sample(image.to(any_device), coords.to(any_device), "bicubic", padding)
+    expected = grid_sample_2d(plane, coords[:, 1:].reshape(2, 2, 12, 5), padding).reshape(2, 2, 4, 3, 5)
+    assert_close(out.cpu(), expected, rtol=1e-12)
 
 
 # --- edge cases ----------------------------------------------------------------------------
@@ -170,25 +233,28 @@ def test_non_contiguous_and_channels_last(backend, device):
     assert_close(fastreg.warp(image_cl, disp_cl, "bilinear", "border"), ref.warp(image, disp, "bilinear", "border"), rtol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ("bilinear", "bicubic"))
 @pytest.mark.parametrize("padding", PADDINGS)
-def test_far_out_of_bounds(backend, device, padding):
+def test_far_out_of_bounds(backend, device, padding, mode):
     image, disp = inputs(3, device)
     disp = disp.sign() * 1e6 + disp  # far outside in every direction
-    out = fastreg.warp(image, disp, "bilinear", padding)
+    out = fastreg.warp(image, disp, mode, padding)
     assert torch.isfinite(out).all()
-    # The reference normalises 1e6-voxel coordinates to [-1, 1] and back: 1e6 * eps of error,
-    # which reflection turns into an error of the sampled value.
-    assert_close(out, ref.warp(image, disp, "bilinear", padding), rtol=1e-10 if padding != "reflection" else 1e-7)
+    # The bilinear reference normalises 1e6-voxel coordinates to [-1, 1] and back: 1e6 * eps
+    # of error, which reflection turns into an error of the sampled value.
+    tol = 1e-7 if padding == "reflection" and mode == "bilinear" else 1e-10
+    assert_close(out, ref.warp(image, disp, mode, padding), rtol=tol)
     if padding == "zeros":
         assert torch.count_nonzero(out) == 0
 
 
-def test_nan_propagates(backend, device):
+@pytest.mark.parametrize("mode", ("bilinear", "bicubic"))
+def test_nan_propagates(backend, device, mode):
     image, disp = inputs(3, device, dtype=torch.float32)
     disp[0, 1, 2, 3, 1] = float("nan")
     image = image.requires_grad_(True)
     disp = disp.requires_grad_(True)
-    out = fastreg.warp(image, disp)
+    out = fastreg.warp(image, disp, mode)
     assert torch.isnan(out[0, :, 2, 3, 1]).all()
     assert torch.isfinite(out[1]).all()
     assert torch.isnan(out).sum() == out.shape[1]
@@ -198,7 +264,7 @@ def test_nan_propagates(backend, device):
     image2 = image.detach().clone()
     image2[1, 0, 1, 1, 1] = float("nan")
     near = 0.4 * torch.rand_like(disp) - 0.2  # output voxel (1, 1, 1) surely reads image voxel (1, 1, 1)
-    out2 = fastreg.warp(image2, near)
+    out2 = fastreg.warp(image2, near, mode)
     assert torch.isnan(out2[1, 0, 1, 1, 1]) and not torch.isnan(out2[1, 1]).any() and not torch.isnan(out2[0]).any()
 
 
@@ -343,7 +409,7 @@ def test_bad_input_raises_named_errors():
         with pytest.raises(error, match=name):
             fastreg.warp(*args)
     with pytest.raises(ValueError, match="mode"):
-        fastreg.warp(image, disp, mode="bicubic")
+        fastreg.warp(image, disp, mode="cubic")
     with pytest.raises(ValueError, match="padding_mode"):
         fastreg.warp(image, disp, padding_mode="wrap")
     with pytest.raises(ValueError, match="coords"):

@@ -29,7 +29,7 @@ from fastreg.triton import warp as tw  # noqa: E402
 warp_forward, warp_backward = torch.ops.fastreg.warp_forward_triton, torch.ops.fastreg.warp_backward_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-MODES = ("bilinear", "nearest")
+MODES = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
 SHAPES = {2: (5, 6), 3: (4, 5, 6)}
 OUT_SHAPES = {2: (3, 7), 3: (3, 2, 5)}  # absolute coordinates: another output size
@@ -184,7 +184,7 @@ def test_output_mask():
 @pytest.mark.parametrize("displacement", (True, False))
 def test_gradcheck(ndim, padding, displacement):
     """Fast-mode gradcheck (random directions) of every configuration: bilinear to image and
-    positions, nearest to the image (its position gradient is 0)."""
+    positions, nearest to the image (its position gradient is 0); bicubic in 2-D."""
     shape = (3, 4) if ndim == 2 else (2, 3, 4)
     image, loc = make_inputs(ndim, displacement, shape=shape, batch=2, channels=2, loc_batch=1 if displacement else 2)
     image.requires_grad_()
@@ -193,6 +193,8 @@ def test_gradcheck(ndim, padding, displacement):
     fn = warp_forward
     assert torch.autograd.gradcheck(lambda i, d: fn(i, d, 0, p, displacement), (image, loc), fast_mode=True)
     assert torch.autograd.gradcheck(lambda i: fn(i, loc.detach(), 1, p, displacement), (image,), fast_mode=True)
+    if ndim == 2:
+        assert torch.autograd.gradcheck(lambda i, d: fn(i, d, 2, p, displacement), (image, loc), fast_mode=True)
 
 
 def test_gradcheck_full_jacobian():
@@ -203,7 +205,7 @@ def test_gradcheck_full_jacobian():
     assert torch.autograd.gradcheck(lambda i, d: warp_forward(i, d, 0, 2, True), (image, loc))
 
 
-@pytest.mark.parametrize("ndim, displacement, mode, padding", [(2, True, 0, 2), (3, False, 1, 1)])
+@pytest.mark.parametrize("ndim, displacement, mode, padding", [(2, True, 0, 2), (3, False, 1, 1), (3, True, 2, 0)])
 def test_opcheck(ndim, displacement, mode, padding):
     image, loc = make_inputs(ndim, displacement, shape=(3, 4) if ndim == 2 else (2, 3, 4))
     image.requires_grad_()
@@ -289,7 +291,7 @@ def test_nan_position_gives_nan(ndim, mode):
     torch.testing.assert_close(out[~voxel_nan], ref_out[~voxel_nan], atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(grad_image, ref_image, atol=1e-12, rtol=1e-10)
     loc_nan_mask = nan_mask.expand_as(loc)
-    if mode == "bilinear":
+    if mode != "nearest":
         assert torch.isnan(grad_loc[loc_nan_mask]).all()
         torch.testing.assert_close(grad_loc[~loc_nan_mask], ref_loc[~loc_nan_mask], atol=1e-11, rtol=1e-10)
     else:
@@ -323,7 +325,7 @@ def test_torch_compile_through_public_ops():
 def test_bad_arguments_raise():
     image, loc = make_inputs(2)
     with pytest.raises(ValueError, match="mode"):
-        warp_forward(image, loc, 2, 0, True)
+        warp_forward(image, loc, 3, 0, True)
     with pytest.raises(ValueError, match="padding"):
         warp_forward(image, loc, 0, 3, True)
     with pytest.raises(ValueError, match="loc"):
@@ -356,6 +358,8 @@ _COMPILE_FOR_GPU = textwrap.dedent(
         ("fp16", 2, 1, 1, True, True, True),
         ("fp64", 3, 0, 0, False, True, True),
         ("bf16", 3, 0, 2, False, False, False),
+        ("fp32", 3, 2, 2, True, False, False),
+        ("fp64", 2, 2, 0, False, True, True),
     ]:
         p = "*" + dt
         common = dict(NDIM=ndim, MODE=mode, PADDING=padding, DISPLACEMENT=disp, BROADCAST=disp,
@@ -364,7 +368,7 @@ _COMPILE_FOR_GPU = textwrap.dedent(
         grad_image = "*i64" if fixed else ("*fp64" if dt == "fp64" else "*fp32")
         build(tw._backward_kernel,
               dict(grad_out=p, image=p, loc=p, grad_image=grad_image, flags="*i32", scale_ptr="*fp64", grad_loc=p),
-              dict(common, NEED_IMAGE=True, NEED_LOC=mode == 0, FIXED=fixed))
+              dict(common, NEED_IMAGE=True, NEED_LOC=mode != 1, FIXED=fixed))
     print("compiled")
     """
 )

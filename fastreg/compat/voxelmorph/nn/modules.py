@@ -5,12 +5,13 @@ voxelmorph`` gives today), computed by fastreg ops; same constructors, forwards 
   IntegrateVelocityField(shape=None, steps=1, interpolation_mode="linear", align_corners=True, device=None)
   ResizeDisplacementField(scale_factor=1.0, interpolation_mode="linear", align_corners=True)
 
-Fields are (B, ndim, *S) in voxels, ij order, zero padding. interpolation_mode "linear" or
-"nearest" run fastreg kernels; ``align_corners=False`` (VoxelMorph then normalises the
-coordinates for align_corners=True and samples with align_corners=False) runs that formula
-with torch.grid_sample and a warning. Integer images are sampled as float32 (nearest mode
-casts back), mixed float dtypes in the wider one, as the original. ``device`` and ``shape``
-are accepted and unused, as in the original.
+Fields are (B, ndim, *S) in voxels, ij order, zero padding. interpolation_mode "linear"
+(or "bilinear", "trilinear"), "nearest" or "bicubic" run fastreg kernels;
+``align_corners=False`` (VoxelMorph then normalises the coordinates for align_corners=True
+and samples with align_corners=False) runs that formula with torch.grid_sample and a warning.
+Integer images are sampled as float32 (nearest mode casts back), mixed float dtypes in the
+wider one, as the original. ``device`` and ``shape`` are accepted and unused, as in the
+original.
 """
 from __future__ import annotations
 
@@ -27,7 +28,11 @@ from fastreg.ops.integrate import integrate_svf
 from fastreg.ops.resize import resize_field
 from fastreg.ops.warp import warp
 
-_MODES = {"linear": "bilinear", "nearest": "nearest"}
+# interpolation_mode -> fastreg mode: "linear" as the original infers it, the other names go
+# to grid_sample unchanged there ("trilinear" read as "bilinear"; "bicubic" is 2-D only there,
+# fastreg's tricubic in 3-D here).
+_MODES = {"linear": "bilinear", "bilinear": "bilinear", "trilinear": "bilinear", "nearest": "nearest",
+          "bicubic": "bicubic"}
 
 
 class SpatialTransformer(nn.Module):
@@ -75,7 +80,7 @@ class IntegrateVelocityField(nn.Module):
 
     def forward(self, velocity_field: torch.Tensor) -> torch.Tensor:
         t = self.transformer
-        if t.interpolation_mode == "linear" and t.align_corners:
+        if _MODES[t.interpolation_mode] == "bilinear" and t.align_corners:
             return integrate_svf(velocity_field, self.steps, "zeros")
         disp = velocity_field * self.scale if self.steps else velocity_field
         for _ in range(self.steps):
