@@ -1,10 +1,9 @@
-// The fastreg operator library: schemas and their CPU/CUDA implementations.
-// Autograd and fake (meta) implementations are registered from Python next to each op's
-// public function (fastreg/ops/<family>.py), as in pytorch/extension-cpp.
+// The fastreg operator library: the schemas of every op. Each family registers its own
+// CPU and CUDA implementations at the end of csrc/<family>/<family>_cpu.cpp / _cuda.cu
+// (TORCH_LIBRARY_IMPL); autograd and fake (meta) implementations are registered from Python
+// (fastreg/ops/<family>.py), as in pytorch/extension-cpp.
 #include <Python.h>
 #include <torch/library.h>
-
-#include "ops.h"
 
 extern "C" {
 // Importing fastreg._C loads this library and with it the TORCH_LIBRARY registrations.
@@ -24,7 +23,7 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fastreg, m) {
-  // mode: 0 bilinear, 1 nearest; padding: 0 zeros, 1 border, 2 reflection.
+  // mode: 0 bilinear, 1 nearest, 2 bicubic; padding: 0 zeros, 1 border, 2 reflection.
   // displacement: loc is a displacement (B|1, ndim, *S) added to the voxel grid, else
   // absolute voxel coordinates (B|1, ndim, *S_out). Contract: csrc/warp/warp.h.
   m.def("warp_forward(Tensor image, Tensor loc, int mode, int padding, bool displacement) -> Tensor");
@@ -64,37 +63,3 @@ TORCH_LIBRARY(fastreg, m) {
       "vfa_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor out, Tensor lse, "
       "int radius, float scale, bool[2] output_mask) -> (Tensor, Tensor)");
 }
-
-TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
-  m.impl("warp_forward", &fastreg::warp::warp_forward_cpu);
-  m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
-  m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cpu);
-  m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cpu);
-  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cpu);
-  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cpu);
-  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cpu);
-  m.impl("lncc_forward", &fastreg::lncc::lncc_forward_cpu);
-  m.impl("lncc_backward", &fastreg::lncc::lncc_backward_cpu);
-  m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cpu);
-  m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cpu);
-  m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cpu);
-  m.impl("vfa_attention_backward", &fastreg::correlation::vfa_attention_backward_cpu);
-}
-
-#ifdef FASTREG_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
-  m.impl("warp_forward", &fastreg::warp::warp_forward_cuda);
-  m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
-  m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cuda);
-  m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cuda);
-  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cuda);
-  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cuda);
-  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cuda);
-  m.impl("lncc_forward", &fastreg::lncc::lncc_forward_cuda);
-  m.impl("lncc_backward", &fastreg::lncc::lncc_backward_cuda);
-  m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cuda);
-  m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cuda);
-  m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cuda);
-  m.impl("vfa_attention_backward", &fastreg::correlation::vfa_attention_backward_cuda);
-}
-#endif

@@ -15,7 +15,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../ops.h"
+#include <torch/library.h>
 #include "correlation.h"
 #include "correlation_shapes.h"
 
@@ -287,3 +287,10 @@ std::tuple<at::Tensor, at::Tensor> vfa_attention_backward_cpu(
 
 }  // namespace correlation
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
+  m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cpu);
+  m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cpu);
+  m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cpu);
+  m.impl("vfa_attention_backward", &fastreg::correlation::vfa_attention_backward_cpu);
+}

@@ -15,19 +15,15 @@
 #include <tuple>
 #include <vector>
 
-#include "../ops.h"
+#include <torch/library.h>
+
+#include "../common/launch.cuh"
 #include "correlation.h"
 #include "correlation_shapes.h"
 
 namespace fastreg {
 namespace correlation {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t total) {
-  return std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 30));
-}
 
 // Splits a flat voxel index into the leading-axis indices (idx) and the last-axis index.
 template <int NDIM>
@@ -311,3 +307,10 @@ std::tuple<at::Tensor, at::Tensor> vfa_attention_backward_cuda(
 
 }  // namespace correlation
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
+  m.impl("local_correlation_forward", &fastreg::correlation::local_correlation_forward_cuda);
+  m.impl("local_correlation_backward", &fastreg::correlation::local_correlation_backward_cuda);
+  m.impl("vfa_attention_forward", &fastreg::correlation::vfa_attention_forward_cuda);
+  m.impl("vfa_attention_backward", &fastreg::correlation::vfa_attention_backward_cuda);
+}

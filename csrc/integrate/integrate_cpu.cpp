@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "../common/pieces.h"
-#include "../ops.h"
+#include <torch/library.h>
 #include "../warp/warp_cpu_simd.h"
 #include "../warp/warp_shapes.h"
 #include "integrate.h"
@@ -360,3 +360,8 @@ at::Tensor integrate_svf_backward_cpu(const at::Tensor& grad_out, const at::Tens
 
 }  // namespace integrate
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
+  m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cpu);
+  m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cpu);
+}

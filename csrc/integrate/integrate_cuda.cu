@@ -18,7 +18,9 @@
 #include <tuple>
 #include <type_traits>
 
-#include "../ops.h"
+#include <torch/library.h>
+
+#include "../common/launch.cuh"
 #include "../warp/warp_shapes.h"
 #include "integrate.h"
 #include "integrate_loop.h"
@@ -26,12 +28,6 @@
 namespace fastreg {
 namespace integrate {
 namespace {
-
-constexpr int kThreads = 256;
-
-int blocks_for(int64_t total) {  // grid-stride loops cover the rest
-  return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 20));
-}
 
 template <typename scalar_t, typename T, int NDIM, int PADDING, typename index_t>
 __global__ void step_kernel(const scalar_t* __restrict__ v, scalar_t* __restrict__ out, index_t n,
@@ -80,7 +76,7 @@ __global__ void step_backward_kernel(const T* __restrict__ g, const scalar_t* __
 // for the spatial rank of v, the padding and the narrowest index type that addresses v.
 template <typename Fn>
 void with_rank_padding_index(const at::Tensor& v, int64_t padding, const Fn& fn) {
-  const bool narrow = v.numel() <= std::numeric_limits<int32_t>::max();
+  const bool narrow = fits_int32({v.numel()});
   warp::dispatch_mode_padding(warp::kBilinear, static_cast<int>(padding), [&](auto, auto pad) {
     if (v.dim() == 4) {
       narrow ? fn(std::integral_constant<int, 2>{}, pad, int32_t{}) : fn(std::integral_constant<int, 2>{}, pad, int64_t{});
@@ -151,3 +147,8 @@ at::Tensor integrate_svf_backward_cuda(const at::Tensor& grad_out, const at::Ten
 
 }  // namespace integrate
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
+  m.impl("integrate_svf_forward", &fastreg::integrate::integrate_svf_forward_cuda);
+  m.impl("integrate_svf_backward", &fastreg::integrate::integrate_svf_backward_cuda);
+}

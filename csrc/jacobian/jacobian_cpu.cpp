@@ -23,7 +23,7 @@
 
 #include "../common/pieces.h"
 #include "../common/vector_loop.h"
-#include "../ops.h"
+#include <torch/library.h>
 #include "jacobian.h"
 #include "jacobian_shapes.h"
 
@@ -483,3 +483,9 @@ at::Tensor jacobian_stats_cpu(const at::Tensor& disp_, int64_t mode, c10::ArrayR
 
 }  // namespace jacobian
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
+  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cpu);
+  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cpu);
+  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cpu);
+}

@@ -14,7 +14,9 @@
 
 #include <limits>
 
-#include "../ops.h"
+#include <torch/library.h>
+
+#include "../common/launch.cuh"
 #include "jacobian.h"
 #include "jacobian_shapes.h"
 
@@ -22,17 +24,11 @@ namespace fastreg {
 namespace jacobian {
 namespace {
 
-constexpr int kThreads = 256;
-
 template <int NDIM, typename T>
 struct Params {
   Geometry<NDIM> g;
   T inv[NDIM];
 };
-
-inline int blocks_for(int64_t n) {
-  return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535LL * 32));
-}
 
 template <typename scalar_t, int NDIM, typename index_t>
 __global__ void det_kernel(const scalar_t* __restrict__ u, scalar_t* __restrict__ out,
@@ -117,10 +113,6 @@ Params<NDIM, T> params(const at::Tensor& disp, c10::ArrayRef<double> spacing) {
   return p;
 }
 
-inline bool fits_int32(const at::Tensor& t) {
-  return t.numel() < std::numeric_limits<int32_t>::max();
-}
-
 }  // namespace
 
 at::Tensor jacobian_det_forward_cuda(const at::Tensor& disp_, int64_t mode, c10::ArrayRef<double> spacing) {
@@ -140,7 +132,7 @@ at::Tensor jacobian_det_forward_cuda(const at::Tensor& disp_, int64_t mode, c10:
           disp.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), params<N, T>(disp, spacing),
           static_cast<index_t>(total), static_cast<int>(mode));
     };
-    const bool small = fits_int32(disp);
+    const bool small = fits_int32({disp.numel()});
     if (ndim == 2) {
       small ? launch(std::integral_constant<int, 2>{}, int32_t{}) : launch(std::integral_constant<int, 2>{}, int64_t{});
     } else {
@@ -171,7 +163,7 @@ at::Tensor jacobian_det_backward_cuda(const at::Tensor& grad_out_, const at::Ten
           disp.const_data_ptr<scalar_t>(), grad_out.const_data_ptr<scalar_t>(), gdisp.mutable_data_ptr<scalar_t>(),
           params<N, T>(disp, spacing), static_cast<index_t>(total), static_cast<int>(mode));
     };
-    const bool small = fits_int32(disp);
+    const bool small = fits_int32({disp.numel()});
     if (ndim == 2) {
       small ? launch(std::integral_constant<int, 2>{}, int32_t{}) : launch(std::integral_constant<int, 2>{}, int64_t{});
     } else {
@@ -211,7 +203,7 @@ at::Tensor jacobian_stats_cuda(const at::Tensor& disp_, int64_t mode, c10::Array
           disp.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<double>(), params<N, T>(disp, spacing), region,
           crop, static_cast<int>(mode));
     };
-    const bool small = fits_int32(disp);
+    const bool small = fits_int32({disp.numel()});
     if (ndim == 2) {
       small ? launch(std::integral_constant<int, 2>{}, int32_t{}) : launch(std::integral_constant<int, 2>{}, int64_t{});
     } else {
@@ -224,3 +216,9 @@ at::Tensor jacobian_stats_cuda(const at::Tensor& disp_, int64_t mode, c10::Array
 
 }  // namespace jacobian
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
+  m.impl("jacobian_det_forward", &fastreg::jacobian::jacobian_det_forward_cuda);
+  m.impl("jacobian_det_backward", &fastreg::jacobian::jacobian_det_backward_cuda);
+  m.impl("jacobian_stats", &fastreg::jacobian::jacobian_stats_cuda);
+}

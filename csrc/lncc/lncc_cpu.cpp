@@ -24,7 +24,7 @@
 #include <tuple>
 
 #include "../common/vector_loop.h"
-#include "../ops.h"
+#include <torch/library.h>
 #include "lncc.h"
 #include "lncc_shapes.h"
 
@@ -439,3 +439,8 @@ std::tuple<at::Tensor, at::Tensor> lncc_backward_cpu(const at::Tensor& grad_out_
 
 }  // namespace lncc
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
+  m.impl("lncc_forward", &fastreg::lncc::lncc_forward_cpu);
+  m.impl("lncc_backward", &fastreg::lncc::lncc_backward_cpu);
+}

@@ -17,20 +17,15 @@
 #include <array>
 #include <tuple>
 
-#include "../ops.h"
+#include <torch/library.h>
+
+#include "../common/launch.cuh"
 #include "lncc.h"
 #include "lncc_shapes.h"
 
 namespace fastreg {
 namespace lncc {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline int blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(b, 1), 65535LL * 32));
-}
 
 #define FASTREG_GRID_LOOP(i, n)                                                          \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
@@ -196,3 +191,8 @@ std::tuple<at::Tensor, at::Tensor> lncc_backward_cuda(const at::Tensor& grad_out
 
 }  // namespace lncc
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
+  m.impl("lncc_forward", &fastreg::lncc::lncc_forward_cuda);
+  m.impl("lncc_backward", &fastreg::lncc::lncc_backward_cuda);
+}

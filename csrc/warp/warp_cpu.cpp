@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../ops.h"
+#include <torch/library.h>
 #include "warp.h"
 #include "warp_cpu_simd.h"
 #include "warp_shapes.h"
@@ -458,3 +458,8 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out_
 
 }  // namespace warp
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CPU, m) {
+  m.impl("warp_forward", &fastreg::warp::warp_forward_cpu);
+  m.impl("warp_backward", &fastreg::warp::warp_backward_cpu);
+}

@@ -19,7 +19,9 @@
 #include <tuple>
 #include <type_traits>
 
-#include "../ops.h"
+#include <torch/library.h>
+
+#include "../common/launch.cuh"
 #include "warp.h"
 #include "warp_shapes.h"
 
@@ -27,17 +29,10 @@ namespace fastreg {
 namespace warp {
 namespace {
 
-constexpr int kThreads = 256;
-
 template <int NDIM>
 struct OutGrid {
   int64_t size[NDIM];
 };
-
-inline int blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(std::min<int64_t>(b, 65535LL * 32));
-}
 
 // The stencil of flat output index i = (position batch item bl, voxel v) and the batch items
 // [b0, b1) it feeds: shared prologue of the forward and backward kernels.
@@ -145,13 +140,6 @@ OutGrid<NDIM> out_grid(const at::Tensor& loc) {
   OutGrid<NDIM> og;
   for (int a = 0; a < NDIM; ++a) og.size[a] = loc.size(2 + a);
   return og;
-}
-
-bool fits_int32(std::initializer_list<int64_t> numels) {
-  for (int64_t n : numels) {
-    if (n >= std::numeric_limits<int32_t>::max()) return false;
-  }
-  return true;
 }
 
 template <typename scalar_t, int NDIM, typename index_t>
@@ -285,3 +273,8 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_out
 
 }  // namespace warp
 }  // namespace fastreg
+
+TORCH_LIBRARY_IMPL(fastreg, CUDA, m) {
+  m.impl("warp_forward", &fastreg::warp::warp_forward_cuda);
+  m.impl("warp_backward", &fastreg::warp::warp_backward_cuda);
+}
