@@ -82,9 +82,10 @@ def real_images() -> dict[str, list[tuple[str, torch.Tensor]]]:
 
 
 def load_model(args) -> torch.nn.Module:
-    if args.checkpoint:
-        return fastreg.models.load_checkpoint(args.checkpoint)
-    return fastreg.models.load(args.model).eval()
+    model = fastreg.models.load_checkpoint(args.checkpoint) if args.checkpoint else fastreg.models.load(args.model)
+    if args.passes is not None:
+        model.set_passes(args.passes)
+    return model.eval()
 
 
 def syn(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, float, float]:
@@ -154,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="unireg-2d", help="a pretrained model name (fastreg.models.load)")
     p.add_argument("--checkpoint", default=None, help="a `fastreg train` checkpoint or run folder instead of --model")
     p.add_argument("--pairs", type=int, default=3, help="random deformations per image")
+    p.add_argument("--passes", type=int, default=None,
+                   help="apply the network this many times (default: the model's own setting)")
     p.add_argument("--max-std", type=float, default=8.0,
                    help="deformation strength b_p in voxels (default 8: LabelMPairs' training strength)")
     p.add_argument("--seed", type=int, default=0)

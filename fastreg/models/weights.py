@@ -43,7 +43,8 @@ class Weights:
 
 
 WEIGHTS: dict[str, Weights] = {
-    "unireg-2d": Weights("unireg", {"ndim": 2}, "unireg-2d.pt", "", "unireg-2d-labelm"),
+    "unireg-2d": Weights("unireg", {"ndim": 2, "passes": 2}, "unireg-2d.pt",
+                         "9fd05af8614a495dc6dc4e0307c966944e1b47217e97ac7c4527d87770c4b705", "unireg-2d-labelm"),
     "dpvfa-3d": Weights("dpvfa", {"ndim": 3}, "dpvfa-3d.pt", "", "dpvfa-3d-synth"),
     "cascade-3d": Weights("cascade", {"ndim": 3}, "cascade-3d.pt", "", "cascade-3d-synth"),
 }
