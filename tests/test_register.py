@@ -241,8 +241,8 @@ def test_bad_input(unireg, tmp_path):
         fastreg.register(fixed, bad, model=unireg)
     with pytest.raises(ValueError, match="moving: expected a 2-D image like fixed, got a 3-D one"):
         fastreg.register(fixed, smooth(8, 8, 8), model=unireg)
-    with pytest.raises(ValueError, match=r"no pretrained 2-D model is shipped yet.*fastreg train"):
-        fastreg.register(fixed, fixed, model="auto")
+    with pytest.raises(ValueError, match=r"no pretrained 3-D model is shipped yet.*fastreg train"):
+        fastreg.register(smooth(8, 8, 8), smooth(8, 8, 8), model="auto")
     with pytest.raises(ValueError, match=r"model: expected 'auto', a pretrained name \(cascade-3d, dpvfa-3d, unireg-2d"):
         fastreg.register(fixed, fixed, model="nope")
     with pytest.raises(ValueError, match="model: Constant registers 3-D images, the inputs are 2-D"):

@@ -117,7 +117,7 @@ def test_bad_input_exits_2_and_writes_nothing(pair, run_folder, tmp_path):
         ([str(tmp_path / "missing.nii.gz"), str(pair["moving"])] + model, "file not found"),
         ([str(pair["fixed"]), str(volume)] + model, "expected a 2-D image like fixed, got a 3-D one"),
         ([str(pair["fixed"]), str(pair["moving"]), "--model", "nope"], "unireg-2d"),
-        ([str(pair["fixed"]), str(pair["moving"])], "no pretrained 2-D model is shipped yet"),
+        ([str(volume), str(volume)], "no pretrained 3-D model is shipped yet"),
         ([str(pair["fixed"]), str(nan)] + model, "NaN"),
         ([str(pair["fixed"]), str(pair["moving"]), "--moving-labels", str(real)] + model, "integer label map"),
         ([str(pair["fixed"]), str(pair["moving"]), "--nio", "--iterations", "10,x"] + model, "--iterations"),
@@ -128,9 +128,13 @@ def test_bad_input_exits_2_and_writes_nothing(pair, run_folder, tmp_path):
         assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_example_needs_weights_or_a_checkpoint(run_folder, tmp_path):
-    code, _, err = run(["register", "--example", "-o", str(tmp_path / "a")])
-    assert code == 2 and "no pretrained 2-D model is shipped yet" in err and "fastreg train" in err
+def test_example_runs_the_shipped_model_or_a_checkpoint(run_folder, tmp_path):
+    code, _, err = run(["register", "--example", "-o", str(tmp_path / "a"), "--affine", "off", "--no-preview"])
+    assert code == 0, err
+    summary = json.loads((tmp_path / "a" / "stats.json").read_text())
+    stats = summary["stats"]
+    assert summary["model"] == "unireg-2d"
+    assert stats["cc_after"] > stats["cc_before"] + 0.02 and stats["folding_percent"] < 1
     code, text, err = run(["register", "--example", "-o", str(tmp_path / "b"), "--model", str(run_folder),
                            "--affine", "off", "--no-preview"])
     assert code == 0, err
