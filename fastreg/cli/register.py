@@ -140,6 +140,8 @@ def apply_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--nearest", action="store_const", const="nearest", dest="mode", help="for label maps")
     mode.add_argument("--linear", action="store_const", const="bilinear", dest="mode", help="(default)")
+    mode.add_argument("--cubic", action="store_const", const="bicubic", dest="mode",
+                      help="cubic convolution (A = -0.75, as torch's bicubic; tricubic in 3-D)")
     p.add_argument("--format", choices=FIELD_FORMATS, default=None, help="override the detected field format")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     return p

@@ -35,8 +35,8 @@ def resample(image, like, mode: str = "bilinear", padding_mode: str = "zeros") -
     """``image`` (an Image or path) put on the grid of ``like`` (an Image or path) through the affines.
 
     Voxel ``x`` of ``like`` takes the value of ``image`` at the voxel position
-    ``A_image^-1 A_like x`` (linear interpolation, or ``mode="nearest"`` for label maps;
-    ``padding_mode`` as in `fastreg.sample`). Returns an Image with ``like``'s affine and
+    ``A_image^-1 A_like x`` (linear interpolation; ``mode="nearest"`` for label maps,
+    ``"bicubic"`` for cubic convolution; ``padding_mode`` as in `fastreg.sample`). Returns an Image with ``like``'s affine and
     spatial shape and ``image``'s channels, header and on-disk dtype. The only full-size
     temporary is the (ndim, *S_like) coordinate tensor `fastreg.sample` reads.
     """
@@ -51,6 +51,7 @@ def apply_field(moving, disp: torch.Tensor, like, mode: str = "bilinear", paddin
     voxel x of ``like`` takes the value of ``moving`` at the world point A_like (x + disp(x)),
     i.e. at the voxel position ``A_moving^-1 A_like (x + disp(x))``. On a shared grid this is
     `fastreg.warp(moving, disp)`; it is what ANTs and SimpleITK compute with the "itk" file.
+    ``mode``: "bilinear", "nearest" (label maps) or "bicubic", as in `fastreg.sample`.
     Returns an Image with ``like``'s affine and ``moving``'s channels, header and dtype.
     """
     check.tensor(disp, "disp")
@@ -63,7 +64,7 @@ def _onto(image, name: str, like, disp, mode: str, padding_mode: str) -> Image:
     ndim = like.ndim
     if ndim != image.ndim:
         raise ValueError(f"like: expected a {image.ndim}-D image like {name}, got a {ndim}-D one")
-    check.choice(mode, "mode", ("bilinear", "nearest"))
+    check.choice(mode, "mode", ("bilinear", "nearest", "bicubic"))
     source = np.linalg.inv(grid_map(image, f"{name}.affine")) @ grid_map(like, "like.affine")
     coords = voxel_coords(source, like.shape, image.data.dtype, image.data.device)
     if disp is not None:

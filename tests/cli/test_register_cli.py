@@ -82,6 +82,13 @@ def test_register_writes_every_output(pair, run_folder, tmp_path):
     code, _, err = run(["apply", str(out / "field.nii.gz"), str(pair["labels"]), "-o", str(target), "--nearest", "--force"])
     assert code == 0, err  # the field's own grid stands in for --like
     torch.testing.assert_close(io.load(target).data, io.load(out / "warped_labels.nii.gz").data)
+    cubic = tmp_path / "cubic.nii.gz"
+    code, _, err = run(["apply", str(out / "field.nii.gz"), str(pair["moving"]), "-o", str(cubic), "--cubic"])
+    assert code == 0, err
+    expected = io.apply_field(pair["moving"], io.load_field(out / "field.nii.gz", fixed), fixed, mode="bicubic")
+    torch.testing.assert_close(io.load(cubic).data, expected.data)
+    linear = io.apply_field(pair["moving"], io.load_field(out / "field.nii.gz", fixed), fixed)
+    assert not torch.allclose(expected.data, linear.data)
 
 
 def test_existing_output_needs_force(pair, run_folder, tmp_path):

@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastreg import models
 from fastreg.data import LabelMPairs
@@ -85,12 +86,19 @@ def test_load_checkpoint_from_a_run(tmp_path):
 
 
 def test_shipped_unireg_2d_recovers_a_known_field():
-    """The shipped weights load offline with their checksum and register a LabelM pair they
-    never saw: the predicted displacement is closer to the true one than no motion is (a
-    wrong warp sign or axis order in the shipped file or the model fails this)."""
+    """The shipped weights load offline with their checksum and register LabelM pairs they
+    never saw: the end-point error is well under the field's own size where the motion is
+    observable (label edges: 0.39-0.47 of it over 6 draws, against >= 1.5 for a flipped sign
+    and >= 0.98 for swapped axes) and under it everywhere (0.63-0.69; flat label interiors
+    hold no motion to see)."""
     model = models.load("unireg-2d")
+    assert model.passes == 2
     batch = LabelMPairs(224, batch_size=2).draw(torch.Generator().manual_seed(int(torch.randint(2**31, ()))))
     with torch.no_grad():
         disp = model(batch["fixed"], batch["moving"])
-    error = (disp - batch["disp"]).norm(dim=1).mean()
-    assert error < 0.5 * batch["disp"].norm(dim=1).mean()
+    error = (disp - batch["disp"]).norm(dim=1)
+    size = batch["disp"].norm(dim=1)
+    f = batch["fixed"][:, 0]
+    edge = F.pad(((f[:, 1:, :-1] - f[:, :-1, :-1]) ** 2 + (f[:, :-1, 1:] - f[:, :-1, :-1]) ** 2).sqrt(), (0, 1, 0, 1)) > 0.02
+    assert error[edge].mean() < 0.6 * size[edge].mean()
+    assert error.mean() < 0.8 * size.mean()
