@@ -371,18 +371,13 @@ def _backward_kernel(grad_out, image, loc, grad_image, flags, scale_ptr, grad_lo
 
 
 def _geometry(image: torch.Tensor, loc: torch.Tensor, displacement: bool) -> dict:
-    """Checks shapes as csrc/warp/warp_shapes.h does; returns the kernels' size arguments."""
+    """The kernels' size arguments. The public ops validate (fastreg/_validate.py); these
+    asserts only guard direct calls of the op (the same layout as csrc/warp/warp_shapes.h)."""
     ndim = image.dim() - 2
-    if ndim not in (2, 3):
-        raise ValueError(f"image: expected (B, C, H, W) or (B, C, D, H, W), got shape {tuple(image.shape)}")
-    if loc.dim() != image.dim() or loc.shape[1] != ndim:
-        raise ValueError(f"loc: expected (B, {ndim}, *S) for {ndim}-D data, got shape {tuple(loc.shape)}")
-    if loc.shape[0] not in (1, image.shape[0]):
-        raise ValueError(f"loc: expected batch 1 or {image.shape[0]}, got {loc.shape[0]}")
-    if loc.dtype != image.dtype or loc.device != image.device:
-        raise ValueError(f"loc: expected {image.dtype} on {image.device} like image, got {loc.dtype} on {loc.device}")
-    if displacement and tuple(loc.shape[2:]) != tuple(image.shape[2:]):
-        raise ValueError(f"loc: displacement expected spatial size {tuple(image.shape[2:])}, got {tuple(loc.shape[2:])}")
+    assert ndim in (2, 3) and loc.dim() == image.dim() and loc.shape[1] == ndim, (image.shape, loc.shape)
+    assert loc.shape[0] in (1, image.shape[0]), (image.shape, loc.shape)
+    assert loc.dtype == image.dtype and loc.device == image.device, (loc.dtype, image.dtype, loc.device, image.device)
+    assert not displacement or loc.shape[2:] == image.shape[2:], (image.shape, loc.shape)
     sizes = (1,) * (3 - ndim) + tuple(image.shape[2:])
     n_out = math.prod(loc.shape[2:])
     batch, channels = image.shape[0], image.shape[1]
@@ -402,10 +397,8 @@ def _block(ndim: int, mode: int) -> int:
 
 
 def _check_options(mode: int, padding: int) -> None:
-    if mode not in (0, 1, 2):
-        raise ValueError(f"mode: expected 0 (bilinear), 1 (nearest) or 2 (bicubic), got {mode}")
-    if padding not in (0, 1, 2):
-        raise ValueError(f"padding: expected 0 (zeros), 1 (border) or 2 (reflection), got {padding}")
+    # mode 0 bilinear, 1 nearest, 2 bicubic; padding 0 zeros, 1 border, 2 reflection
+    assert mode in (0, 1, 2) and padding in (0, 1, 2), (mode, padding)
 
 
 @_library.triton_op("warp_forward")
@@ -454,8 +447,7 @@ def _backward_op(
     _check_options(mode, padding)
     geo = _geometry(image, loc, displacement)
     out_shape = (image.shape[0], image.shape[1], *loc.shape[2:])
-    if tuple(grad_out.shape) != out_shape:
-        raise ValueError(f"grad_out: expected shape {out_shape}, got {tuple(grad_out.shape)}")
+    assert tuple(grad_out.shape) == out_shape, (grad_out.shape, out_shape)
     image, loc = image.contiguous(), loc.contiguous()
     grad_out = grad_out.contiguous().to(image.dtype)
     need_image, need_loc = bool(output_mask[0]), bool(output_mask[1]) and mode != 1
