@@ -14,7 +14,12 @@ per voxel) wherever that is below 1, so the iteration converges geometrically: |
 0.5 gains a factor 2 per iteration. It stops after ``iterations`` evaluations or as soon as
 the largest change max |w_{k+1} - w_k| (all items and voxels) is below ``tol`` voxels.
 
-Non-convergence: a field with |grad u| >= 1 may not converge, and a folding field
+Steep fields: where |grad u| >= 1 the map is no contraction and the plain iteration may
+oscillate; when it has not converged after ``iterations`` evaluations (and ``tol`` > 0), up to
+``iterations`` Newton steps follow from its last iterate, w <- w - (I + J)^-1 (w + u(x + w)),
+J the central-difference gradient of u sampled at x + w (fastreg/reference/invert.py): they
+converge wherever det(I + grad u) > 0 (linearly, J being approximate), so a steep but
+invertible field (a two-pass model's, say) is inverted. Non-convergence: a folding field
 (det(I + grad u) <= 0 somewhere) has no inverse; then the last iterate is returned and an
 ``InversionWarning`` (a RuntimeWarning) states the last change. (With "border" padding the
 iterates of a fold may instead settle on one branch of it: compose(u, w) = 0 still holds there

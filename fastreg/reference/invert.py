@@ -33,11 +33,64 @@ def fixed_point(
     for _ in range(iterations - 1):
         w_next = -warp(u, w, "bilinear", padding_mode)
         if tol > 0:
-            update = torch.nan_to_num((w_next - w).detach().abs(), nan=0.0).amax().item()
+            update = _change(w_next, w)
+        w = w_next
+        if update < tol:
+            break
+    if tol > 0 and not update < tol:
+        w, update = newton(u, w, iterations, tol, padding_mode, warp)
+    return w, update
+
+
+def newton(u: torch.Tensor, w: torch.Tensor, iterations: int, tol: float, padding_mode: str,
+           warp: Callable) -> tuple[torch.Tensor, float]:
+    """Continue from ``w`` where the plain iteration did not converge (|grad u| >= 1 somewhere):
+    at most ``iterations`` Newton steps on w + u(x + w) = 0, w <- w - (I + J)^-1 (w + u(x + w)),
+    with J the central-difference gradient of u sampled linearly at x + w (zero beyond the
+    grid, where a border-padded field is constant); where det(I + J) <= 0.05 (a fold, no
+    inverse) the plain step. Returns the last iterate and its change."""
+    ndim = u.shape[1]
+    grads = torch.stack([_derivative(u, 2 + a) for a in range(ndim)], 2).flatten(1, 2)  # [c, a] = d u_c / d x_a
+    update = float("inf")
+    for _ in range(iterations):
+        residual = w + warp(u, w, "bilinear", padding_mode)
+        jac = warp(grads, w, "bilinear", "zeros").unflatten(1, (ndim, ndim))
+        w_next = w - _solve(jac, residual)
+        update = _change(w_next, w)
         w = w_next
         if update < tol:
             break
     return w, update
+
+
+def _change(new: torch.Tensor, old: torch.Tensor) -> float:
+    """max |new - old| over all entries, NaN entries ignored."""
+    return torch.nan_to_num((new - old).detach().abs(), nan=0.0).amax().item()
+
+
+def _derivative(u: torch.Tensor, dim: int) -> torch.Tensor:
+    """Central differences of u along ``dim`` (one-sided at the ends; 0 on a size-1 axis)."""
+    if u.shape[dim] < 2:
+        return torch.zeros_like(u)
+    return torch.gradient(u, dim=dim)[0]
+
+
+def _solve(jac: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """(I + J)^-1 r per voxel by the adjugate, J (B, n, n, *S), r (B, n, *S); r itself where
+    det(I + J) <= 0.05."""
+    n = r.shape[1]
+    a = [[jac[:, i, j] + (1.0 if i == j else 0.0) for j in range(n)] for i in range(n)]
+    if n == 2:
+        det = a[0][0] * a[1][1] - a[0][1] * a[1][0]
+        x = [a[1][1] * r[:, 0] - a[0][1] * r[:, 1], a[0][0] * r[:, 1] - a[1][0] * r[:, 0]]
+    else:
+        cof = [[a[(j + 1) % 3][(i + 1) % 3] * a[(j + 2) % 3][(i + 2) % 3]
+                - a[(j + 1) % 3][(i + 2) % 3] * a[(j + 2) % 3][(i + 1) % 3] for j in range(3)] for i in range(3)]
+        det = a[0][0] * cof[0][0] + a[0][1] * cof[1][0] + a[0][2] * cof[2][0]
+        x = [sum(cof[i][k] * r[:, k] for k in range(3)) for i in range(3)]
+    safe = det > 0.05
+    step = torch.stack([xi / torch.where(safe, det, torch.ones_like(det)) for xi in x], 1)
+    return torch.where(safe.unsqueeze(1), step, r)
 
 
 def invert_field(disp: torch.Tensor, iterations: int = 50, tol: float = 1e-4, padding_mode: str = "border") -> torch.Tensor:
