@@ -1,10 +1,11 @@
 """fastreg.register end to end (warm, process start excluded): the 2-D 224^2 pair of
-`fastreg register --example` with the unireg-2d architecture (weights do not change the time;
-untrained ones are used until the shipped file exists), fastreg's kernels against the same
-pipeline under fastreg.use_backend("reference") in the same process, paired interleaved rounds.
-Also: seconds of `import fastreg` + building the model in a fresh interpreter.
+`fastreg register --example` with the shipped unireg-2d (2 passes; ``--passes`` changes it),
+fastreg's kernels against the same pipeline under fastreg.use_backend("reference") in the same
+process, paired interleaved rounds. Also: seconds of `import fastreg` + loading unireg-2d
+(checksum verified) in a fresh interpreter.
 
 Usage: python benchmarks/register.py [--rounds 5] [--threads 2] [--affine off|auto|on] [--model CHECKPOINT]
+          [--passes N] [--half]
 """
 from __future__ import annotations
 
@@ -28,15 +29,19 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--affine", default="off", choices=("off", "auto", "on"))
-    p.add_argument("--model", default=None, help="a checkpoint (default: an untrained unireg-2d architecture)")
+    p.add_argument("--model", default=None, help="a checkpoint (default: the shipped unireg-2d)")
+    p.add_argument("--passes", type=int, default=None, help="network passes (default: the model's own)")
+    p.add_argument("--half", action="store_true", help="the network under bf16 autocast (register's half=True)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    net = models.load_checkpoint(args.model) if args.model else models.create("unireg", ndim=2).eval()
+    net = models.load_checkpoint(args.model) if args.model else models.load("unireg-2d")
+    if args.passes is not None:
+        net.set_passes(args.passes)
     with tempfile.TemporaryDirectory() as folder:
         fixed, moving = (fastreg.io.load(path) for path in write_example(Path(folder)))
 
     def run():
-        return fastreg.register(fixed, moving, model=net, affine=args.affine, device="cpu")
+        return fastreg.register(fixed, moving, model=net, affine=args.affine, device="cpu", half=args.half)
 
     def reference():
         with fastreg.use_backend("reference"):
@@ -54,16 +59,17 @@ def main() -> None:
             if name == "fastreg":
                 stages.append(result.timings)
     ratios = [r / f for f, r in zip(times["fastreg"], times["reference"])]
-    print(f"cpu ({args.threads} threads), torch {torch.__version__}; 224x224 pair, affine={args.affine}")
+    print(f"cpu ({args.threads} threads), torch {torch.__version__}; 224x224 pair, affine={args.affine}, "
+          f"passes={net.passes}, half={args.half}")
     print(f"  fastreg   median {statistics.median(times['fastreg']):.3f} s per pair")
     print(f"  reference median {statistics.median(times['reference']):.3f} s per pair")
     print(f"  reference / fastreg per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}x")
     print("  fastreg stages (median s): " + ", ".join(
         f"{k} {statistics.median(s[k] for s in stages):.3f}" for k in stages[0]))
-    code = "import time; t = time.perf_counter(); import fastreg, fastreg.models as m; m.create('unireg', ndim=2); print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import fastreg, fastreg.models as m; m.load('unireg-2d'); print(time.perf_counter() - t)"
     seconds = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
                for _ in range(3)]
-    print(f"  import fastreg + build unireg-2d: median {statistics.median(seconds):.2f} s (3 fresh interpreters)")
+    print(f"  import fastreg + load unireg-2d: median {statistics.median(seconds):.2f} s (3 fresh interpreters)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """fastreg.register: inputs of every kind, any grid, affine modes, inverse, labels, stats, save."""
+import copy
 import math
 
 import numpy as np
@@ -231,6 +232,26 @@ def test_nio_refines_and_half_runs(unireg):
     full = fastreg.register(fixed, moving, model=unireg, affine="off")
     assert h.disp.dtype == torch.float32
     assert (h.disp - full.disp).abs().max() < 0.05 * full.disp.abs().max() + 1e-3
+
+
+def test_passes_for_one_call_leave_the_model_as_it_was():
+    shipped = models.load("unireg-2d")
+    fixed, moving = smooth(40, 36), smooth(40, 36)
+    two = fastreg.register(fixed, moving, model=shipped, affine="off")
+    one = fastreg.register(fixed, moving, model=shipped, affine="off", passes=1)
+    assert shipped.passes == 2
+    expected = fastreg.register(fixed, moving, model=_with_passes(shipped, 1), affine="off").disp
+    torch.testing.assert_close(one.disp, expected)
+    assert not torch.allclose(one.disp, two.disp)
+    with pytest.raises(ValueError, match="passes: expected a positive int"):
+        fastreg.register(fixed, moving, model=shipped, affine="off", passes=0)
+    assert shipped.passes == 2
+
+
+def _with_passes(model, passes):
+    other = copy.deepcopy(model)
+    other.set_passes(passes)
+    return other
 
 
 def test_bad_input(unireg, tmp_path):

@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-labels", default=None, help="label map on the fixed grid (Dice)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--half", action="store_true", help="run the network in half precision")
+    p.add_argument("--passes", type=int, default=None,
+                   help="apply the network N times (default: the model's own; unireg-2d: 2, 1 is fastest)")
     p.add_argument("--format", choices=FIELD_FORMATS, default="voxel", help="field file convention")
     p.add_argument("--intensity", choices=("mr", "ct", "none"), default="mr", help="intensity normalisation")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 def _register(args, fixed, moving, fixed_labels, moving_labels, model, iterations):
     return register(fixed, moving, model=model, nio=args.nio, affine=args.affine, fixed_labels=fixed_labels,
                     moving_labels=moving_labels, device=args.device, half=args.half,
-                    intensity=args.intensity, iterations=iterations, max_seconds=args.max_seconds)
+                    intensity=args.intensity, iterations=iterations, max_seconds=args.max_seconds,
+                    passes=args.passes)
 
 
 def _iterations(text):
