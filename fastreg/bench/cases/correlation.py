@@ -9,8 +9,9 @@ Peers (the same computation):
                  (K = 27 in 3-D), then softmax and the offset sum for vfa_attention
   vfa-unfold     the VFA papers' form: unfold the padded moving features into a
                  (B, N, C, K) neighbourhood copy (K times the features), batched matmul
-                 with the queries (left out where the copy would exceed 2 GiB)
-The "large" 3-D shapes are DP-VFA's levels 1-4 on a 160x192x224 input.
+                 with the queries (left out where the copy would exceed 2 GiB; the
+                 shifted form where K x features exceed 4 GiB: level 0 below is fastreg-only)
+The "large" 3-D shapes are the five levels of DP-VFA on a 160x192x224 input.
 """
 from __future__ import annotations
 
@@ -28,18 +29,17 @@ SHAPES = {
     "tiny": [(1, 4, 6, 8, 10), (1, 4, 16, 24)],
     "quick": [(1, 16, 24, 32, 24), (1, 32, 96, 96)],
     "default": [(1, 16, 24, 32, 24), (1, 32, 128, 128)],
-    # DP-VFA levels 1-4 of a 160x192x224 input (features of widths 32, 32, 64, 64 at 1/2 ...
-    # 1/16 resolution: the attention's and DP-Conv-C's cost volume's inputs). Level 0
-    # (1, 16, 160, 192, 224) is left out: its run was OOM-killed inside the benchmark process
-    # on a 24 GB machine, although fastreg's own forward+backward there peaks at 3-5 GB.
-    "large": [(1, 32, 80, 96, 112), (1, 32, 40, 48, 56), (1, 64, 20, 24, 28), (1, 64, 10, 12, 14),
-              (1, 64, 256, 256)],
+    # The five DP-VFA levels of a 160x192x224 input (features of widths 16, 32, 32, 64, 64 at
+    # 1, 1/2, ..., 1/16 resolution: the attention's and DP-Conv-C's cost volume's inputs).
+    "large": [(1, 16, 160, 192, 224), (1, 32, 80, 96, 112), (1, 32, 40, 48, 56), (1, 64, 20, 24, 28),
+              (1, 64, 10, 12, 14), (1, 64, 256, 256)],
 }
 RADIUS = 1
-# The unfold peer copies every neighbourhood (K = 27 times the features) and keeps it for
-# backward: above 2 GiB of copy it is left out (level 1). The shifted peer holds no such copy
-# (level 1: 1.1 GB resident).
-PEER_LIMITS = {"vfa-unfold": 2 << 30, "torch-shifted": 16 << 30}
+# The peers hold K products or copies of the features (K = 27 offsets) for backward: the
+# unfold form a neighbourhood copy, the shifted form its per-offset products. Above these
+# many bytes of K x features a peer is left out (the DP-VFA level 0 of a 160x192x224 input,
+# 12 GB, was OOM-killed on a 24 GB machine; level 1, 3 GB, keeps the shifted peer).
+PEER_LIMITS = {"vfa-unfold": 2 << 30, "torch-shifted": 4 << 30}
 
 
 def cases(sizes: str, quick: bool) -> list[Case]:
