@@ -14,7 +14,6 @@ import torch
 import fastreg
 from fastreg.bench import Case, format_table, io_bytes, load_cases, run, shape_name, timing
 from fastreg.bench.cases import REGISTRY
-from fastreg.bench.cases import correlation as correlation_cases
 from fastreg.bench.cases import warp as warp_cases
 from fastreg.cli.bench import main
 
@@ -319,17 +318,6 @@ def test_warp_cases_time_the_public_op_on_the_listed_shapes():
     assert [c.name for c in warp_cases.cases("default", quick=False)] == [
         "3d 1x1x96^3 trilinear", "2d 1x3x1024^2 bilinear", "2d 8x1x224^2 bilinear"
     ]
-
-
-def test_correlation_large_cases_are_the_dpvfa_levels():
-    """One row per op at each of the five DP-VFA levels of a 160x192x224 input; the unfold
-    peer only where its neighbourhood copy fits in 2 GiB."""
-    cases = correlation_cases.cases("large", quick=False)
-    levels = [(1, 16, 160, 192, 224), (1, 32, 80, 96, 112), (1, 32, 40, 48, 56), (1, 64, 20, 24, 28),
-              (1, 64, 10, 12, 14)]
-    assert [c.dims for c in cases if len(c.dims) == 5] == [d for d in levels for _ in range(2)]
-    assert [c.ours.func for c in cases[:2]] == [fastreg.vfa_attention, fastreg.local_correlation]
-    assert [sorted(c.peers) for c in cases[::2]] == [["torch-shifted"]] * 2 + [["torch-shifted", "vfa-unfold"]] * 4
 
 
 def test_peers_hold_one_module_per_dtype():

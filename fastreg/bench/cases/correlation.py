@@ -9,12 +9,10 @@ Peers (the same computation):
                  (K = 27 in 3-D), then softmax and the offset sum for vfa_attention
   vfa-unfold     the VFA papers' form: unfold the padded moving features into a
                  (B, N, C, K) neighbourhood copy (K times the features), batched matmul
-                 with the queries (left out where the copy would exceed 2 GiB)
-The "large" 3-D shapes are the five levels of DP-VFA on a 160x192x224 input.
+                 with the queries
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -28,15 +26,9 @@ SHAPES = {
     "tiny": [(1, 4, 6, 8, 10), (1, 4, 16, 24)],
     "quick": [(1, 16, 24, 32, 24), (1, 32, 96, 96)],
     "default": [(1, 16, 24, 32, 24), (1, 32, 128, 128)],
-    # The five DP-VFA levels of a 160x192x224 input (features of widths 16, 32, 32, 64, 64 at
-    # 1, 1/2, ..., 1/16 resolution: the attention's and DP-Conv-C's cost volume's inputs).
-    "large": [(1, 16, 160, 192, 224), (1, 32, 80, 96, 112), (1, 32, 40, 48, 56), (1, 64, 20, 24, 28),
-              (1, 64, 10, 12, 14), (1, 64, 256, 256)],
+    "large": [(1, 32, 40, 48, 40), (1, 16, 80, 96, 112), (1, 64, 256, 256)],
 }
 RADIUS = 1
-# The unfold peer copies every neighbourhood (K times the features) and keeps it for backward;
-# above this many bytes of copy it is left out (level 0 at 160x192x224 would need ~12 GB).
-UNFOLD_LIMIT = 2 << 30
 
 
 def cases(sizes: str, quick: bool) -> list[Case]:
@@ -58,10 +50,10 @@ def _vfa_case(dims: tuple[int, ...]) -> Case:
         name=f"{ndim}d {shape_name(dims)} vfa_attention r{RADIUS}",
         make_inputs=partial(_make_inputs, dims, ("q", "k")),
         ours=partial(fastreg.vfa_attention, radius=RADIUS),
-        peers=_peers(dims, {
+        peers={
             "torch-shifted": partial(reference.vfa_attention, radius=RADIUS),
             "vfa-unfold": partial(reference.vfa_attention_unfold, radius=RADIUS),
-        }),
+        },
         grad_inputs=("q", "k"),
         bytes_moved=partial(_bytes_moved, ("q", "k"), ndim),
         dims=dims,
@@ -76,20 +68,14 @@ def _correlation_case(dims: tuple[int, ...]) -> Case:
         name=f"{ndim}d {shape_name(dims)} local_correlation r{RADIUS}",
         make_inputs=partial(_make_inputs, dims, ("f", "m")),
         ours=partial(fastreg.local_correlation, radius=RADIUS, scale="rsqrt_channels", padding_mode="zeros"),
-        peers=_peers(dims, {
+        peers={
             "torch-shifted": partial(_scaled, reference.local_correlation),
             "vfa-unfold": partial(_scaled, reference.local_correlation_unfold),
-        }),
+        },
         grad_inputs=("f", "m"),
         bytes_moved=partial(_bytes_moved, ("f", "m"), (2 * RADIUS + 1) ** ndim),
         dims=dims,
     )
-
-
-def _peers(dims: tuple[int, ...], peers: dict) -> dict:
-    """``peers`` without the unfold form where its neighbourhood copy exceeds UNFOLD_LIMIT."""
-    copy = math.prod(dims) * (2 * RADIUS + 1) ** (len(dims) - 2) * 4
-    return {k: v for k, v in peers.items() if k != "vfa-unfold" or copy <= UNFOLD_LIMIT}
 
 
 def _scaled(form, f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
