@@ -104,15 +104,16 @@ def test_monai_warp(shape, mode, padding_mode):
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
 def test_monai_warp_gradcheck_as_monai_tests_it(mode, padding_mode):
-    """MONAI's own TestWarp.test_grad (tests/networks/blocks/warp/test_warp.py) run on the
-    shim: float64 gradcheck to the image with its tolerances, at its size (20 x 20) for
-    bicubic with border and zeros padding, 8 x 8 for the other cases (time); then, for the
-    differentiable modes, a strict gradcheck to the ddf too."""
+    """MONAI's TestWarp.test_grad (tests/networks/blocks/warp/test_warp.py) on the shim, at
+    its size (20 x 20) for bicubic with border and zeros padding, 8 x 8 for the other cases
+    (time), with gradcheck's own tolerances rather than MONAI's loose atol=1e-2, eps=1e-2 (the
+    warp is linear in the image, so finite differences are exact; MONAI's file itself runs
+    through scripts/monai_warp_tests.py); then, for the differentiable modes, to the ddf too."""
     warp_layer = fr_monai.Warp(mode=mode, padding_mode=padding_mode)
     size = 20 if mode == "bicubic" and padding_mode != "reflection" else 8
     image = (torch.rand(2, 3, size, size, dtype=torch.float64) * 10.0).requires_grad_(True)
     ddf = torch.rand(2, 2, size, size, dtype=torch.float64) * 2.0
-    assert torch.autograd.gradcheck(warp_layer, (image, ddf), atol=1e-2, eps=1e-2)
+    assert torch.autograd.gradcheck(warp_layer, (image, ddf), fast_mode=True)
     if mode != "nearest":
         small = image.detach()[:1, :2, :6, :7].clone().requires_grad_(True)
         field = (ddf[:1, :, :6, :7] * 2 - 1).requires_grad_(True)
