@@ -166,8 +166,13 @@ def _peak_memory_cpu(call: Call) -> int | None:
     return peak
 
 
-# Lines the profiler's C++ side (kineto) writes to file descriptor 2 at every start and stop.
-_PROFILER_LOG = re.compile(rb"^USDT:.*ActivityProfiler")
+# Lines the profiler's C++ side writes to file descriptor 2: kineto's log of every start and
+# stop, and the CPU allocator's warning (once per process) that a block allocated before the
+# profiler started will be freed unseen, which is what measuring the call's own peak means.
+_PROFILER_LOG = re.compile(
+    rb"^(USDT:.*ActivityProfiler"
+    rb"|\[W[^\]]* CPUAllocator\.cpp:\d+\] Memory block of unknown size was allocated before the profiling started)"
+)
 
 
 @contextlib.contextmanager

@@ -98,6 +98,11 @@ def test_progress_only_on_a_terminal_and_not_quiet(quiet, capfd, monkeypatch):
 def test_profiler_silencing_passes_other_messages_on(capfd):
     with timing._profiler_log_silenced():
         os.write(2, b"USDT:2026-01-01 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(
+            2,
+            b"[W1202 06:33:56.625437242 CPUAllocator.cpp:245] Memory block of unknown size was allocated before "
+            b"the profiling started, profiler results will not include the deallocation event\n",
+        )
         os.write(2, b"a real error\n")
     assert capfd.readouterr().err == "a real error\n"
 
