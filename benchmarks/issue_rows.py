@@ -13,7 +13,7 @@ from fastreg.bench.cases import correlation, lncc
 
 ROWS = {
     "lncc": lambda: [c for c in lncc.cases("large", quick=False) if "96^3" in c.name or "1024^2" in c.name],
-    "correlation": lambda: [c for c in correlation.cases("large", quick=False) if "1x32x40x48x40" in c.name],
+    "correlation": lambda: correlation.shape_cases((1, 32, 40, 48, 40)),
 }
 
 if __name__ == "__main__":

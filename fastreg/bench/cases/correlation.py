@@ -39,7 +39,17 @@ def cases(sizes: str, quick: bool) -> list[Case]:
     two = [s for s in shapes if len(s) == 4]
     if quick:
         return [_vfa_case(three[0]), _correlation_case(two[0])]
-    return [case for dims in three + two for case in (_vfa_case(dims), _correlation_case(dims))]
+    return [case for dims in three + two for case in shape_cases(dims)]
+
+
+def shape_cases(dims: tuple[int, ...], peers: tuple[str, ...] | None = None) -> list[Case]:
+    """Both ops' cases on one shape ``dims`` = (1, C, *S), with the named peers only
+    (``None``: all)."""
+    cases = [_vfa_case(dims), _correlation_case(dims)]
+    if peers is not None:
+        for case in cases:
+            case.peers = {name: fn for name, fn in case.peers.items() if name in peers}
+    return cases
 
 
 def _vfa_case(dims: tuple[int, ...]) -> Case:
