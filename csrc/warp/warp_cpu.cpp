@@ -42,6 +42,12 @@ struct Cursor {
       advance<NDIM>(out_size, idx);
     }
   }
+  // Moves on by k voxels along the last axis; requires idx[NDIM - 1] + k <= out_size[NDIM - 1].
+  void skip(int k, int64_t n_out, const int64_t* out_size) {
+    v += k - 1;
+    idx[NDIM - 1] += k - 1;
+    next(n_out, out_size);
+  }
 };
 
 template <typename scalar_t, int NDIM, int MODE, int PADDING>
@@ -93,11 +99,19 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
       if constexpr (kSimd) {
         if (simd && i + 8 <= end && cur.idx[NDIM - 1] + 8 <= out_size[NDIM - 1]) {
           const int64_t b0 = broadcast ? 0 : cur.bl;
+          int interior = 0;
           if (forward_block8<NDIM, PADDING == kBorder>(
                   pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx, displacement, geo.size,
                   geo.stride, img + b0 * s.channels * s.n_in, out_ptr + b0 * s.channels * s.n_out + cur.v,
-                  broadcast ? s.batch : 1, s.channels, s.n_in)) {
-            for (int k = 0; k < 8; ++k) cur.next(s.n_out, out_size);
+                  broadcast ? s.batch : 1, s.channels, s.n_in, 1.0f, &interior)) {
+            if (interior == 0xFF) {
+              cur.skip(8, s.n_out, out_size);
+            } else {
+              for (int k = 0; k < 8; ++k) {  // the lanes whose cells are not interior
+                if (!((interior >> k) & 1)) voxel();
+                cur.next(s.n_out, out_size);
+              }
+            }
             i += 8;
             continue;
           }
@@ -262,9 +276,13 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
                  grad != nullptr ? grad->row(b0, 0) : nullptr, grad != nullptr ? grad->row_len : 0,
                  grad != nullptr ? grad->shift : 0, grad != nullptr ? ch.lo : 0,
                  grad != nullptr ? ch.hi + 1 : s.n_in)) != 0) {
-          for (int k = 0; k < 8; ++k) {  // the lanes the block did not take
-            if (!((handled >> k) & 1)) voxel(b0, b1);
-            cur.next(s.n_out, out_size);
+          if (handled == 0xFF) {
+            cur.skip(8, s.n_out, out_size);
+          } else {
+            for (int k = 0; k < 8; ++k) {  // the lanes the block did not take
+              if (!((handled >> k) & 1)) voxel(b0, b1);
+              cur.next(s.n_out, out_size);
+            }
           }
           i += 8;
           continue;
