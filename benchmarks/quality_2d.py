@@ -116,11 +116,12 @@ def _refine(model, fixed, moving, disp, iterations: int) -> dict:
     wall time: CC, %|J| and seconds of each."""
     out = {}
     with torch.inference_mode(False), torch.enable_grad():
+        fixed, moving, disp = fixed.clone(), moving.clone(), disp.clone()  # normal tensors, not inference ones
         start = time.perf_counter()
         nio = fastreg.nio.optimize(model, fixed, moving, iterations=(iterations,))
         seconds = time.perf_counter() - start
         start = time.perf_counter()
-        io = fastreg.nio.instance_optimize(disp.clone(), fixed, moving, iterations=100 * iterations,
+        io = fastreg.nio.instance_optimize(disp, fixed, moving, iterations=100 * iterations,
                                            max_seconds=seconds)
         seconds_io = time.perf_counter() - start
     for name, result, sec in (("nio", nio, seconds), ("io", io, seconds_io)):
