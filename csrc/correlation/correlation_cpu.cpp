@@ -1,8 +1,8 @@
 // CPU launcher of local_correlation and vfa_attention (contract in correlation.h).
 // Parallel over rows (batch item + leading-axis indices) with at::parallel_for; every row
 // is computed as whole-row spans so the inner loops run over contiguous voxels (they
-// vectorise). Gradients of the padded operand are gathers: no scatter, no races,
-// deterministic. vfa_attention keeps no logits: forward is one online-softmax pass and
+// vectorise: each thread's rows are one FASTREG_VECTOR_LOOP function, AVX2 where the CPU
+// has it). Gradients of the padded operand are gathers: no scatter, no races, deterministic. vfa_attention keeps no logits: forward is one online-softmax pass and
 // backward recomputes the logits from q, k and the saved log-sum-exp.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -18,6 +18,7 @@
 #include <torch/library.h>
 #include "correlation.h"
 #include "correlation_shapes.h"
+#include "../common/vector_loop.h"
 
 namespace fastreg {
 namespace correlation {
@@ -46,29 +47,63 @@ struct Row {
   }
 };
 
+// Rows [r0, r1) of correlation_forward_kernel (one thread's share, AVX2 where the CPU has it).
+template <typename scalar_t, int NDIM>
+FASTREG_VECTOR_LOOP void correlation_forward_rows(const scalar_t* fp, const scalar_t* mp, scalar_t* op, const Shapes& s,
+                                                  const Grid<NDIM>& g, at::opmath_type<scalar_t> scale, int64_t r0,
+                                                  int64_t r1) {
+  using T = at::opmath_type<scalar_t>;
+  std::vector<T> acc(s.width);
+  for (int64_t r = r0; r < r1; ++r) {
+    const Row<NDIM> row(r, s, g);
+    const int64_t base = row.b * s.channels * s.n;
+    for (int64_t k = 0; k < s.offsets; ++k) {
+      int o[NDIM];
+      offset_of<NDIM>(k, g.radius, o);
+      neighbour_dot<scalar_t, T, NDIM>(fp + base, mp + base, s.channels, g, row.idx, o, 0, s.width, acc.data());
+      scalar_t* dst = op + (row.b * s.offsets + k) * s.n + row.start;
+      for (int64_t w = 0; w < s.width; ++w) dst[w] = static_cast<scalar_t>(scale * acc[w]);
+    }
+  }
+}
+
 template <typename scalar_t, int NDIM>
 void correlation_forward_kernel(const at::Tensor& f, const at::Tensor& m, at::Tensor& out,
-                                const Shapes& s, const Grid<NDIM>& g, double scale_) {
-  using T = at::opmath_type<scalar_t>;
-  const T scale = static_cast<T>(scale_);
+                                const Shapes& s, const Grid<NDIM>& g, double scale) {
   const scalar_t* fp = f.const_data_ptr<scalar_t>();
   const scalar_t* mp = m.const_data_ptr<scalar_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, s.rows, grain(s), [&](int64_t r0, int64_t r1) {
-    std::vector<T> acc(s.width);
-    for (int64_t r = r0; r < r1; ++r) {
-      const Row<NDIM> row(r, s, g);
-      const int64_t base = row.b * s.channels * s.n;
-      for (int64_t k = 0; k < s.offsets; ++k) {
-        int o[NDIM];
-        offset_of<NDIM>(k, g.radius, o);
-        neighbour_dot<scalar_t, T, NDIM>(fp + base, mp + base, s.channels, g, row.idx, o, 0,
-                                         s.width, acc.data());
-        scalar_t* dst = op + (row.b * s.offsets + k) * s.n + row.start;
-        for (int64_t w = 0; w < s.width; ++w) dst[w] = static_cast<scalar_t>(scale * acc[w]);
+    correlation_forward_rows<scalar_t, NDIM>(fp, mp, op, s, g, static_cast<at::opmath_type<scalar_t>>(scale), r0, r1);
+  });
+}
+
+// Rows [r0, r1) of correlation_backward_kernel (one thread's share, AVX2 where the CPU has it).
+template <typename scalar_t, typename gscalar_t, int NDIM>
+FASTREG_VECTOR_LOOP void correlation_backward_rows(const gscalar_t* gk, const scalar_t* ap, const scalar_t* bp,
+                                                   scalar_t* ga, scalar_t* gb, const Shapes& s, const Grid<NDIM>& g,
+                                                   at::opmath_type<scalar_t> scale, int64_t r0, int64_t r1) {
+  using T = at::opmath_type<scalar_t>;
+  std::vector<T> acc(s.channels * s.width);
+  for (int64_t r = r0; r < r1; ++r) {
+    const Row<NDIM> row(r, s, g);
+    const gscalar_t* gr = gk + row.b * s.offsets * s.n;
+    const int64_t base = row.b * s.channels * s.n;
+    for (int grad = 0; grad < 2; ++grad) {
+      if ((grad == 0 ? ga : gb) == nullptr) continue;
+      if (grad == 0) {
+        neighbour_gather<scalar_t, gscalar_t, T, NDIM>(gr, bp + base, s.channels, g, row.idx, 0, s.width, acc.data());
+      } else {
+        source_gather<scalar_t, gscalar_t, T, NDIM>(gr, ap + base, s.channels, g, row.idx, 0, s.width, acc.data());
+      }
+      scalar_t* dst = (grad == 0 ? ga : gb) + base + row.start;
+      for (int64_t c = 0; c < s.channels; ++c) {
+        for (int64_t w = 0; w < s.width; ++w) {
+          dst[c * s.n + w] = static_cast<scalar_t>(scale * acc[c * s.width + w]);
+        }
       }
     }
-  });
+  }
 }
 
 // Gradients of sum_k g[k] * (a . pad(b) shifted by o_k): grad_a by neighbour_gather,
@@ -76,114 +111,107 @@ void correlation_forward_kernel(const at::Tensor& f, const at::Tensor& m, at::Te
 template <typename scalar_t, typename gscalar_t, int NDIM>
 void correlation_backward_kernel(const gscalar_t* gk, const at::Tensor& a, const at::Tensor& b,
                                  at::Tensor& grad_a, at::Tensor& grad_b, const Shapes& s,
-                                 const Grid<NDIM>& g, double scale_, bool need_a, bool need_b) {
-  using T = at::opmath_type<scalar_t>;
-  const T scale = static_cast<T>(scale_);
+                                 const Grid<NDIM>& g, double scale, bool need_a, bool need_b) {
   const scalar_t* ap = a.const_data_ptr<scalar_t>();
   const scalar_t* bp = b.const_data_ptr<scalar_t>();
   scalar_t* ga = need_a ? grad_a.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* gb = need_b ? grad_b.mutable_data_ptr<scalar_t>() : nullptr;
   at::parallel_for(0, s.rows, grain(s), [&](int64_t r0, int64_t r1) {
-    std::vector<T> acc(s.channels * s.width);
-    for (int64_t r = r0; r < r1; ++r) {
-      const Row<NDIM> row(r, s, g);
-      const gscalar_t* gr = gk + row.b * s.offsets * s.n;
-      const int64_t base = row.b * s.channels * s.n;
-      for (int grad = 0; grad < 2; ++grad) {
-        if (grad == 0 ? !need_a : !need_b) continue;
-        if (grad == 0) {
-          neighbour_gather<scalar_t, gscalar_t, T, NDIM>(gr, bp + base, s.channels, g, row.idx, 0,
-                                                         s.width, acc.data());
-        } else {
-          source_gather<scalar_t, gscalar_t, T, NDIM>(gr, ap + base, s.channels, g, row.idx, 0,
-                                                      s.width, acc.data());
-        }
-        scalar_t* dst = (grad == 0 ? ga : gb) + base + row.start;
-        for (int64_t c = 0; c < s.channels; ++c) {
-          for (int64_t w = 0; w < s.width; ++w) {
-            dst[c * s.n + w] = static_cast<scalar_t>(scale * acc[c * s.width + w]);
-          }
-        }
+    correlation_backward_rows<scalar_t, gscalar_t, NDIM>(gk, ap, bp, ga, gb, s, g,
+                                                         static_cast<at::opmath_type<scalar_t>>(scale), r0, r1);
+  });
+}
+
+// Rows [r0, r1) of vfa_forward_kernel (one thread's share, AVX2 where the CPU has it).
+template <typename scalar_t, int NDIM>
+FASTREG_VECTOR_LOOP void vfa_forward_rows(const scalar_t* qp, const scalar_t* kp, scalar_t* op, at::opmath_type<scalar_t>* lp,
+                                          const Shapes& s, const Grid<NDIM>& g, at::opmath_type<scalar_t> scale,
+                                          int64_t r0, int64_t r1) {
+  using T = at::opmath_type<scalar_t>;
+  std::vector<T> acc(s.width);
+  std::vector<SoftmaxState<T, NDIM>> state(s.width);
+  for (int64_t r = r0; r < r1; ++r) {
+    const Row<NDIM> row(r, s, g);
+    const int64_t base = row.b * s.channels * s.n;
+    for (auto& st : state) softmax_init(st);
+    for (int64_t j = 0; j < s.offsets; ++j) {
+      int o[NDIM];
+      offset_of<NDIM>(j, g.radius, o);
+      neighbour_dot<scalar_t, T, NDIM>(qp + base, kp + base, s.channels, g, row.idx, o, 0, s.width, acc.data());
+      for (int64_t w = 0; w < s.width; ++w) softmax_update(state[w], scale * acc[w], o);
+    }
+    for (int64_t w = 0; w < s.width; ++w) {
+      T disp[NDIM];
+      lp[row.b * s.n + row.start + w] = softmax_finish(state[w], disp);
+      for (int a = 0; a < NDIM; ++a) {
+        op[(row.b * NDIM + a) * s.n + row.start + w] = static_cast<scalar_t>(disp[a]);
       }
     }
-  });
+  }
 }
 
 template <typename scalar_t, int NDIM>
 void vfa_forward_kernel(const at::Tensor& q, const at::Tensor& k, at::Tensor& out,
-                        at::Tensor& lse, const Shapes& s, const Grid<NDIM>& g, double scale_) {
+                        at::Tensor& lse, const Shapes& s, const Grid<NDIM>& g, double scale) {
   using T = at::opmath_type<scalar_t>;
-  const T scale = static_cast<T>(scale_);
   const scalar_t* qp = q.const_data_ptr<scalar_t>();
   const scalar_t* kp = k.const_data_ptr<scalar_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   T* lp = lse.mutable_data_ptr<T>();
   at::parallel_for(0, s.rows, grain(s), [&](int64_t r0, int64_t r1) {
-    std::vector<T> acc(s.width);
-    std::vector<SoftmaxState<T, NDIM>> state(s.width);
-    for (int64_t r = r0; r < r1; ++r) {
-      const Row<NDIM> row(r, s, g);
-      const int64_t base = row.b * s.channels * s.n;
-      for (auto& st : state) softmax_init(st);
-      for (int64_t j = 0; j < s.offsets; ++j) {
-        int o[NDIM];
-        offset_of<NDIM>(j, g.radius, o);
-        neighbour_dot<scalar_t, T, NDIM>(qp + base, kp + base, s.channels, g, row.idx, o, 0,
-                                         s.width, acc.data());
-        for (int64_t w = 0; w < s.width; ++w) softmax_update(state[w], scale * acc[w], o);
-      }
-      for (int64_t w = 0; w < s.width; ++w) {
-        T disp[NDIM];
-        lp[row.b * s.n + row.start + w] = softmax_finish(state[w], disp);
-        for (int a = 0; a < NDIM; ++a) {
-          op[(row.b * NDIM + a) * s.n + row.start + w] = static_cast<scalar_t>(disp[a]);
-        }
-      }
-    }
+    vfa_forward_rows<scalar_t, NDIM>(qp, kp, op, lp, s, g, static_cast<T>(scale), r0, r1);
   });
 }
 
-// d loss / d (q . k_j) for every offset j, written to dl (B, K, *S) in the accumulation type.
+// d loss / d (q . k_j) for every offset j, written to dl (B, K, *S) in the accumulation type:
+// rows [r0, r1) (one thread's share, AVX2 where the CPU has it).
+template <typename scalar_t, int NDIM>
+FASTREG_VECTOR_LOOP void vfa_dlogit_rows(const scalar_t* gp, const scalar_t* qp, const scalar_t* kp, const scalar_t* op,
+                                         const at::opmath_type<scalar_t>* lp, at::opmath_type<scalar_t>* dl,
+                                         const Shapes& s, const Grid<NDIM>& g, at::opmath_type<scalar_t> scale,
+                                         int64_t r0, int64_t r1) {
+  using T = at::opmath_type<scalar_t>;
+  std::vector<T> acc(s.width);
+  std::vector<T> go(s.width * NDIM);
+  std::vector<T> gdo(s.width);
+  for (int64_t r = r0; r < r1; ++r) {
+    const Row<NDIM> row(r, s, g);
+    const int64_t base = row.b * s.channels * s.n;
+    for (int64_t w = 0; w < s.width; ++w) {
+      T dot = T(0);
+      for (int a = 0; a < NDIM; ++a) {
+        const int64_t i = (row.b * NDIM + a) * s.n + row.start + w;
+        go[w * NDIM + a] = static_cast<T>(gp[i]);
+        dot += go[w * NDIM + a] * static_cast<T>(op[i]);
+      }
+      gdo[w] = dot;
+    }
+    const T* lr = lp + row.b * s.n + row.start;
+    for (int64_t j = 0; j < s.offsets; ++j) {
+      int o[NDIM];
+      offset_of<NDIM>(j, g.radius, o);
+      neighbour_dot<scalar_t, T, NDIM>(qp + base, kp + base, s.channels, g, row.idx, o, 0, s.width, acc.data());
+      T* dst = dl + (row.b * s.offsets + j) * s.n + row.start;
+      for (int64_t w = 0; w < s.width; ++w) {
+        dst[w] = dlogit<T, NDIM>(scale * acc[w], lr[w], &go[w * NDIM], gdo[w], o, scale);
+      }
+    }
+  }
+}
+
 template <typename scalar_t, int NDIM>
 void vfa_dlogit_kernel(const at::Tensor& gout, const at::Tensor& q, const at::Tensor& k,
                        const at::Tensor& out, const at::Tensor& lse,
                        at::opmath_type<scalar_t>* dl, const Shapes& s, const Grid<NDIM>& g,
-                       double scale_) {
+                       double scale) {
   using T = at::opmath_type<scalar_t>;
-  const T scale = static_cast<T>(scale_);
   const scalar_t* gp = gout.const_data_ptr<scalar_t>();
   const scalar_t* qp = q.const_data_ptr<scalar_t>();
   const scalar_t* kp = k.const_data_ptr<scalar_t>();
   const scalar_t* op = out.const_data_ptr<scalar_t>();
   const T* lp = lse.const_data_ptr<T>();
   at::parallel_for(0, s.rows, grain(s), [&](int64_t r0, int64_t r1) {
-    std::vector<T> acc(s.width);
-    std::vector<T> go(s.width * NDIM);
-    std::vector<T> gdo(s.width);
-    for (int64_t r = r0; r < r1; ++r) {
-      const Row<NDIM> row(r, s, g);
-      const int64_t base = row.b * s.channels * s.n;
-      for (int64_t w = 0; w < s.width; ++w) {
-        T dot = T(0);
-        for (int a = 0; a < NDIM; ++a) {
-          const int64_t i = (row.b * NDIM + a) * s.n + row.start + w;
-          go[w * NDIM + a] = static_cast<T>(gp[i]);
-          dot += go[w * NDIM + a] * static_cast<T>(op[i]);
-        }
-        gdo[w] = dot;
-      }
-      const T* lr = lp + row.b * s.n + row.start;
-      for (int64_t j = 0; j < s.offsets; ++j) {
-        int o[NDIM];
-        offset_of<NDIM>(j, g.radius, o);
-        neighbour_dot<scalar_t, T, NDIM>(qp + base, kp + base, s.channels, g, row.idx, o, 0,
-                                         s.width, acc.data());
-        T* dst = dl + (row.b * s.offsets + j) * s.n + row.start;
-        for (int64_t w = 0; w < s.width; ++w) {
-          dst[w] = dlogit<T, NDIM>(scale * acc[w], lr[w], &go[w * NDIM], gdo[w], o, scale);
-        }
-      }
-    }
+    vfa_dlogit_rows<scalar_t, NDIM>(gp, qp, kp, op, lp, dl, s, g, static_cast<T>(scale), r0, r1);
   });
 }
 
