@@ -1,11 +1,15 @@
 """The contract every public op keeps on every backend that runs here (reference, cpu,
-triton under the interpreter; cuda where there is a GPU), driven by one ``samples(device,
-dtype)`` per op: parity with reference in float64, zero-size batches and axes (an empty
-result, gradients included), stride-0 / expanded / non-contiguous / channels-last inputs
-(the same result as contiguous ones), NaN in -> NaN out at the same voxels as the
-reference, and bad input raising the same error type and wording on every backend.
-Shapes are tiny: the Triton interpreter runs all of it. Per-family files keep the
-mathematics of each family."""
+triton under the interpreter; cuda where there is a GPU), driven by one ``Op`` per public op:
+its ``samples(device, dtype)`` (2-D and 3-D, broadcast batches, size-1 axes) and option sets
+(modes, paddings, windows, radii, steps, checkpoints). Parity with the reference in float64
+(values and gradients) and float32, gradcheck, opcheck of every kernel the op runs (recorded
+below autograd), torch.compile(fullgraph=True), double backward, autocast, zero-size batches
+and axes (an empty result, gradients included), stride-0 / expanded / non-contiguous /
+channels-last inputs (the same result as contiguous ones), NaN in -> NaN out at the same
+voxels as the reference, and bad input raising the same error type and wording on every
+backend, naming the argument. Shapes are tiny: the Triton interpreter runs all of it.
+Per-family files (tests/ops/) keep the mathematics of each family; the peers' formulas are in
+fastreg/bench/peer_kernels.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -396,22 +400,22 @@ def test_matches_reference_float32(any_device, name):
 @pytest.mark.parametrize("name", OPS)
 def test_gradcheck(any_device, name):
     """torch.autograd.gradcheck (finite differences, float64): the full Jacobians of the 2-D
-    sample with the first option set, random projections (fast mode) of the 2-D and 3-D
-    samples with every option set and of the other samples with the first; under the Triton
-    interpreter the 2-D sample with the first option set, in fast mode (the float64 parity
-    compares every gradient with the reference's)."""
+    sample with the first option set, random projections (fast mode) of the 3-D sample with
+    it and of the 2-D sample with every other option set; under the Triton interpreter the
+    2-D sample with the first option set, in fast mode. (The float64 parity compares every
+    sample's and option set's gradients with the reference's.)"""
     op, device = OPS[name], any_device
     _kernel_backend_only(device)
-    samples = op.samples(device, torch.float64)
+    two, three = op.samples(device, torch.float64)[:2]
     interpreted = _interpreted(device)
-    for i, args in enumerate(samples[:1] if interpreted else samples):
-        options = op.options(args)
-        for j, option in enumerate(options[:1] if interpreted or i > 1 else options):
-            n = _differentiable(op, option)
-            rest = [a.detach() for a in args[n:]]
-            call = lambda *x: op.call(*x, *rest, **option)  # noqa: E731
-            fast = interpreted or i + j > 0
-            assert torch.autograd.gradcheck(call, _with_grad(args[:n], n), fast_mode=fast), option
+    runs = [(two, op.options(two)[0], interpreted)]
+    if not interpreted:
+        runs += [(three, op.options(three)[0], True), *((two, option, True) for option in op.options(two)[1:])]
+    for args, option, fast in runs:
+        n = _differentiable(op, option)
+        rest = [a.detach() for a in args[n:]]
+        call = lambda *x: op.call(*x, *rest, **option)  # noqa: E731
+        assert torch.autograd.gradcheck(call, _with_grad(args[:n], n), fast_mode=fast), option
 
 
 class _KernelCalls(TorchDispatchMode):
@@ -442,14 +446,14 @@ def _record_kernels(op: Op, runs) -> dict:
 def test_opcheck(any_device, name):
     """torch.library.opcheck of every kernel the op runs forward and backward (recorded below
     autograd): all of it (schema, fake kernel, autograd registration, AOT dispatch) for the
-    2-D and 3-D samples with the first option set; schema and fake kernel for the 2-D sample
-    with every other option set (the fake's shapes follow the options)."""
+    2-D sample with the first option set; schema and fake kernel (whose shapes follow the
+    options) for the 3-D sample with it and the 2-D sample with every other option set."""
     op, device = OPS[name], any_device
-    if fastreg.get_backend() == "reference" or name == "resize_field":
-        pytest.skip("no fastreg kernel: the reference, and resize_field (F.interpolate)")
+    if fastreg.get_backend() == "reference" or name in ("resize_field", "warp_bicubic"):
+        pytest.skip("the reference and resize_field (F.interpolate) run no fastreg kernel; warp's options run warp_bicubic's")
     two, three = op.samples(device, torch.float64)[:2]
-    first = _record_kernels(op, [(two, op.options(two)[0]), (three, op.options(three)[0])])
-    others = _record_kernels(op, [(two, option) for option in op.options(two)[1:]])
+    first = _record_kernels(op, [(two, op.options(two)[0])])
+    others = _record_kernels(op, [(three, op.options(three)[0]), *((two, option) for option in op.options(two)[1:])])
     assert first
     for calls, utils in ((first, None), ({k: v for k, v in others.items() if k not in first}, ("test_schema", "test_faketensor"))):
         for func, args, kwargs in calls.values():
@@ -485,7 +489,7 @@ def test_zero_size_gives_an_empty_result(any_device, name, axis):
 @pytest.mark.parametrize("name", OPS)
 def test_strided_inputs_match_contiguous(any_device, name):
     """Expanded (stride-0 batch and channels), transposed-strided and channels-last inputs
-    give exactly the contiguous result."""
+    give exactly the contiguous result, for the 2-D and 3-D samples."""
     op, device = OPS[name], any_device
     for args in op.samples(device, torch.float64)[:2]:
         expanded = tuple(a[:1].expand(a.shape) for a in args)
