@@ -4,10 +4,9 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastreg
-from fastreg.bench.cases.integrate import VxmLegacyVecInt
+from fastreg.bench.peer_kernels import VxmLegacyVecInt, vxm_legacy_resize
 from fastreg.compat._integrate import DVF2DDF, ResizeTransform, VecInt
 from fastreg.data import random_smooth_field
 from grad_checks import assert_grad_close_but_kinks
@@ -86,24 +85,13 @@ def test_dvf2ddf_defaults_and_bad_arguments():
         DVF2DDF(7, "bilinear", "wrap")
 
 
-def legacy_resize(x, vel_resize, ndims):
-    """VoxelMorph's legacy ResizeTransform, from its published formula."""
-    factor = 1.0 / vel_resize
-    mode = "bilinear" if ndims == 2 else "trilinear"
-    if factor < 1:
-        return factor * F.interpolate(x, align_corners=True, scale_factor=factor, mode=mode)
-    if factor > 1:
-        return F.interpolate(factor * x, align_corners=True, scale_factor=factor, mode=mode)
-    return x
-
-
 @pytest.mark.parametrize("ndim", (2, 3))
 @pytest.mark.parametrize("vel_resize", (0.5, 2, 1))
 def test_resize_transform_equals_legacy_and_voxelmorph_0_3_4(ndim, vel_resize):
     from voxelmorph.nn.modules import ResizeDisplacementField
 
     x = field(ndim)
-    compare(ResizeTransform(vel_resize, ndim), lambda u: legacy_resize(u, vel_resize, ndim), x, 1e-6)
+    compare(ResizeTransform(vel_resize, ndim), lambda u: vxm_legacy_resize(u, 1.0 / vel_resize), x, 1e-6)
     if vel_resize != 1:
         compare(ResizeTransform(vel_resize, ndim), ResizeDisplacementField(scale_factor=1 / vel_resize), x, 1e-6)
     assert ResizeTransform(1, ndim)(x) is x

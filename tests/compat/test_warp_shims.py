@@ -3,32 +3,12 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import fastreg
+from fastreg.bench.peer_kernels import VxmLegacyTransformer
 from fastreg.compat import monai as fr_monai
 from fastreg.compat import voxelmorph as fr_vxm
 from fastreg.data import random_smooth_field
-
-
-class LegacyVxmTransformer(nn.Module):
-    """Test-local implementation of the published VoxelMorph SpatialTransformer formula
-    (peers.md): ij grid buffer + flow, per-axis 2*(loc/(size-1) - 0.5), channels last and
-    reversed to (x, y, z), grid_sample(align_corners=True, padding 'zeros')."""
-
-    def __init__(self, size, mode="bilinear"):
-        super().__init__()
-        self.mode = mode
-        axes = [torch.arange(0, s) for s in size]
-        self.register_buffer("grid", torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0).float())
-
-    def forward(self, src, flow):
-        locs = self.grid + flow
-        shape = flow.shape[2:]
-        locs = torch.stack([2 * (locs[:, i] / (shape[i] - 1) - 0.5) for i in range(len(shape))], dim=1)
-        locs = locs.movedim(1, -1).flip(-1)
-        return F.grid_sample(src, locs, align_corners=True, mode=self.mode)
 
 
 def pair(shape, batch=2, channels=2):
@@ -65,11 +45,11 @@ def test_voxelmorph_spatial_transformer_matches_published_formula(shape, mode):
     if mode == "bicubic" and len(shape) == 3:
         pytest.skip("grid_sample has no 3-D bicubic (the tricubic kernel is tested in tests/ops/test_warp.py)")
     image, flow = pair(shape)
-    ours, theirs = fr_vxm.SpatialTransformer(shape, mode), LegacyVxmTransformer(shape, mode)
+    ours, theirs = fr_vxm.SpatialTransformer(shape, mode), VxmLegacyTransformer(mode, size=shape)
     assert list(ours.state_dict()) == list(theirs.state_dict()) == ["grid"]
     torch.testing.assert_close(ours.state_dict()["grid"], theirs.state_dict()["grid"], rtol=0, atol=0)
     ours.load_state_dict(theirs.state_dict())
-    compare(lambda: fr_vxm.SpatialTransformer(shape, mode), lambda: LegacyVxmTransformer(shape, mode), image, flow)
+    compare(lambda: fr_vxm.SpatialTransformer(shape, mode), lambda: VxmLegacyTransformer(mode, size=shape), image, flow)
 
 
 def test_voxelmorph_package_spatial_transformer():

@@ -1,12 +1,13 @@
 """Losses and regularisers (fastreg/nn/losses.py) against their originals: MONAI 1.6.1
 (DiceLoss, BendingEnergyLoss), neurite's spatial_gradient (VoxelMorph's Grad), VoxelMorph's
-NCC formula (conv sums, test-local), the papers' formulas for the presets; gradients; errors."""
+NCC formula (fastreg.bench.peer_kernels), the papers' formulas for the presets; gradients; errors."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastreg
 from fastreg.data import random_smooth_field
+from fastreg.bench.peer_kernels import peer_lncc as vxm_ncc
 from fastreg.nn import losses
 
 monai_losses = pytest.importorskip("monai.losses")
@@ -17,20 +18,6 @@ SHAPES = [(12, 15), (7, 9, 10)]
 
 def field(shape, batch=2, dtype=torch.float64):
     return random_smooth_field(shape, batch=batch, magnitude=1.5, spacing=4, dtype=dtype).requires_grad_()
-
-
-def vxm_ncc(a, b, window):
-    """VoxelMorph's NCC (legacy torch formula): box sums by convolution with zero padding, cc = cross^2 / (var var + 1e-5)."""
-    ndim = a.dim() - 2
-    conv = F.conv2d if ndim == 2 else F.conv3d
-    ones = torch.ones(1, 1, *[window] * ndim, dtype=a.dtype)
-    s = [conv(x, ones, padding=window // 2) for x in (a, b, a * a, b * b, a * b)]
-    n = window ** ndim
-    mu_a, mu_b = s[0] / n, s[1] / n
-    cross = s[4] - mu_b * s[0] - mu_a * s[1] + mu_a * mu_b * n
-    var_a = s[2] - 2 * mu_a * s[0] + mu_a * mu_a * n
-    var_b = s[3] - 2 * mu_b * s[1] + mu_b * mu_b * n
-    return (cross * cross / (var_a * var_b + 1e-5)).mean()
 
 
 def grads(value, *inputs):

@@ -1,7 +1,9 @@
-"""local_correlation and vfa_attention: every kernel backend against the plain-torch
-reference (float64 tight, float32, half), gradcheck of every differentiable input, opcheck,
-torch.compile, batch broadcast, non-contiguous inputs, NaN propagation, what is stored for
-backward, and readable errors for bad input. Shapes are small (the Triton interpreter runs them)."""
+"""local_correlation and vfa_attention: what the op contract (tests/test_op_contract.py: parity
+with the reference for every radius, scale, temperature and padding, broadcast batches,
+gradients, opcheck, compile, NaN, strides, bad input) does not hold: half precision, the
+reference's two forms (shifted products, unfold + matmul), the offsets' order, the gradient to
+a temperature tensor, NaN on a zero-padded border, what is stored for backward, and the
+kernels compiled for a GPU. Shapes are small (the Triton interpreter runs them)."""
 import os
 import subprocess
 import sys
@@ -10,50 +12,16 @@ import textwrap
 import pytest
 import torch
 from torch.autograd import gradcheck
-from torch.library import opcheck
 
 import fastreg
-from fastreg import _library
 from fastreg.reference import correlation as reference
 
 SHAPES = {2: (2, 3, 5, 6), 3: (2, 3, 3, 4, 5)}
 PADDINGS = ("zeros", "border")
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
 def _pair(shape, device, dtype=torch.float64, grad=False):
     return [torch.randn(shape, device=device, dtype=dtype, requires_grad=grad) for _ in range(2)]
-
-
-def _op_names(backend):
-    kernels = ("local_correlation_forward", "local_correlation_backward", "vfa_attention_forward",
-               "vfa_attention_backward")
-    return tuple(_library.kernel(name, backend).default for name in kernels)
-
-
-@pytest.mark.parametrize("ndim", [2, 3])
-@pytest.mark.parametrize("padding", PADDINGS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_local_correlation_matches_reference(backend, device, ndim, padding, dtype):
-    f, m = _pair(SHAPES[ndim], device, dtype)
-    for radius, scale in ((1, "rsqrt_channels"), (2, None), (3, 0.37)):
-        out = fastreg.local_correlation(f, m, radius, scale, padding)
-        s = {"rsqrt_channels": f.shape[1] ** -0.5, None: 1.0}.get(scale, scale)
-        expected = reference.local_correlation(f.double(), m.double(), radius, s, padding)
-        assert out.shape == (f.shape[0], (2 * radius + 1) ** ndim, *f.shape[2:])
-        assert out.dtype == dtype
-        torch.testing.assert_close(out.double(), expected, **TOL[dtype])
-
-
-@pytest.mark.parametrize("ndim", [2, 3])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_vfa_attention_matches_reference(backend, device, ndim, dtype):
-    q, k = _pair(SHAPES[ndim], device, dtype)
-    for radius, temperature in ((1, None), (2, 0.7), (3, None)):
-        out = fastreg.vfa_attention(q * 3, k, radius, temperature)  # sharp enough to matter
-        expected = reference.vfa_attention(q.double() * 3, k.double(), radius, temperature)
-        assert out.shape == (q.shape[0], ndim, *q.shape[2:])
-        torch.testing.assert_close(out.double(), expected, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -97,83 +65,12 @@ def test_offsets_are_ij_ordered_first_axis_outermost(backend, device):
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-@pytest.mark.parametrize("padding", PADDINGS)
-def test_local_correlation_gradcheck(backend, device, ndim, padding):
-    shape = (2, 2, 4, 5) if ndim == 2 else (1, 2, 3, 4, 3)
-    f, m = _pair(shape, device, grad=True)
-    fast = backend == "triton"
-    assert gradcheck(lambda a, b: fastreg.local_correlation(a, b, 1, "rsqrt_channels", padding), (f, m), fast_mode=fast)
-    assert gradcheck(lambda a, b: fastreg.local_correlation(a, b, 2, 1.3, padding), (f, m), fast_mode=fast)
-
-
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_vfa_attention_gradcheck(backend, device, ndim):
+def test_vfa_attention_gradcheck_to_a_temperature_tensor(backend, device, ndim):
     shape = (2, 2, 4, 5) if ndim == 2 else (1, 2, 3, 4, 3)
     q, k = _pair(shape, device, grad=True)
     fast = backend == "triton"
     temperature = torch.tensor(0.8, device=device, dtype=torch.float64, requires_grad=True)
-    assert gradcheck(lambda a, b: fastreg.vfa_attention(a, b), (q, k), fast_mode=fast)
     assert gradcheck(lambda a, b, t: fastreg.vfa_attention(a, b, 2, t), (q, k, temperature), fast_mode=fast)
-
-
-def test_opcheck(backend, device):
-    corr_fwd, corr_bwd, vfa_fwd, vfa_bwd = _op_names(backend)
-    f, m = _pair((1, 2, 3, 4, 3), device, grad=True)
-    g = torch.randn(1, 27, 3, 4, 3, device=device, dtype=torch.float64)
-    opcheck(corr_fwd, (f, m, 1, 0.5, 0))
-    opcheck(corr_bwd, (g, f.detach(), m.detach(), 1, 0.5, 1, [True, True]))
-    out, lse = vfa_fwd(f, m, 1, 0.5)
-    opcheck(vfa_fwd, (f, m, 1, 0.5))
-    gout = torch.randn_like(out)
-    opcheck(vfa_bwd, (gout, f.detach(), m.detach(), out.detach(), lse, 1, 0.5, [True, True]))
-
-
-def test_torch_compile_fullgraph(backend, device):
-    q, k = _pair((1, 2, 3, 4, 5), device, grad=True)
-
-    def fn(a, b):
-        return fastreg.vfa_attention(a, b).square().sum() + fastreg.local_correlation(a, b, 1).sum()
-
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    value = compiled(q, k)
-    grads = torch.autograd.grad(value, (q, k))
-    expected = fn(q, k)
-    torch.testing.assert_close(value, expected)
-    for got, want in zip(grads, torch.autograd.grad(expected, (q, k))):
-        torch.testing.assert_close(got, want)
-
-
-def test_batch_broadcast(backend, device):
-    f = torch.randn(3, 2, 4, 5, device=device, dtype=torch.float64, requires_grad=True)
-    m = torch.randn(1, 2, 4, 5, device=device, dtype=torch.float64, requires_grad=True)
-    for op, ref in ((fastreg.local_correlation, reference.local_correlation), (fastreg.vfa_attention, reference.vfa_attention)):
-        for a, b in ((f, m), (m, f)):
-            out = op(a, b)
-            scale = (a.shape[1] ** -0.5,) if op is fastreg.local_correlation else ()
-            expected = ref(a.expand(3, -1, -1, -1), b.expand(3, -1, -1, -1), 1, *scale)
-            torch.testing.assert_close(out, expected)
-            g = torch.randn_like(out)
-            got = torch.autograd.grad(out, (a, b), g)
-            want = torch.autograd.grad(expected, (a, b), g)
-            for x, y in zip(got, want):
-                torch.testing.assert_close(x, y)
-
-
-def test_non_contiguous_inputs(backend, device):
-    base = torch.randn(2, 4, 6, 3, 5, device=device, dtype=torch.float64)
-    f = base.permute(0, 1, 3, 2, 4)[:, ::2].requires_grad_()  # (2, 2, 3, 6, 5), strided
-    m = torch.randn(2, 5, 6, 3, 2, device=device, dtype=torch.float64).permute(0, 4, 3, 2, 1).requires_grad_()
-    assert not f.is_contiguous() and not m.is_contiguous() and f.shape == m.shape
-    for op, ref, args in (
-        (fastreg.local_correlation, reference.local_correlation, (1, 0.5, "border")),
-        (fastreg.vfa_attention, reference.vfa_attention, (1,)),
-    ):
-        out = op(f, m, *args)
-        expected = ref(f, m, *args)
-        torch.testing.assert_close(out, expected)
-        g = torch.randn_like(out)
-        for x, y in zip(torch.autograd.grad(out, (f, m), g), torch.autograd.grad(expected, (f, m), g)):
-            torch.testing.assert_close(x, y)
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
@@ -204,34 +101,6 @@ def test_vfa_attention_stores_no_logits(backend, device):
     assert all(len(s) < 2 or s[1] != 27 for s in saved), saved
     out.sum().backward()
     assert q.grad is not None and k.grad is not None
-
-
-def test_bad_input_raises_named_errors():
-    f, m = _pair((1, 2, 4, 5), "cpu")
-    cases = [
-        (ValueError, "radius", lambda: fastreg.local_correlation(f, m, 0)),
-        (TypeError, "radius", lambda: fastreg.local_correlation(f, m, 1.5)),
-        (TypeError, "radius", lambda: fastreg.vfa_attention(f, m, True)),
-        (ValueError, "radius", lambda: fastreg.vfa_attention(f, m, -1)),
-        (ValueError, "channels", lambda: fastreg.local_correlation(f, m[:, :1])),
-        (ValueError, "channels", lambda: fastreg.vfa_attention(f, m[:, :1])),
-        (ValueError, "spatial size", lambda: fastreg.local_correlation(f, m[:, :, :3])),
-        (ValueError, "spatial size", lambda: fastreg.vfa_attention(f, m[:, :, :, :4])),
-        (ValueError, "m:", lambda: fastreg.local_correlation(f, m[0])),
-        (ValueError, "f:", lambda: fastreg.local_correlation(f[0], m[0])),
-        (ValueError, "batch", lambda: fastreg.local_correlation(f.expand(2, -1, -1, -1), m.expand(3, -1, -1, -1))),
-        (TypeError, "dtype", lambda: fastreg.local_correlation(f, m.float())),
-        (TypeError, "f:", lambda: fastreg.local_correlation(f.long(), m.long())),
-        (ValueError, "padding_mode", lambda: fastreg.local_correlation(f, m, padding_mode="reflection")),
-        (ValueError, "scale", lambda: fastreg.local_correlation(f, m, scale="sqrt")),
-        (TypeError, "scale", lambda: fastreg.local_correlation(f, m, scale=[1.0])),
-        (ValueError, "temperature", lambda: fastreg.vfa_attention(f, m, temperature=0.0)),
-        (TypeError, "temperature", lambda: fastreg.vfa_attention(f, m, temperature="1")),
-        (ValueError, "temperature", lambda: fastreg.vfa_attention(f, m, temperature=torch.ones(2, dtype=f.dtype))),
-    ]
-    for error, name, call in cases:
-        with pytest.raises(error, match=name):
-            call()
 
 
 # Compiles the Triton kernels for an H100 (sm_90) down to cubin: code the interpreter accepts

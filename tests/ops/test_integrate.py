@@ -1,10 +1,15 @@
-"""integrate_svf (scaling and squaring) and resize_field on every backend against the
-reference built from fastreg.reference.warp; gradients, properties, edge cases, bad input."""
+"""integrate_svf (scaling and squaring) and resize_field: what the op contract
+(tests/test_op_contract.py: parity with the reference for every padding, step count and
+checkpoint setting, gradients, opcheck, compile, NaN, strides, size-1 axes, bad input) does not
+hold: float32 gradients across kinks, the CPU's AVX2 blocks and threads, the checkpoint planner
+and executor, memory, diffeomorphism and inversion by exp(-v), far positions, half precision,
+and resize_field against VoxelMorph's ResizeTransform (fastreg.bench.peer_kernels)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastreg
+from fastreg.bench.peer_kernels import resize_field as peer_resize_field
+from fastreg.bench.peer_kernels import vxm_jacdet, vxm_legacy_resize
 from fastreg.data import random_smooth_field
 from fastreg.reference import integrate as ref
 from fastreg.reference.warp import compose
@@ -33,19 +38,6 @@ def forward_backward(fn, v, weight):
 
 
 # --- parity with the reference ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("ndim", (2, 3))
-@pytest.mark.parametrize("padding", PADDINGS)
-@pytest.mark.parametrize("steps", (1, 4))
-def test_matches_reference_float64(backend, device, ndim, padding, steps):
-    v = velocity(ndim, device)
-    weight = torch.randn_like(v)
-    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, steps, padding), v, weight)
-    out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, steps, padding), v, weight)
-    assert out.shape == v.shape and out.dtype == v.dtype
-    assert_close(out, out_ref, rtol=1e-10)
-    assert_close(grad, grad_ref, rtol=1e-10)
 
 
 @pytest.mark.parametrize("ndim", (2, 3))
@@ -237,33 +229,6 @@ def test_peak_memory_follows_checkpoints():
             assert peak_memory(call, reset, torch.device("cpu")) / v.nbytes == pytest.approx(2, abs=0.05)
 
 
-# --- gradients ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("ndim", (2, 3))
-@pytest.mark.parametrize("padding", PADDINGS)
-def test_gradcheck(backend, device, ndim, padding):
-    shape = (5, 6) if ndim == 2 else (4, 5, 3)
-    v = velocity(ndim, device, batch=2, magnitude=1.5, shape=shape).requires_grad_(True)
-    fast = backend == "triton" and device.type == "cpu"  # interpreter: random projections only
-    assert torch.autograd.gradcheck(lambda x: fastreg.integrate_svf(x, 3, padding), (v,), fast_mode=fast)
-    assert torch.autograd.gradcheck(lambda x: fastreg.integrate_svf(x, 4, padding, checkpoints=0), (v,), fast_mode=fast)
-
-
-def test_opcheck_cpu_ops():
-    if "cpu" not in fastreg.available_backends():
-        pytest.skip("compiled extension not built")
-    for ndim, steps, padding, keep, pushes in [(2, 3, 0, [1, 2], []), (3, 2, 2, [], []), (3, 1, 1, [], []),
-                                               (3, 5, 0, [3], [1])]:
-        v = velocity(ndim, "cpu").requires_grad_(True)
-        torch.library.opcheck(torch.ops.fastreg.integrate_svf_forward.default, (v, steps, padding, keep))
-        _, saved = torch.ops.fastreg.integrate_svf_forward(v.detach(), steps, padding, keep)
-        torch.library.opcheck(
-            torch.ops.fastreg.integrate_svf_backward.default,
-            (torch.randn_like(v), v.detach(), saved, steps, padding, keep, pushes),
-        )
-
-
 def test_torch_compile_fullgraph(backend, device):
     def loss_fn(v):
         return fastreg.integrate_svf(v, 4, checkpoints=2).square().mean()
@@ -284,11 +249,8 @@ def skip_in_interpreter(backend, device):
 
 
 def jacobian_det(disp):
-    """det(I + grad u) (B, *S) by central differences inside, one-sided at the edges."""
-    ndim = disp.shape[1]
-    grads = torch.stack([torch.stack(torch.gradient(disp[:, a], dim=list(range(1, ndim + 1))), 1) for a in range(ndim)], 1)
-    eye = torch.eye(ndim, dtype=disp.dtype, device=disp.device).view(1, ndim, ndim, *([1] * ndim))
-    return torch.linalg.det((grads + eye).movedim((1, 2), (-2, -1)))
+    """VoxelMorph's det(I + grad u) (np.gradient) of a field on any device, as a tensor."""
+    return torch.from_numpy(vxm_jacdet(disp.cpu().numpy()))
 
 
 @pytest.mark.parametrize("ndim", (2, 3))
@@ -318,25 +280,6 @@ def test_exp_of_minus_v_inverts_exp_of_v(backend, device):
 
 
 # --- edge cases ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("padding", PADDINGS)
-def test_size_one_axis(backend, device, padding):
-    v = torch.randn(2, 3, 1, 6, 5, dtype=torch.float64, device=device)
-    weight = torch.randn_like(v)
-    out, grad = forward_backward(lambda x: fastreg.integrate_svf(x, 3, padding), v, weight)
-    out_ref, grad_ref = forward_backward(lambda x: ref.integrate_svf(x, 3, padding), v, weight)
-    assert_close(out, out_ref, rtol=1e-10)
-    assert_close(grad, grad_ref, rtol=1e-10)
-
-
-def test_non_contiguous_input(backend, device):
-    base = velocity(3, device, shape=(6, 5, 7))
-    v = base.transpose(2, 4)[:, [2, 1, 0]]  # (2, 3, 7, 5, 6), non-contiguous
-    assert not v.is_contiguous()
-    assert_close(fastreg.integrate_svf(v, 3), ref.integrate_svf(v.contiguous(), 3), rtol=1e-10)
-    v_cl = base.contiguous(memory_format=torch.channels_last_3d)
-    assert_close(fastreg.integrate_svf(v_cl, 3, "border"), ref.integrate_svf(base, 3, "border"), rtol=1e-10)
 
 
 def test_large_displacements_far_out_of_bounds(backend, device):
@@ -402,8 +345,7 @@ def test_half_precision_accumulates_in_float32(backend, device):
 @pytest.mark.parametrize("factor", (2.0, 0.5))
 def test_resize_scale_factor_is_voxelmorph_resize(ndim, factor):
     u = velocity(ndim, "cpu", shape=(8, 10, 6)[:ndim])
-    mode = "bilinear" if ndim == 2 else "trilinear"
-    expected = F.interpolate(u, scale_factor=factor, mode=mode, align_corners=True) * factor
+    expected = vxm_legacy_resize(u, factor)
     out = fastreg.resize_field(u, scale_factor=factor)
     assert out.shape[2:] == tuple(int(s * factor) for s in u.shape[2:])
     assert_close(out, expected, rtol=1e-12)
@@ -412,9 +354,7 @@ def test_resize_scale_factor_is_voxelmorph_resize(ndim, factor):
 def test_resize_size_rescales_each_axis_by_grid_ratio():
     u = velocity(3, "cpu", shape=(9, 5, 7))
     out = fastreg.resize_field(u, size=(17, 9, 4))
-    factors = torch.tensor([16 / 8, 8 / 4, 3 / 6], dtype=u.dtype).view(1, 3, 1, 1, 1)
-    expected = F.interpolate(u, size=(17, 9, 4), mode="trilinear", align_corners=True) * factors
-    assert_close(out, expected, rtol=1e-12)
+    assert_close(out, peer_resize_field(u, size=(17, 9, 4)), rtol=1e-12)
     # A constant displacement of d voxels is d * (new - 1) / (old - 1) voxels on the new grid.
     const = torch.ones(1, 2, 5, 9, dtype=torch.float64) * torch.tensor([1.0, 2.0], dtype=torch.float64).view(1, 2, 1, 1)
     resized = fastreg.resize_field(const, size=(9, 5))
@@ -428,35 +368,3 @@ def test_resize_identity_and_gradcheck():
     assert fastreg.resize_field(u, size=u.shape[2:]) is u
     u = u.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: fastreg.resize_field(x, scale_factor=(2.0, 0.5)), (u,))
-
-
-# --- bad input -------------------------------------------------------------------------------
-
-
-def test_bad_input_raises_named_errors():
-    v = torch.randn(1, 3, 4, 5, 6)
-    cases = [
-        (lambda: fastreg.integrate_svf(v, -1), ValueError, "steps"),
-        (lambda: fastreg.integrate_svf(v, 2.0), TypeError, "steps"),
-        (lambda: fastreg.integrate_svf(v, True), TypeError, "steps"),
-        (lambda: fastreg.integrate_svf(v, "7"), TypeError, "steps"),
-        (lambda: fastreg.integrate_svf(torch.randn(1, 2, 4, 5, 6)), ValueError, "v"),
-        (lambda: fastreg.integrate_svf(torch.randn(1, 3, 4, 5)), ValueError, "v"),
-        (lambda: fastreg.integrate_svf(torch.randn(3, 4, 5, 6)), ValueError, "v"),
-        (lambda: fastreg.integrate_svf(v.to(torch.int32)), TypeError, "v"),
-        (lambda: fastreg.integrate_svf([1.0]), TypeError, "v"),
-        (lambda: fastreg.integrate_svf(v, 3, "wrap"), ValueError, "padding_mode"),
-        (lambda: fastreg.integrate_svf(v, 3, checkpoints=-1), ValueError, "checkpoints"),
-        (lambda: fastreg.integrate_svf(v, 3, checkpoints=True), TypeError, "checkpoints"),
-        (lambda: fastreg.integrate_svf(v, 3, checkpoints=1.0), TypeError, "checkpoints"),
-        (lambda: fastreg.resize_field(v), ValueError, "size, scale_factor"),
-        (lambda: fastreg.resize_field(v, size=8, scale_factor=2), ValueError, "size, scale_factor"),
-        (lambda: fastreg.resize_field(v, scale_factor=-2.0), ValueError, "scale_factor"),
-        (lambda: fastreg.resize_field(v, scale_factor=(2.0, 2.0)), TypeError, "scale_factor"),
-        (lambda: fastreg.resize_field(v, size=(8, 8, 8.5)), TypeError, "size"),
-        (lambda: fastreg.resize_field(v, size=(8, 0, 8)), ValueError, "size"),
-        (lambda: fastreg.resize_field(torch.randn(1, 2, 4, 5, 6), scale_factor=2), ValueError, "u"),
-    ]
-    for call, error, name in cases:
-        with pytest.raises(error, match=name):
-            call()

@@ -1,5 +1,8 @@
-"""invert_field on every backend against the reference (which differentiates through the
-iterations); implicit gradients, round trips, exp(v) vs exp(-v), edge cases, bad input."""
+"""invert_field: what the op contract (tests/test_op_contract.py: parity of values and implicit
+gradients with the reference, which differentiates through the iterations, for every padding;
+gradcheck, opcheck, compile, NaN, strides, bad input) does not hold: float32 convergence,
+round trips, exp(v) vs exp(-v), independent batch items, the stopping rule and its warnings,
+Newton steps, NaN without a stall, and the reference backend."""
 import warnings
 
 import pytest
@@ -48,23 +51,6 @@ def skip_in_interpreter(backend, device):
 
 
 @pytest.mark.parametrize("ndim", (2, 3))
-@pytest.mark.parametrize("padding", PADDINGS)
-def test_matches_reference_float64(backend, device, ndim, padding):
-    """Values and (implicit vs unrolled) gradients agree once both converged."""
-    if backend == "triton" and device.type == "cpu" and padding != "border":
-        pytest.skip("Triton interpreter: about 4 s per case; warp's tests cover every padding")
-    u = field(SHAPES[ndim], device=device).requires_grad_(True)
-    weight = torch.randn_like(u)
-    out = fastreg.invert_field(u, padding_mode=padding, **TIGHT)
-    out_ref = ref.invert_field(u, padding_mode=padding, **TIGHT)
-    (grad,) = torch.autograd.grad((out * weight).sum(), u)
-    (grad_ref,) = torch.autograd.grad((out_ref * weight).sum(), u)
-    assert out.shape == u.shape and out.dtype == u.dtype
-    torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-11)
-    torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-9)
-
-
-@pytest.mark.parametrize("ndim", (2, 3))
 def test_matches_reference_float32(backend, device, ndim):
     skip_in_interpreter(backend, device)
     u = field(SMOOTH_SHAPES[ndim], spacing=8, device=device)
@@ -72,12 +58,6 @@ def test_matches_reference_float32(backend, device, ndim):
     out_ref = ref.invert_field(u, iterations=100, tol=1e-12)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), out_ref, rtol=0, atol=1e-4)
-
-
-@pytest.mark.parametrize("ndim", (2, 3))
-def test_gradcheck(ndim):
-    u = field((5, 6) if ndim == 2 else (3, 4, 3), batch=1).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: fastreg.invert_field(x, **TIGHT), (u,), eps=1e-6, atol=1e-7)
 
 
 # --- properties -------------------------------------------------------------------------
@@ -110,15 +90,6 @@ def test_batch_items_are_inverted_independently():
     w = fastreg.invert_field(u, iterations=100, tol=1e-11)
     for b in range(3):
         torch.testing.assert_close(w[b:b + 1], fastreg.invert_field(u[b:b + 1], iterations=100, tol=1e-11), rtol=0, atol=1e-9)
-
-
-def test_non_contiguous_input():
-    u = field(SMOOTH_SHAPES[3], spacing=8)
-    view = u.permute(0, 1, 4, 3, 2).contiguous().permute(0, 1, 4, 3, 2)
-    assert not view.is_contiguous()
-    torch.testing.assert_close(fastreg.invert_field(view, **TIGHT), fastreg.invert_field(u, **TIGHT), rtol=0, atol=1e-12)
-    strided = fastreg.invert_field(u[:, :, ::2, :, 1::2], **TIGHT)
-    torch.testing.assert_close(strided, fastreg.invert_field(u[:, :, ::2, :, 1::2].contiguous(), **TIGHT), rtol=0, atol=1e-12)
 
 
 def test_one_iteration_is_minus_u_and_tol_zero_runs_all_without_warning():
@@ -174,30 +145,9 @@ def test_nan_in_gives_nan_out():
     assert torch.isfinite(w[1]).all() and torch.isfinite(w[0, :, :3]).all()
 
 
-def test_bad_input_raises_named_errors():
-    u = field(SHAPES[2])
-    with pytest.raises(TypeError, match="disp"):
-        fastreg.invert_field(u.numpy())
-    with pytest.raises(TypeError, match="disp"):
-        fastreg.invert_field(u.long())
-    with pytest.raises(ValueError, match="disp"):
-        fastreg.invert_field(u[:, :1])
-    with pytest.raises(ValueError, match="disp"):
-        fastreg.invert_field(u[0])
-    with pytest.raises(ValueError, match="iterations"):
-        fastreg.invert_field(u, iterations=0)
-    with pytest.raises(TypeError, match="iterations"):
-        fastreg.invert_field(u, iterations=2.5)
-    with pytest.raises(ValueError, match="tol"):
-        fastreg.invert_field(u, tol=-1e-3)
-    with pytest.raises(ValueError, match="tol"):
-        fastreg.invert_field(u, tol=float("nan"))
-    with pytest.raises(TypeError, match="tol"):
-        fastreg.invert_field(u, tol="small")
-    with pytest.raises(ValueError, match="padding_mode"):
-        fastreg.invert_field(u, padding_mode="wrap")
+def test_options_are_keyword_only():
     with pytest.raises(TypeError):
-        fastreg.invert_field(u, 10)  # keyword-only options
+        fastreg.invert_field(field(SHAPES[2]), 10)
 
 
 def test_reference_backend_runs_the_reference():

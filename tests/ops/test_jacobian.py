@@ -1,11 +1,13 @@
-"""jacobian_det and jacobian_stats: parity of every kernel backend with the reference, with
-test-local copies of the published formulas (Learn2Reg's scipy evaluation, VoxelMorph's
-np.gradient, Liu et al.'s non-diffeomorphic volume), gradcheck, opcheck, compile, errors."""
+"""jacobian_det and jacobian_stats: the reference against the published formulas
+(fastreg.bench.peer_kernels: Learn2Reg's scipy evaluation, VoxelMorph's np.gradient, Liu et
+al.'s non-diffeomorphic volume), float32 with spacing, half precision, the statistics on every
+kernel backend (values, NaN counts, crops, opcheck) and JacobianLoss. The op contract of
+jacobian_det (parity, gradients, opcheck, compile, NaN, strides, size-1 axes, bad input) is
+tests/test_op_contract.py."""
 import math
 
 import numpy as np
 import pytest
-import scipy.ndimage
 import torch
 
 import fastreg
@@ -13,6 +15,9 @@ from fastreg import _library
 from fastreg import _validate as check
 from fastreg.data import random_smooth_field
 from fastreg.ops import jacobian as ops
+from fastreg.bench.peer_kernels import learn2reg_jacdet as l2r_jacdet
+from fastreg.bench.peer_kernels import learn2reg_stats as l2r_stats
+from fastreg.bench.peer_kernels import liu_ndv_percent, vxm_jacdet
 from fastreg.reference import jacobian as reference
 
 MODES = ("central", "forward", "gradient")
@@ -24,71 +29,6 @@ def field(shape, batch=2, magnitude=1.2, spacing=3, dtype=torch.float64, device=
     return random_smooth_field(shape, batch=batch, magnitude=magnitude, spacing=spacing, dtype=dtype, device=device)
 
 
-# --- test-local copies of the published formulas (numpy/scipy) ----------------------------
-
-
-def l2r_jacdet(disp):
-    """Learn2Reg evaluation: correlate with [-0.5, 0, 0.5] (zero padding), add identity."""
-    ndim = disp.shape[1]
-    grads = []
-    for b in range(ndim):
-        shape = [1] * (ndim + 1)
-        shape[1 + b] = 3
-        kernel = np.array([-0.5, 0, 0.5]).reshape(shape)
-        grads.append(np.stack([scipy.ndimage.correlate(disp[:, a], kernel, mode="constant", cval=0.0)
-                               for a in range(ndim)], axis=1))
-    J = np.stack(grads, 2) + np.eye(ndim).reshape(1, ndim, ndim, *([1] * ndim))  # (B, a, b, *S)
-    return np.linalg.det(np.moveaxis(J, (1, 2), (-2, -1)))
-
-
-def vxm_jacdet(disp):
-    """VoxelMorph jacobian_determinant: np.gradient of disp + grid."""
-    ndim = disp.shape[1]
-    out = []
-    for item in disp:
-        grid = np.stack(np.meshgrid(*[np.arange(s) for s in item.shape[1:]], indexing="ij"))
-        phi = item + grid
-        J = np.stack([np.stack(np.gradient(phi[a]), 0) for a in range(ndim)], 0)  # (a, b, *S)
-        out.append(np.linalg.det(np.moveaxis(J, (0, 1), (-2, -1))))
-    return np.stack(out)
-
-
-def liu_ndv_percent(disp, crop=0):
-    """Liu et al. NDV (digital_diffeomorphism): displacement edge-padded, finite differences
-    of the deformation (D0, D+, D-, and the two central tetrahedra), sum -0.5*min(det,0)/6."""
-    ndim = disp.shape[1]
-    out = []
-    for item in disp:
-        pad = np.pad(item, [(0, 0)] + [(1, 1)] * ndim, mode="edge")
-        grid = np.stack(np.meshgrid(*[np.arange(-1, s + 1) for s in item.shape[1:]], indexing="ij"))
-        phi = pad + grid
-        inner = tuple(slice(1, -1) for _ in range(ndim))
-
-        def at(offset):
-            return phi[(slice(None),) + tuple(slice(1 + o, phi.shape[1 + k] - 1 + o) for k, o in enumerate(offset))]
-
-        def unit(k, s):
-            return [s if j == k else 0 for j in range(ndim)]
-
-        c = phi[(slice(None),) + inner]
-        dplus = [at(unit(k, 1)) - c for k in range(ndim)]
-        dminus = [c - at(unit(k, -1)) for k in range(ndim)]
-        dets = []
-        for signs in np.ndindex(*([2] * ndim)):
-            cols = [dplus[k] if s == 0 else dminus[k] for k, s in enumerate(signs)]
-            dets.append(np.linalg.det(np.moveaxis(np.stack(cols, 1), (0, 1), (-2, -1))))
-        if ndim == 3:
-            j1 = [at([-1, -1, 0]) - c, at([-1, 0, -1]) - c, at([0, -1, -1]) - c]
-            j2 = [at([1, 1, 0]) - c, at([0, 1, 1]) - c, at([1, 0, 1]) - c]
-            for cols in (j1, j2):
-                dets.append(np.linalg.det(np.moveaxis(np.stack(cols, 1), (0, 1), (-2, -1))))
-        weight = 0.5 / (6 if ndim == 3 else 2)
-        ndv = sum(-weight * np.minimum(d, 0) for d in dets)
-        region = tuple(slice(crop, s - crop) for s in ndv.shape)
-        out.append(100 * ndv[region].sum() / ndv[region].size)
-    return np.array(out)
-
-
 # --- determinant map ---------------------------------------------------------------------
 
 
@@ -97,19 +37,6 @@ def test_reference_matches_published_formulas(shape):
     disp = field(shape)
     np.testing.assert_allclose(reference.jacobian_det(disp, "central").numpy(), l2r_jacdet(disp.numpy()), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(reference.jacobian_det(disp, "gradient").numpy(), vxm_jacdet(disp.numpy()), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("mode", MODES)
-def test_det_matches_reference_float64(backend, device, shape, mode):
-    disp = field(shape, device=device)
-    out = fastreg.jacobian_det(disp, mode)
-    assert out.shape == (2, *shape) and out.dtype == torch.float64
-    torch.testing.assert_close(out, reference.jacobian_det(disp, mode), rtol=1e-10, atol=1e-10)
-    if mode == "central":
-        np.testing.assert_allclose(out.cpu().numpy(), l2r_jacdet(disp.cpu().numpy()), rtol=1e-10, atol=1e-10)
-    if mode == "gradient":
-        np.testing.assert_allclose(out.cpu().numpy(), vxm_jacdet(disp.cpu().numpy()), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -135,99 +62,23 @@ def test_det_half_precision(backend, device):
     torch.testing.assert_close(out.float(), reference.jacobian_det(disp.to(torch.bfloat16).float()), rtol=2e-2, atol=2e-2)
 
 
-def test_size_one_axis(backend, device):
-    disp = field((1, 6, 7), device=device)
-    for mode in ("central", "forward"):
-        torch.testing.assert_close(fastreg.jacobian_det(disp, mode), reference.jacobian_det(disp, mode), rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("mode", MODES)
-def test_gradcheck(backend, device, shape, mode):
-    small = tuple(max(3, s // 2) for s in shape)
-    disp = field(small, batch=1, spacing=2, device=device).requires_grad_()
-    spacing = (0.8, 1.25, 1.5)[: len(shape)]
-    # The Triton interpreter is slow: there, check random vector-Jacobian products (fast mode).
-    fast = backend == "triton" and device.type == "cpu"
-    assert torch.autograd.gradcheck(lambda d: fastreg.jacobian_det(d, mode, spacing), (disp,), eps=1e-6, atol=1e-7,
-                                    fast_mode=fast)
-
-
-def test_gradient_matches_reference_autograd(backend, device):
-    disp = field((6, 7, 5), device=device).requires_grad_()
-    weights = torch.randn(2, 6, 7, 5, dtype=torch.float64, device=device)
-    for mode in MODES:
-        (g,) = torch.autograd.grad((fastreg.jacobian_det(disp, mode) * weights).sum(), disp)
-        (r,) = torch.autograd.grad((reference.jacobian_det(disp, mode) * weights).sum(), disp)
-        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
-
-
-def test_nan_in_nan_out(backend, device):
+def test_stats_nan_per_item(backend, device):
     disp = field((6, 7, 8), device=device)
     disp[1, 2, 3, 3, 4] = math.nan
     for mode in MODES:
-        out = fastreg.jacobian_det(disp, mode)
-        expected = reference.jacobian_det(disp, mode)
-        assert torch.equal(torch.isnan(out), torch.isnan(expected)) and torch.isnan(out[1]).any()
-        assert not torch.isnan(out[0]).any()
-        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, equal_nan=True)
         stats = fastreg.metrics.jacobian_stats(disp, mode)
         assert all(torch.isnan(v[1]) and not torch.isnan(v[0]) for v in stats.values())
 
 
-def test_opcheck():
+def test_opcheck_stats():
     if not fastreg._extension.AVAILABLE:
         pytest.skip("compiled extension not available")
     disp = field((5, 6, 7), batch=1).requires_grad_()
     sp = [1.0, 0.5, 2.0]
-    torch.library.opcheck(torch.ops.fastreg.jacobian_det_forward, (disp, 0, sp))
-    torch.library.opcheck(torch.ops.fastreg.jacobian_det_backward, (torch.randn(1, 5, 6, 7, dtype=torch.float64), disp.detach(), 2, sp))
     torch.library.opcheck(torch.ops.fastreg.jacobian_stats, (disp.detach(), 1, sp, 1))
 
 
-def test_opcheck_triton():
-    if not torch.cuda.is_available():
-        pytest.skip("opcheck of Triton ops needs a GPU (the interpreter cannot run fake tensors)")
-    disp = field((4, 5), batch=1, device="cuda").requires_grad_()
-    torch.library.opcheck(torch.ops.fastreg.jacobian_det_forward_triton.default, (disp, 0, [1.0, 2.0]), test_utils=("test_schema", "test_faketensor"))
-
-
-def test_compile(backend, device):
-    if backend == "triton" and device.type == "cpu":
-        pytest.skip("compiling Triton ops needs a GPU (the interpreter cannot run fake tensors)")
-    disp = field((5, 6, 7), device=device)
-    fn = torch.compile(lambda d: torch.relu(-fastreg.jacobian_det(d)).mean(), backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(fn(disp), torch.relu(-reference.jacobian_det(disp)).mean(), rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize(
-    "make, kwargs, error, match",
-    [
-        (lambda: torch.randn(2, 3, 5, 6), {}, ValueError, "channels"),
-        (lambda: torch.randn(2, 2, 5, 6, 7), {}, ValueError, "channels"),
-        (lambda: torch.randn(2, 3, 5), {}, ValueError, "4-D or 5-D"),
-        (lambda: torch.randn(2, 2, 5, 6), {"mode": "sobel"}, ValueError, "mode"),
-        (lambda: torch.randn(2, 2, 1, 6), {"mode": "gradient"}, ValueError, "gradient"),
-        (lambda: torch.randn(2, 2, 5, 6), {"spacing": (1.0, -1.0)}, ValueError, "spacing"),
-        (lambda: torch.randn(2, 2, 5, 6), {"spacing": (1.0, 1.0, 1.0)}, ValueError, "spacing"),
-        (lambda: torch.randint(0, 3, (2, 2, 5, 6)), {}, TypeError, "floating"),
-        (lambda: [[1.0]], {}, TypeError, "Tensor"),
-    ],
-)
-def test_bad_input(make, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        fastreg.jacobian_det(make(), **kwargs)
-
-
 # --- statistics -----------------------------------------------------------------------------
-
-
-def l2r_stats(disp, crop=2):
-    """Learn2Reg's SDlogJ and the fold count on its cropped determinant."""
-    det = l2r_jacdet(disp)
-    region = (slice(None),) + tuple(slice(crop, s - crop) for s in det.shape[1:])
-    det = det[region].reshape(det.shape[0], -1)
-    return np.log((det + 3).clip(1e-9, 1e9)).std(1), 100 * (det <= 0).mean(1), det
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -1,5 +1,8 @@
-"""warp / sample / compose on every backend against the grid_sample reference."""
-import itertools
+"""warp / sample / compose: what the op contract (tests/test_op_contract.py: parity with the
+reference for every mode and padding, gradients, opcheck, compile, NaN, strides, size-1 axes,
+bad input) does not hold: bicubic against torch's grid_sample (fastreg.bench.peer_kernels) and
+tricubic's separability, far out-of-bounds positions, NaN gradients, half precision, the CPU's
+AVX2 blocks, threads and slabs, determinism, backend selection and stride-0 images read in place."""
 import os
 
 import pytest
@@ -7,6 +10,7 @@ import torch
 
 import fastreg
 from fastreg.data import random_smooth_field
+from fastreg.bench.peer_kernels import grid_sample_at
 from fastreg.reference import warp as ref
 from conftest import BLOCK_PATTERNS
 
@@ -27,130 +31,7 @@ def assert_close(actual, expected, rtol, atol=None):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=(atol if atol is not None else rtol) * scale)
 
 
-# --- parity with the reference ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("ndim", (2, 3))
-@pytest.mark.parametrize("mode,padding", list(itertools.product(MODES, PADDINGS)))
-@pytest.mark.parametrize("field_batch", (None, 1))
-def test_warp_matches_reference_float64(backend, device, ndim, mode, padding, field_batch):
-    image, disp = inputs(ndim, device, field_batch=field_batch)
-    out = fastreg.warp(image, disp, mode, padding)
-    assert out.shape == image.shape
-    assert_close(out, ref.warp(image, disp, mode, padding), rtol=1e-10)
-    image = image.requires_grad_(True)
-    disp = disp.requires_grad_(True)
-    weight = torch.randn_like(image)
-    g_ours = torch.autograd.grad((fastreg.warp(image, disp, mode, padding) * weight).sum(), (image, disp))
-    g_ref = torch.autograd.grad((ref.warp(image, disp, mode, padding) * weight).sum(), (image, disp))
-    assert_close(g_ours[0], g_ref[0], rtol=1e-10)
-    if mode != "nearest":
-        assert_close(g_ours[1], g_ref[1], rtol=1e-10)
-    else:
-        assert torch.count_nonzero(g_ours[1]) == 0
-
-
-@pytest.mark.parametrize("ndim", (2, 3))
-@pytest.mark.parametrize("padding", PADDINGS)
-def test_warp_matches_reference_float32(backend, device, ndim, padding):
-    image, disp = inputs(ndim, device, dtype=torch.float32)
-    assert_close(fastreg.warp(image, disp, "bilinear", padding), ref.warp(image.double(), disp.double(), "bilinear", padding).float(), rtol=1e-5)
-
-
-@pytest.mark.parametrize("ndim", (2, 3))
-@pytest.mark.parametrize("mode", MODES)
-def test_sample_absolute_coordinates_other_output_size(backend, device, ndim, mode):
-    image = torch.randn(2, 2, *SHAPES[ndim], dtype=torch.float64, device=device)
-    out_shape = (3, 4, 5)[:ndim] if ndim == 3 else (11, 3)
-    sizes = torch.tensor(SHAPES[ndim], dtype=torch.float64, device=device).view(1, ndim, *([1] * ndim))
-    coords = torch.rand(1, ndim, *out_shape, dtype=torch.float64, device=device) * (sizes + 2) - 1
-    out = fastreg.sample(image, coords, mode, "zeros")
-    assert out.shape == (2, 2, *out_shape)
-    assert_close(out, ref.sample(image, coords, mode, "zeros"), rtol=1e-10)
-
-
-def test_compose_matches_reference(backend, device):
-    u, v = (1.5 * torch.randn(2, 3, *SHAPES[3], dtype=torch.float64, device=device) for _ in range(2))
-    assert_close(fastreg.compose(u, v), ref.compose(u, v), rtol=1e-10)
-    assert_close(fastreg.compose(u[:1], v, "zeros"), ref.compose(u[:1], v, "zeros"), rtol=1e-10)
-
-
-# --- gradients ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mode", ("bilinear", "bicubic"))
-@pytest.mark.parametrize("ndim", (2, 3))
-@pytest.mark.parametrize("padding", PADDINGS)
-def test_gradcheck_image_and_positions(backend, device, ndim, padding, mode):
-    if backend == "triton" and device.type == "cpu" and (ndim == 3 or padding != "zeros"):
-        pytest.skip("interpreter: one gradcheck; the other cases compare gradients with the reference")
-    shape = (4, 5) if ndim == 2 else (3, 4, 3)
-    image = torch.randn(2, 2, *shape, dtype=torch.float64, device=device, requires_grad=True)
-    disp = (2 * torch.randn(1, ndim, *shape, dtype=torch.float64, device=device)).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda i, d: fastreg.warp(i, d, mode, padding), (image, disp))
-
-
-@pytest.mark.parametrize("padding", PADDINGS)
-def test_gradcheck_nearest_image(backend, device, padding):
-    if backend == "triton" and device.type == "cpu" and padding != "zeros":
-        pytest.skip("interpreter: one gradcheck; the other cases compare gradients with the reference")
-    image = torch.randn(1, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
-    disp = 2 * torch.randn(1, 2, 4, 5, dtype=torch.float64, device=device)
-    assert torch.autograd.gradcheck(lambda i: fastreg.warp(i, disp, "nearest", padding), (image,))
-
-
-def test_gradcheck_sample_and_compose(backend, device):
-    if backend == "triton" and device.type == "cpu":
-        pytest.skip("interpreter: gradients compared with the reference in the parity tests")
-    image = torch.randn(1, 2, 4, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
-    coords = (torch.rand(2, 3, 2, 3, 2, dtype=torch.float64, device=device) * 5 - 1).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda i, c: fastreg.sample(i.expand(2, -1, -1, -1, -1), c), (image, coords))
-    u = torch.randn(1, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
-    v = torch.randn(2, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(fastreg.compose, (u, v))
-
-
-def test_opcheck_cpu_ops():
-    if "cpu" not in fastreg.available_backends():
-        pytest.skip("compiled extension not built")
-    for ndim, mode, padding in [(2, 0, 0), (3, 0, 2), (3, 1, 1), (2, 2, 2), (3, 2, 1)]:
-        image, disp = inputs(ndim, "cpu", field_batch=1)
-        image.requires_grad_(True)
-        disp.requires_grad_(True)
-        torch.library.opcheck(torch.ops.fastreg.warp_forward.default, (image, disp, mode, padding, True))
-        grad = torch.randn_like(image)
-        torch.library.opcheck(
-            torch.ops.fastreg.warp_backward.default, (grad, image.detach(), disp.detach(), mode, padding, True, [True, True])
-        )
-
-
-@pytest.mark.parametrize("compile_backend,mode", [("aot_eager", "bilinear"), ("inductor", "bilinear"), ("aot_eager", "bicubic")])
-def test_torch_compile_fullgraph(backend, device, compile_backend, mode):
-    if compile_backend == "inductor" and backend != "cpu":
-        pytest.skip("one inductor build is enough")
-
-    def step(image, disp):
-        return (fastreg.warp(image, disp, mode, "border") - image).square().mean()
-
-    image, disp = inputs(3, device, dtype=torch.float32)
-    disp.requires_grad_(True)
-    compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
-    loss = compiled(image, disp)
-    (g,) = torch.autograd.grad(loss, disp)
-    disp2 = disp.detach().clone().requires_grad_(True)
-    (g_ref,) = torch.autograd.grad(step(image, disp2), disp2)
-    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
-
-
 # --- bicubic: grid_sample's formula in 2-D, the same separable kernel in 3-D ---------------
-
-
-def grid_sample_2d(image, coords, padding):
-    """torch.grid_sample(mode="bicubic", align_corners=True) at voxel coordinates (B, 2, *S_out)."""
-    sizes = image.shape[2:]
-    grid = torch.stack([coords[:, a] * (2.0 / (sizes[a] - 1)) - 1 if sizes[a] > 1 else coords[:, a] * 0
-                        for a in range(2)][::-1], dim=-1)
-    return torch.nn.functional.grid_sample(image, grid, mode="bicubic", padding_mode=padding, align_corners=True)
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
@@ -163,7 +44,7 @@ def test_bicubic_reference_is_grid_sample(padding, shape):
     coords = (torch.rand(2, 2, 6, 5, dtype=torch.float64) * (span + 5) - 3).requires_grad_(True)
     weight = torch.randn(2, 3, 6, 5, dtype=torch.float64)
     ours = ref.sample(image, coords, "bicubic", padding)
-    theirs = grid_sample_2d(image, coords, padding)
+    theirs = grid_sample_at(image, coords, "bicubic", padding)
     assert_close(ours, theirs, rtol=1e-12)
     for a, b in zip(torch.autograd.grad((ours * weight).sum(), (image, coords)),
                     torch.autograd.grad((theirs * weight).sum(), (image, coords))):
@@ -184,7 +65,7 @@ def test_tricubic_is_separable(any_backend, any_device, padding):
     for a, f in enumerate(factors):
         row = f.view(1, 1, 1, -1)
         pos = torch.stack([coords[:, a] * 0, coords[:, a]], dim=1).reshape(1, 2, 3, 8)
-        expected = expected * grid_sample_2d(row, pos, padding).reshape(1, 1, 3, 4, 2)
+        expected = expected * grid_sample_at(row, pos, "bicubic", padding).reshape(1, 1, 3, 4, 2)
     out = fastreg.sample(image.to(any_device), coords.to(any_device), "bicubic", padding)
     assert_close(out.cpu(), expected, rtol=1e-12)
 
@@ -200,37 +81,36 @@ def test_tricubic_of_a_volume_constant_along_an_axis_is_bicubic(any_backend, any
     if padding != "zeros":
         coords[:, 0] = coords[:, 0] * 6 - 10  # any z
     out = fastreg.sample(image.to(any_device), coords.to(any_device), "bicubic", padding)
-    expected = grid_sample_2d(plane, coords[:, 1:].reshape(2, 2, 12, 5), padding).reshape(2, 2, 4, 3, 5)
+    expected = grid_sample_at(plane, coords[:, 1:].reshape(2, 2, 12, 5), "bicubic", padding).reshape(2, 2, 4, 3, 5)
     assert_close(out.cpu(), expected, rtol=1e-12)
 
 
 # --- edge cases ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ("bilinear", "bicubic"))
 @pytest.mark.parametrize("padding", PADDINGS)
-def test_size_one_axes(backend, device, mode, padding):
-    image = torch.randn(2, 2, 1, 6, 5, dtype=torch.float64, device=device, requires_grad=True)
+def test_size_one_axis_has_no_position_gradient(backend, device, mode, padding):
+    image = torch.randn(2, 2, 1, 6, 5, dtype=torch.float64, device=device)
     disp = (1.5 * torch.randn(2, 3, 1, 6, 5, dtype=torch.float64, device=device)).requires_grad_(True)
-    out = fastreg.warp(image, disp, mode, padding)
-    assert_close(out, ref.warp(image, disp, mode, padding), rtol=1e-10)
-    weight = torch.randn_like(out)
-    g = torch.autograd.grad((out * weight).sum(), (image, disp))
-    g_ref = torch.autograd.grad((ref.warp(image, disp, mode, padding) * weight).sum(), (image, disp))
-    assert_close(g[0], g_ref[0], rtol=1e-10)
-    assert_close(g[1], g_ref[1], rtol=1e-10)
-    assert torch.count_nonzero(g[1][:, 0]) == 0  # moving along a size-1 axis changes nothing
+    (g,) = torch.autograd.grad((fastreg.warp(image, disp, mode, padding) * torch.randn_like(image)).sum(), disp)
+    assert torch.count_nonzero(g[:, 0]) == 0 and torch.count_nonzero(g[:, 1:]) > 0
 
 
-def test_non_contiguous_and_channels_last(backend, device):
-    base = torch.randn(2, 3, 6, 5, 8, dtype=torch.float64, device=device)
-    image = base.transpose(2, 4)  # (2, 3, 8, 5, 6), non-contiguous
-    disp = torch.randn(2, 6, 8, 5, 6, dtype=torch.float64, device=device)[:, ::2]
-    assert not image.is_contiguous() and not disp.is_contiguous()
-    assert_close(fastreg.warp(image, disp), ref.warp(image.contiguous(), disp.contiguous()), rtol=1e-10)
-    image_cl = image.contiguous(memory_format=torch.channels_last_3d)
-    disp_cl = disp.contiguous(memory_format=torch.channels_last_3d)
-    assert_close(fastreg.warp(image_cl, disp_cl, "bilinear", "border"), ref.warp(image, disp, "bilinear", "border"), rtol=1e-10)
+def test_torch_compile_inductor():
+    """Inductor around the CPU kernels (the op contract compiles every op with aot_eager)."""
+    if "cpu" not in fastreg.available_backends():
+        pytest.skip("compiled extension not built")
+
+    def step(image, disp):
+        return (fastreg.warp(image, disp, "bilinear", "border") - image).square().mean()
+
+    image, disp = inputs(3, "cpu", dtype=torch.float32)
+    disp.requires_grad_(True)
+    with fastreg.use_backend("cpu"):
+        (g,) = torch.autograd.grad(torch.compile(step, fullgraph=True, backend="inductor")(image, disp), disp)
+        (g_ref,) = torch.autograd.grad(step(image, disp), disp)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ("bilinear", "bicubic"))
@@ -390,37 +270,6 @@ def test_deterministic_gradients(backend, device):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     g_ref = torch.autograd.grad((ref.warp(image.double(), disp.double()) * weight.double()).sum(), (image, disp))
     assert_close(runs[0][0].double(), g_ref[0].double(), rtol=1e-5)
-
-
-# --- bad input -------------------------------------------------------------------------------
-
-
-def test_bad_input_raises_named_errors():
-    image = torch.randn(2, 1, 6, 7, 8)
-    disp = torch.randn(2, 3, 6, 7, 8)
-    cases = [
-        ((torch.randn(6, 7, 8), disp), ValueError, "image"),
-        ((image, torch.randn(2, 2, 6, 7, 8)), ValueError, "disp"),
-        ((image, torch.randn(2, 3, 6, 7)), ValueError, "disp"),
-        ((image, torch.randn(2, 3, 6, 7, 9)), ValueError, "disp"),
-        ((image, torch.randn(3, 3, 6, 7, 8)), ValueError, "disp"),
-        ((image.long(), disp), TypeError, "image"),
-        ((image, disp.int()), TypeError, "disp"),
-        ((image, disp.double()), TypeError, "disp"),
-        ((image, disp.to("meta")), ValueError, "disp"),
-        (([1.0], disp), TypeError, "image"),
-    ]
-    for args, error, name in cases:
-        with pytest.raises(error, match=name):
-            fastreg.warp(*args)
-    with pytest.raises(ValueError, match="mode"):
-        fastreg.warp(image, disp, mode="cubic")
-    with pytest.raises(ValueError, match="padding_mode"):
-        fastreg.warp(image, disp, padding_mode="wrap")
-    with pytest.raises(ValueError, match="coords"):
-        fastreg.sample(image, torch.randn(2, 2, 3, 3, 3))
-    with pytest.raises(ValueError, match="v"):
-        fastreg.compose(disp, torch.randn(2, 3, 6, 7, 9))
 
 
 # --- backend selection -----------------------------------------------------------------------

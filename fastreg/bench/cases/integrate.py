@@ -6,7 +6,7 @@ standard deviation 2 voxels). Peers (installed ones only; heavy packages are imp
 the first, untimed call):
   vxm-grid_sample  VoxelMorph's legacy torch ``VecInt(inshape, nsteps)``, from its published
                    formula: ``vec * 2**-nsteps``, then nsteps times ``vec + transformer(vec, vec)``
-                   with the legacy SpatialTransformer (VxmLegacyTransformer)
+                   with the legacy SpatialTransformer (fastreg.bench.peer_kernels.VxmLegacyVecInt)
   vxm-0.3.4        voxelmorph.nn.modules.IntegrateVelocityField(steps=steps)
   monai-DVF2DDF    monai.networks.blocks.DVF2DDF(num_steps=steps, padding_mode="zeros")
 """
@@ -20,7 +20,7 @@ import torch
 import fastreg
 from fastreg.bench.case import Case, io_bytes, shape_name
 from fastreg.bench.cases import check_sizes
-from fastreg.bench.cases.warp import VxmLegacyTransformer, _LazyModule
+from fastreg.bench.peer_kernels import LazyModule, VxmLegacyVecInt
 from fastreg.data import random_smooth_field
 
 # (dims, steps): "large" holds the sizes of the performance goals (CPU: 80^3 and 128^3, 5 and
@@ -69,26 +69,7 @@ def _bytes_moved(inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
 def _peers(steps: int) -> dict:
     peers = {"vxm-grid_sample": VxmLegacyVecInt(steps)}
     if importlib.util.find_spec("voxelmorph") is not None:
-        peers["vxm-0.3.4"] = _LazyModule("voxelmorph.nn.modules", "IntegrateVelocityField", steps=steps)
+        peers["vxm-0.3.4"] = LazyModule("voxelmorph.nn.modules", "IntegrateVelocityField", steps=steps)
     if importlib.util.find_spec("monai") is not None:
-        peers["monai-DVF2DDF"] = _LazyModule("monai.networks.blocks", "DVF2DDF", num_steps=steps, padding_mode="zeros")
+        peers["monai-DVF2DDF"] = LazyModule("monai.networks.blocks", "DVF2DDF", num_steps=steps, padding_mode="zeros")
     return peers
-
-
-class VxmLegacyVecInt:
-    """VoxelMorph's legacy ``VecInt(inshape, nsteps)`` (voxelmorph/torch/layers.py) from its
-    published formula: ``vec = vec * 2**-nsteps``, then ``nsteps`` times
-    ``vec = vec + transformer(vec, vec)`` with the legacy SpatialTransformer (zero padding).
-
-    Called as ``integrate(v=(B, ndim, *S))``.
-    """
-
-    def __init__(self, steps: int):
-        self.steps = steps
-        self.transformer = VxmLegacyTransformer("bilinear")
-
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        vec = v * (1.0 / 2**self.steps)
-        for _ in range(self.steps):
-            vec = vec + self.transformer(vec, vec)
-        return vec

@@ -12,7 +12,6 @@ training. Peers (installed ones only; MONAI is imported at the first, untimed ca
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from functools import partial
 
@@ -21,6 +20,7 @@ import torch
 import fastreg
 from fastreg.bench.case import Case, io_bytes, shape_name
 from fastreg.bench.cases import check_sizes
+from fastreg.bench.peer_kernels import MonaiLoss
 from fastreg.data import random_smooth_field
 from fastreg.reference.lncc import voxelmorph_ncc
 
@@ -77,25 +77,7 @@ def _bytes_moved(inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 
 def _peers(ndim: int, window: int) -> dict:
-    peers = {"vxm-NCC": partial(_vxm_ncc, window=window)}
+    peers = {"vxm-NCC": partial(voxelmorph_ncc, win=window)}
     if importlib.util.find_spec("monai") is not None:
-        peers["monai-LNCC"] = _MonaiLoss(ndim, window)
+        peers["monai-LNCC"] = MonaiLoss(ndim, window)
     return peers
-
-
-def _vxm_ncc(fixed: torch.Tensor, moving: torch.Tensor, window: int) -> torch.Tensor:
-    return voxelmorph_ncc(fixed, moving, window)
-
-
-class _MonaiLoss:
-    """MONAI's LocalNormalizedCrossCorrelationLoss, built at the first call (importing MONAI)
-    and held after, as a user would."""
-
-    def __init__(self, ndim: int, window: int):
-        self.ndim, self.window, self.loss = ndim, window, None
-
-    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        if self.loss is None:
-            losses = importlib.import_module("monai.losses")
-            self.loss = losses.LocalNormalizedCrossCorrelationLoss(self.ndim, kernel_size=self.window)
-        return self.loss.to(moving.device)(moving, fixed)

@@ -8,25 +8,22 @@ interpolation ("bilinear", trilinear in 3-D), zero padding, align_corners=True: 
 every peer computes by default (MONAI's Warp is asked for padding_mode="zeros").
 Peers (installed ones only; the heavy packages are imported at the first, untimed call):
   vxm-grid_sample  VoxelMorph's legacy torch SpatialTransformer, from its published
-                   formula (a precomputed ij grid buffer, normalisation, grid_sample)
+                   formula (fastreg.bench.peer_kernels.VxmLegacyTransformer)
   vxm-0.3.4        voxelmorph.nn.modules.SpatialTransformer
   monai-Warp       monai.networks.blocks.Warp(mode, padding_mode="zeros")
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import warnings
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 import fastreg
 from fastreg.bench.case import Case, io_bytes, shape_name
 from fastreg.bench.cases import check_sizes
+from fastreg.bench.peer_kernels import LazyModule, VxmLegacyTransformer
 from fastreg.data import random_smooth_field
-from fastreg.reference.warp import identity_grid
 
 SHAPES = {
     "tiny": [(1, 1, 10, 12, 14), (1, 3, 24, 32)],
@@ -74,53 +71,7 @@ def _peers(mode: str) -> dict:
     peers = {"vxm-grid_sample": VxmLegacyTransformer(mode)}
     if importlib.util.find_spec("voxelmorph") is not None:
         vxm_mode = "linear" if mode == "bilinear" else mode
-        peers["vxm-0.3.4"] = _LazyModule("voxelmorph.nn.modules", "SpatialTransformer", interpolation_mode=vxm_mode)
+        peers["vxm-0.3.4"] = LazyModule("voxelmorph.nn.modules", "SpatialTransformer", interpolation_mode=vxm_mode)
     if importlib.util.find_spec("monai") is not None:
-        peers["monai-Warp"] = _LazyModule("monai.networks.blocks", "Warp", mode=mode, padding_mode="zeros")
+        peers["monai-Warp"] = LazyModule("monai.networks.blocks", "Warp", mode=mode, padding_mode="zeros")
     return peers
-
-
-class VxmLegacyTransformer:
-    """VoxelMorph's legacy ``SpatialTransformer`` (voxelmorph/torch/layers.py) from its
-    published formula: an ij meshgrid buffer made once per size (the module holds it),
-    ``new_locs = grid + flow``, each axis normalised as ``2 * (loc / (size - 1) - 0.5)``,
-    channels moved last and reversed to (x, y[, z]), then
-    ``F.grid_sample(image, new_locs, align_corners=True, mode=mode)`` (zero padding;
-    ``padding_mode`` "border" is the feature warp of the VFA/DP-VFA code).
-
-    Called as ``transformer(image=(B, C, *S), disp=(B|1, ndim, *S))``.
-    """
-
-    def __init__(self, mode: str = "bilinear", padding_mode: str = "zeros"):
-        self.mode, self.padding_mode = mode, padding_mode
-        self.grid: torch.Tensor | None = None
-
-    def __call__(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
-        shape = disp.shape[2:]
-        grid = self.grid
-        if grid is None or grid.shape[2:] != shape or grid.device != disp.device or grid.dtype != disp.dtype:
-            grid = self.grid = identity_grid(shape, disp.device, disp.dtype)
-        new_locs = grid + disp
-        for i, size in enumerate(shape):
-            new_locs[:, i, ...] = 2 * (new_locs[:, i, ...] / (size - 1) - 0.5)
-        ndim = len(shape)
-        new_locs = new_locs.permute(0, *range(2, ndim + 2), 1)[..., list(range(ndim - 1, -1, -1))]
-        return F.grid_sample(image, new_locs, align_corners=True, mode=self.mode, padding_mode=self.padding_mode)
-
-
-class _LazyModule:
-    """A peer nn.Module built at its first call on a device and dtype (importing its
-    package then) and held after, one instance per (device, dtype) as a user would."""
-
-    def __init__(self, module: str, cls: str, **kwargs):
-        self.module, self.cls, self.kwargs = module, cls, kwargs
-        self.instances: dict = {}
-
-    def __call__(self, *args: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
-        tensors = (*args, *inputs.values())  # the case's inputs, in order, passed positionally
-        key = (tensors[0].device, tensors[0].dtype)
-        if key not in self.instances:
-            with warnings.catch_warnings():  # MONAI announces its native grid_sample path
-                warnings.simplefilter("ignore", UserWarning)
-                self.instances[key] = getattr(importlib.import_module(self.module), self.cls)(**self.kwargs)
-        return self.instances[key](*tensors)
