@@ -40,6 +40,7 @@ import fastreg
 import fastreg.models
 import fastreg.nio
 from fastreg import metrics
+from fastreg.bench.peer_registration import syn
 
 SIZE = 224
 
@@ -95,22 +96,6 @@ def load_model(args) -> torch.nn.Module:
     return model.eval()
 
 
-def syn(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """ANTs SyN (SyNOnly) of one pair: (warped, %|J|, seconds)."""
-    import ants
-
-    f = ants.from_numpy(fixed[0, 0].double().numpy())
-    m = ants.from_numpy(moving[0, 0].double().numpy())
-    start = time.perf_counter()
-    result = ants.registration(fixed=f, moving=m, type_of_transform="SyNOnly")
-    seconds = time.perf_counter() - start
-    warped = torch.from_numpy(result["warpedmovout"].numpy()).float()[None, None]
-    det = ants.create_jacobian_determinant_image(f, result["fwdtransforms"][0]).numpy()
-    c = 2  # the same border crop as fastreg.metrics.jacobian_stats
-    folding = 100.0 * float((det[c:-c, c:-c] <= 0).mean())
-    return warped, folding, seconds
-
-
 def _refine(model, fixed, moving, disp, iterations: int) -> dict:
     """NIO from the model (``iterations`` steps) and IO from its field ``disp`` in the same
     wall time: CC, %|J| and seconds of each."""
@@ -160,9 +145,9 @@ def evaluate(args) -> list[dict]:
                     if args.nio:
                         row.update(_refine(model, fixed, moving, disp, args.nio))
                     if not args.no_syn:
-                        warped_syn, folding_syn, seconds_syn = syn(fixed, moving)
-                        row.update(cc_syn=float(metrics.cc(fixed, warped_syn)), folding_syn=folding_syn,
-                                   seconds_syn=seconds_syn)
+                        peer = syn(fixed, moving)
+                        row.update(cc_syn=float(metrics.cc(fixed, peer["warped"])),
+                                   folding_syn=peer["folding_percent"], seconds_syn=peer["seconds"])
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
