@@ -33,6 +33,8 @@ The papers' losses are presets, ``loss = fastreg.nn.loss_for(name)``, all with o
   "dpvfa"   (1 - LNCC_9(fixed, warped)) + 1.0 * grad_loss(disp, "l2")  Liu, Ruan & Sheng
   "cascade" dice_loss(fixed_labels, warped_labels) + 0.75 * grad_loss(disp, "l2")
                                                                        Kolenbrander et al.
+  "synthmorph" dice_loss(fixed_labels, warped_labels) + 1.0 * grad_loss(disp, "l2")
+                                                                       Hoffmann et al. 2022
   "nio"     0.6 * (1 - LNCC_7(fixed, warped)) + 0.4 * grad_loss(disp, "l2")   Mok et al.
 Every preset argument can be overridden: ``loss_for("dpvfa", reg_weight=0.5)``.
 """
@@ -320,6 +322,7 @@ PRESETS = {
     "unireg": dict(similarity="mse", reg_weight=0.01, penalty="l1", axes="sum"),
     "dpvfa": dict(similarity="lncc", window=9, reg_weight=1.0, penalty="l2"),
     "cascade": dict(similarity="dice", reg_weight=0.75, penalty="l2"),
+    "synthmorph": dict(similarity="dice", reg_weight=1.0, penalty="l2"),
     "nio": dict(similarity="lncc", window=7, sim_weight=0.6, reg_weight=0.4, penalty="l2"),
 }
 

@@ -154,6 +154,8 @@ def test_presets_equal_the_papers_formulas(shape):
     torch.testing.assert_close(terms["regularization"], grad_l2)
     torch.testing.assert_close(terms["total"], dice + 0.75 * grad_l2)
     torch.testing.assert_close(cascade(None, None, u, fixed_labels=labels, warped_labels=probs), terms["total"])
+    synthmorph = fastreg.nn.loss_for("synthmorph").terms(None, None, u, fixed_labels=labels, warped_labels=probs)
+    torch.testing.assert_close(synthmorph["total"], dice + 1.0 * grad_l2)
 
 
 def test_preset_overrides():
