@@ -1,9 +1,11 @@
 // CPU launcher of local_correlation and vfa_attention (contract in correlation.h).
-// Parallel over rows (batch item + leading-axis indices) with at::parallel_for; every row
-// is computed as whole-row spans so the inner loops run over contiguous voxels (they
-// vectorise: each thread's rows are one FASTREG_VECTOR_LOOP function, AVX2 where the CPU
-// has it). Gradients of the padded operand are gathers: no scatter, no races, deterministic. vfa_attention keeps no logits: forward is one online-softmax pass and
-// backward recomputes the logits from q, k and the saved log-sum-exp.
+// Rows of at most tiles::kMaxWidth voxels (the coarse levels of a pyramid) go to the padded
+// tiles of correlation_cpu_tiles.h. Longer rows: parallel over rows (batch item + leading-axis
+// indices) with at::parallel_for; every row is computed as whole-row spans so the inner loops
+// run over contiguous voxels (they vectorise: each thread's rows are one FASTREG_VECTOR_LOOP
+// function, AVX2 where the CPU has it). Gradients of the padded operand are gathers: no
+// scatter, no races, deterministic. vfa_attention keeps no logits: forward is one
+// online-softmax pass and backward recomputes the logits from q, k and the saved log-sum-exp.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -15,8 +17,8 @@
 #include <tuple>
 #include <vector>
 
-#include <torch/library.h>
 #include "correlation.h"
+#include "correlation_cpu_tiles.h"
 #include "correlation_shapes.h"
 #include "../common/vector_loop.h"
 
@@ -225,7 +227,16 @@ at::Tensor local_correlation_forward_cpu(const at::Tensor& f_, const at::Tensor&
   at::Tensor out = at::empty(volume_sizes(s, s.offsets), f.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "local_correlation_forward_cpu", [&] {
-    if (s.ndim == 2) {
+    if (s.width <= tiles::kMaxWidth) {
+      const tiles::Layout L(s, radius, radius);
+      const tiles::Region R(L, 0);
+      const at::Tensor a = L.pad(f, kZeros), b = L.pad(m, static_cast<int>(padding));
+      scalar_t* op = out.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, s.batch * R.tiles, R.grain(s.offsets * s.channels), [&](int64_t t0, int64_t t1) {
+        tiles::correlation_forward_tiles<scalar_t>(a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), op, L, R,
+                                                   s.channels, static_cast<at::opmath_type<scalar_t>>(scale), t0, t1);
+      });
+    } else if (s.ndim == 2) {
       correlation_forward_kernel<scalar_t, 2>(f, m, out, s, make_grid<2>(s, radius, padding), scale);
     } else {
       correlation_forward_kernel<scalar_t, 3>(f, m, out, s, make_grid<3>(s, radius, padding), scale);
@@ -248,7 +259,13 @@ std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cpu(
   if (f.numel() == 0 || (!output_mask[0] && !output_mask[1])) return {gf, gm};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "local_correlation_backward_cpu", [&] {
     const scalar_t* gp = grad_out.const_data_ptr<scalar_t>();
-    if (s.ndim == 2) {
+    if (s.width <= tiles::kMaxWidth) {
+      const tiles::Layout L(s, radius, 2 * radius);
+      const at::Tensor a = output_mask[1] ? L.pad(f, kZeros) : at::Tensor();
+      const at::Tensor b = output_mask[0] ? L.pad(m, static_cast<int>(padding)) : at::Tensor();
+      tiles::backward<scalar_t, scalar_t>(L.pad(grad_out, kZeros), a, b, gf, gm, L, s.batch, s.channels,
+                                          static_cast<int>(padding), scale);
+    } else if (s.ndim == 2) {
       correlation_backward_kernel<scalar_t, scalar_t, 2>(gp, f, m, gf, gm, s, make_grid<2>(s, radius, padding),
                                                          scale, output_mask[0], output_mask[1]);
     } else {
@@ -272,7 +289,23 @@ std::tuple<at::Tensor, at::Tensor> vfa_attention_forward_cpu(const at::Tensor& q
   at::Tensor lse = at::empty(lse_sizes, q.options().dtype(acc_type));
   if (out.numel() == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "vfa_attention_forward_cpu", [&] {
-    if (s.ndim == 2) {
+    if (s.width <= tiles::kMaxWidth) {
+      using T = at::opmath_type<scalar_t>;
+      const tiles::Layout L(s, radius, radius);
+      const tiles::Region R(L, 0);
+      const at::Tensor qq = L.pad(q, kZeros), kk = L.pad(k, kBorder);
+      scalar_t* op = out.mutable_data_ptr<scalar_t>();
+      T* lp = lse.mutable_data_ptr<T>();
+      at::parallel_for(0, s.batch * R.tiles, R.grain(s.offsets * s.channels), [&](int64_t t0, int64_t t1) {
+        if (s.ndim == 2) {
+          tiles::vfa_forward_tiles<scalar_t, 2>(qq.const_data_ptr<scalar_t>(), kk.const_data_ptr<scalar_t>(), op, lp, L, R,
+                                                s.channels, static_cast<T>(scale), t0, t1);
+        } else {
+          tiles::vfa_forward_tiles<scalar_t, 3>(qq.const_data_ptr<scalar_t>(), kk.const_data_ptr<scalar_t>(), op, lp, L, R,
+                                                s.channels, static_cast<T>(scale), t0, t1);
+        }
+      });
+    } else if (s.ndim == 2) {
       vfa_forward_kernel<scalar_t, 2>(q, k, out, lse, s, make_grid<2>(s, radius, kBorder), scale);
     } else {
       vfa_forward_kernel<scalar_t, 3>(q, k, out, lse, s, make_grid<3>(s, radius, kBorder), scale);
@@ -295,10 +328,31 @@ std::tuple<at::Tensor, at::Tensor> vfa_attention_backward_cpu(
   at::Tensor gq = at::empty(output_mask[0] ? q.sizes() : at::IntArrayRef{0}, q.options());
   at::Tensor gk = at::empty(output_mask[1] ? k.sizes() : at::IntArrayRef{0}, k.options());
   if (q.numel() == 0 || (!output_mask[0] && !output_mask[1])) return {gq, gk};
-  // d loss / d (q . k_j): (B, K, *S) in the accumulation type (the only temporary).
-  at::Tensor dl = at::empty(volume_sizes(s, s.offsets), q.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "vfa_attention_backward_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
+    if (s.width <= tiles::kMaxWidth) {
+      const tiles::Layout L(s, radius, 2 * radius);
+      const tiles::Region R(L, 0);
+      const at::Tensor qq = L.pad(q, kZeros), kk = L.pad(k, kBorder);
+      // d loss / d (q . k_j) on the padded layout, zero outside the interior.
+      at::Tensor dl = L.zeros(s.batch, s.offsets, q.options().dtype(acc_type));
+      T* dlp = dl.mutable_data_ptr<T>();
+      at::parallel_for(0, s.batch * R.tiles, R.grain(s.offsets * s.channels), [&](int64_t t0, int64_t t1) {
+        if (s.ndim == 2) {
+          tiles::vfa_dlogit_tiles<scalar_t, 2>(grad_out.const_data_ptr<scalar_t>(), qq.const_data_ptr<scalar_t>(),
+                                               kk.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
+                                               lse.const_data_ptr<T>(), dlp, L, R, s.channels, static_cast<T>(scale), t0, t1);
+        } else {
+          tiles::vfa_dlogit_tiles<scalar_t, 3>(grad_out.const_data_ptr<scalar_t>(), qq.const_data_ptr<scalar_t>(),
+                                               kk.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
+                                               lse.const_data_ptr<T>(), dlp, L, R, s.channels, static_cast<T>(scale), t0, t1);
+        }
+      });
+      tiles::backward<scalar_t, T>(dl, qq, kk, gq, gk, L, s.batch, s.channels, kBorder, 1.0);
+      return;
+    }
+    // d loss / d (q . k_j): (B, K, *S) in the accumulation type (the only temporary).
+    at::Tensor dl = at::empty(volume_sizes(s, s.offsets), q.options().dtype(acc_type));
     T* dlp = dl.mutable_data_ptr<T>();
     if (s.ndim == 2) {
       const Grid<2> g = make_grid<2>(s, radius, kBorder);

@@ -2,8 +2,9 @@
 with the reference for every radius, scale, temperature and padding, broadcast batches,
 gradients, opcheck, compile, NaN, strides, bad input) does not hold: half precision, the
 reference's two forms (shifted products, unfold + matmul), the offsets' order, the gradient to
-a temperature tensor, NaN on a zero-padded border, what is stored for backward, and the
-kernels compiled for a GPU. Shapes are small (the Triton interpreter runs them)."""
+a temperature tensor, NaN on a zero-padded border, what is stored for backward, both paths of
+the CPU kernels (padded tiles for short rows, row kernels for long ones), and the kernels
+compiled for a GPU. Shapes are small (the Triton interpreter runs them)."""
 import os
 import subprocess
 import sys
@@ -101,6 +102,30 @@ def test_vfa_attention_stores_no_logits(backend, device):
     assert all(len(s) < 2 or s[1] != 27 for s in saved), saved
     out.sum().backward()
     assert q.grad is not None and k.grad is not None
+
+
+@pytest.mark.parametrize("dims", [(2, 11, 5, 32), (2, 11, 5, 33), (1, 16, 3, 4, 31), (1, 16, 3, 4, 33)],
+                         ids=["2d-tiled", "2d-rows", "3d-tiled", "3d-rows"])
+def test_cpu_short_row_tiles_and_long_rows_match_the_reference(dims):
+    # The CPU kernels take padded tiles of whole rows up to 32 voxels per row and the row
+    # kernels above that: both paths, channel counts off and on the 8-channel blocks, the
+    # vector remainders, radius 1 (9-offset blocks) and 2, both paddings.
+    f, m = _pair(dims, "cpu", grad=True)
+    with fastreg.use_backend("cpu"):
+        for radius in (1, 2):
+            for padding in PADDINGS:
+                out = fastreg.local_correlation(f, m, radius, 0.5, padding)
+                expected = reference.local_correlation(f, m, radius, 0.5, padding)
+                grad = torch.randn_like(out)
+                torch.testing.assert_close(out, expected)
+                for got, want in zip(torch.autograd.grad(out, (f, m), grad), torch.autograd.grad(expected, (f, m), grad)):
+                    torch.testing.assert_close(got, want)
+            out = fastreg.vfa_attention(f, m, radius)
+            expected = reference.vfa_attention(f, m, radius)
+            grad = torch.randn_like(out)
+            torch.testing.assert_close(out, expected)
+            for got, want in zip(torch.autograd.grad(out, (f, m), grad), torch.autograd.grad(expected, (f, m), grad)):
+                torch.testing.assert_close(got, want)
 
 
 # Compiles the Triton kernels for an H100 (sm_90) down to cubin: code the interpreter accepts
