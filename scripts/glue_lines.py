@@ -135,7 +135,10 @@ CONTRACT_TEST = re.compile(
 
 def files(rev: str | None, folder: str) -> list[str]:
     """Paths of the files under ``folder`` at ``rev`` (the working tree's, untracked included, if None)."""
-    command = ["git", "ls-files", "--cached", "--others", "--exclude-standard", folder] if rev is None else ["git", "ls-tree", "-r", "--name-only", rev, folder]
+    if rev is None:
+        command = ["git", "ls-files", "--cached", "--others", "--exclude-standard", folder]
+    else:
+        command = ["git", "ls-tree", "-r", "--name-only", rev, folder]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
 
 
@@ -163,7 +166,8 @@ def cpp_block_glue(text: str) -> int:
 
 def cpp_glue(rev: str | None) -> tuple[int, int]:
     """(whole files, family blocks) of C++ glue."""
-    whole = sum(sum(_is_code(x, "//") for x in text.splitlines()) for text in map(lambda p: source(rev, p), CPP_WHOLE) if text)
+    texts = [text for text in (source(rev, path) for path in CPP_WHOLE) if text]
+    whole = sum(_is_code(line, "//") for text in texts for line in text.splitlines())
     blocks = sum(cpp_block_glue(source(rev, path)) for path in files(rev, "csrc")
                  if path.endswith((".cpp", ".cu")) and path.count("/") == 2 and path not in CPP_WHOLE)
     return whole, blocks
