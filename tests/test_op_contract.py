@@ -114,7 +114,8 @@ WARP_SPECS = [
     ((2, 3, 4, 5), (1, 2, 4, 5, 3.0)), ((2, 2, 3, 4, 3), (2, 3, 3, 4, 3, 3.0)),
     ((2, 2, 1, 6, 5), (2, 3, 1, 6, 5, 2.0)), ((1, 2, 3, 1, 1), (1, 3, 3, 1, 1, 2.0)),  # size-1 axes
     ((1, 2, 5, 1), (1, 2, 5, 1, 2.0)), ((1, 1, 1, 6), (1, 2, 1, 6, 2.0))]
-TEMPERATURES = (torch.tensor(-1.0, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), torch.tensor(float("nan")), torch.ones(2))
+TEMPERATURES = (torch.tensor(-1.0, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), torch.tensor(float("nan")),
+                torch.ones(2))
 OPS = {
     "warp": Op(fastreg.warp, WARP_SPECS, ("image", "disp"), WARP_OPTIONS, bad_options=WARP_BAD_OPTIONS, bad=_warp_bad),
     # warp's options run warp_bicubic's kernels: no opcheck of its own
@@ -140,15 +141,18 @@ OPS = {
                             *(dict(checkpoints=c) for c in (-1, True, 1.0))],
                         bad=lambda v: [("v channels", (v[:, :1],)), ("v 3 channels in 2-D", (_rand(1, 3, 4, 5),))]),
     "jacobian_det": Op(fastreg.jacobian_det, _fields(size_one=True), ("disp",), _jacobian_options, differentiable=1,
-                       out_axis=1, bad_options=[dict(mode="backward"), dict(spacing=(1.0, -2.0)), dict(spacing=(1.0, 1.0, 1.0))],
+                       out_axis=1,
+                       bad_options=[dict(mode="backward"), dict(spacing=(1.0, -2.0)), dict(spacing=(1.0, 1.0, 1.0))],
                        bad=lambda disp: [("disp channels", (_rand(2, 2, 5, 6, 7),)),
                                          ("disp gradient on size 1", (disp[..., :1],), dict(mode="gradient"))]),
     "local_correlation": Op(fastreg.local_correlation, _pairs(broadcast=True), ("f", "m"), [
         dict(radius=r, scale=s, padding_mode=p) for r, s in ((1, "rsqrt_channels"), (2, None), (3, 0.37), (2, 1.3))
-        for p in ("zeros", "border")], bad_options=[*(dict(radius=r) for r in (800, 0, 1.5)), dict(padding_mode="reflection"),
-                                                    *(dict(scale=s) for s in (float("inf"), "sqrt", [1.0]))],
+        for p in ("zeros", "border")],
+        bad_options=[*(dict(radius=r) for r in (800, 0, 1.5)), dict(padding_mode="reflection"),
+                     *(dict(scale=s) for s in (float("inf"), "sqrt", [1.0]))],
         bad=lambda f, m: [("f zero channels", (f[:, :0], m[:, :0])), ("m channels differ", (f, m[:, :2])),
-                          ("m spatial size", (f, m[:, :, :1])), ("m rank", (f, m[0])), ("m batch", (f, torch.cat([m, m, m])))]),
+                          ("m spatial size", (f, m[:, :, :1])), ("m rank", (f, m[0])),
+                          ("m batch", (f, torch.cat([m, m, m])))]),
     "vfa_attention": Op(lambda q, k, **kw: fastreg.vfa_attention(2 * q, k, **kw), _pairs(broadcast=True), ("q", "k"),
                         [dict(radius=1), dict(radius=2, temperature=0.7), dict(radius=3)],
                         bad_options=[*(dict(radius=r) for r in (800, -1, True)),
@@ -157,7 +161,8 @@ OPS = {
                                           ("k spatial size", (q, k[..., :1]))]),
     # F.interpolate: no fastreg kernel
     "resize_field": Op(lambda u, **kw: fastreg.resize_field(u, **(kw or {"scale_factor": 2.0})), _fields(), ("u",),
-                       lambda args: [dict(scale_factor=2.0), dict(scale_factor=0.5), dict(size=(7, 4) if args[0].dim() == 4 else (5, 3, 6))],
+                       lambda args: [dict(scale_factor=2.0), dict(scale_factor=0.5),
+                                     dict(size=(7, 4) if args[0].dim() == 4 else (5, 3, 6))],
                        differentiable=1, linear=True, opcheck=False,
                        bad_options=[*(dict(size=s) for s in ((4, 4, 4), (8, 8.5), (8, 0))),
                                     *(dict(scale_factor=s) for s in (0.0, -2.0, (2.0, 2.0, 2.0)))],
@@ -165,8 +170,8 @@ OPS = {
                                       ("size, scale_factor neither", (u,), dict(size=None, scale_factor=None)),
                                       ("u channels", (u[:, :1],))]),
     # fields of |grad u| < 0.5: the fixed point contracts, 25 iterations reach float64 rounding
-    "invert_field": Op(lambda u, **kw: fastreg.invert_field(u, **{"iterations": 25, "tol": 0.0, **kw}), _fields(0.12), ("disp",),
-                       PADDING_OPTIONS, differentiable=1, bad_options=[
+    "invert_field": Op(lambda u, **kw: fastreg.invert_field(u, **{"iterations": 25, "tol": 0.0, **kw}), _fields(0.12),
+                       ("disp",), PADDING_OPTIONS, differentiable=1, bad_options=[
                            *(dict(iterations=i) for i in (0, 2.5)), *(dict(tol=t) for t in (-1.0, float("nan"), "small")),
                            dict(padding_mode="wrap")],
                        bad=lambda u: [("disp numpy", (u.numpy(),)), ("disp channels", (u[:, :1],))]),
@@ -224,7 +229,8 @@ def test_matches_reference_float32(any_device, name):
         out, expected = op.call(*args, **options), _reference(op, args, options, torch.float64)
         assert out.dtype == torch.float32
         scale = expected.abs().max().clamp_min(1.0).item()
-        torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=2e-5 * scale, msg=lambda m: f"{options}: {m}")
+        torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=2e-5 * scale,
+                                   msg=lambda m: f"{options}: {m}")
 
 
 def _first_and_others(op: Op, device):
@@ -344,7 +350,8 @@ def _bad_calls(op: Op):
     """(label, thunk) of every invalid call of ``op``, built on its first sample."""
     args = op.samples(torch.device("cpu"), torch.float64)[0]
     name, first, rest = op.names[0], args[0], args[1:]
-    calls = [(f"{name} list", ([[1.0]], *rest)), (f"{name} int dtype", (first.long(), *rest)), (f"{name} rank 3", (first[0], *rest))]
+    calls = [(f"{name} list", ([[1.0]], *rest)), (f"{name} int dtype", (first.long(), *rest)),
+             (f"{name} rank 3", (first[0], *rest))]
     calls += [(f"{op.names[1]} mixed dtype", (first, rest[0].float()))] if rest else []
     calls += [(", ".join(f"{k} {v!r}" for k, v in options.items()), args, options) for options in op.bad_options]
     return [(label, lambda xs=xs, kw=(kw or [{}])[0]: op.call(*xs, **kw)) for label, xs, *kw in calls + op.bad(*args)]
@@ -378,9 +385,9 @@ def test_jacobian_stats_of_an_empty_batch(any_device):
 @pytest.mark.parametrize("make, options", [
     (fastreg.nn.VecInt, dict(steps=64)), *((fastreg.nn.LNCCLoss, dict(window=w)) for w in (4, [3, 2.0], 3.0)),
     (fastreg.nn.LNCCLoss, dict(sigma=1.0)), (fastreg.nn.LNCCLoss, dict(sigma=-1.0, kernel="gaussian")),
-    (fastreg.nn.LNCCLoss, dict(eps=-1e-5)), (fastreg.nn.JacobianLoss, dict(spacing=(1.0, 0.0))),
-    (fastreg.nn.SpatialTransformer, dict(mode="cubic")), (fastreg.nn.ResizeField, dict(size=(4, 0))),
-    (fastreg.nn.ResizeField, dict(scale_factor=-2.0))])
+    (fastreg.nn.LNCCLoss, dict(eps=-1e-5)), (fastreg.nn.LNCCLoss, dict(form="pos")),
+    (fastreg.nn.JacobianLoss, dict(spacing=(1.0, 0.0))), (fastreg.nn.SpatialTransformer, dict(mode="cubic")),
+    (fastreg.nn.ResizeField, dict(size=(4, 0))), (fastreg.nn.ResizeField, dict(scale_factor=-2.0))])
 def test_nn_modules_validate_at_construction(make, options):
     """An invalid option raises when the module is built, naming the option (the first key)."""
     with pytest.raises((ValueError, TypeError), match=next(iter(options))):
