@@ -39,7 +39,9 @@ def _draw(spec, device, dtype):
 class Op:
     """One public op. ``call(*tensors, **options)`` runs it (fixed options where none are
     given). ``specs``: one tuple of tensor specs (``_draw``) per sample, the first a generic
-    2-D and the second a generic 3-D one (parity, float32, gradcheck and opcheck run them all).
+    2-D and the second a generic 3-D one (the float64 parity runs them all; float32,
+    gradcheck, opcheck and strides the first two; NaN, zero-size, autocast, double backward,
+    compile and the invalid calls the first).
     ``options``: the option sets (a list, or a function of a sample's tensors) that those
     tests and the NaN test run. ``names``: the tensors' argument names. Invalid calls: each
     of ``bad_options`` (an option dict whose first key the error must name) and each
