@@ -1,19 +1,20 @@
 """The contract every public op keeps on every backend that runs here (reference, cpu,
-triton under the interpreter; cuda where there is a GPU), driven by one ``Op`` per public op:
-its ``samples(device, dtype)`` (2-D and 3-D, broadcast batches, size-1 axes) and option sets
-(modes, paddings, windows, radii, steps, checkpoints). Parity with the reference in float64
-(values and gradients) and float32, gradcheck, opcheck of every kernel the op runs (recorded
-below autograd), torch.compile(fullgraph=True), double backward, autocast, zero-size batches
-and axes (an empty result, gradients included), stride-0 / expanded / non-contiguous /
-channels-last inputs (the same result as contiguous ones), NaN in -> NaN out at the same
-voxels as the reference, and bad input raising the same error type and wording on every
-backend, naming the argument. Shapes are tiny: the Triton interpreter runs all of it.
-Per-family files (tests/ops/) keep the mathematics of each family; the peers' formulas are in
+triton under the interpreter; cuda where there is a GPU), driven by one table, ``OPS``: per
+public op its call, its samples (2-D and 3-D, broadcast batches, size-1 axes), its option
+sets (modes, paddings, windows, radii, steps, checkpoints) and its invalid inputs. One generic
+test per property: parity with the reference in float64 (values and gradients) and float32,
+gradcheck, opcheck of every kernel the op runs (recorded below autograd),
+torch.compile(fullgraph=True), double backward, autocast, zero-size batches and axes (an
+empty result, gradients included), stride-0 / expanded / non-contiguous / channels-last
+inputs (the same result as contiguous ones), NaN in -> NaN out at the same voxels as the
+reference, and bad input raising the same error type and wording on every backend, naming
+the argument. Shapes are tiny: the Triton interpreter runs all of it. Per-family files
+(tests/ops/) keep the mathematics of each family; the peers' formulas are in
 fastreg/bench/peer_kernels.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 import torch
@@ -26,90 +27,69 @@ def _rand(*shape, device="cpu", dtype=torch.float64, low=-1.0, high=1.0):
     return (low + (high - low) * torch.rand(*shape, dtype=torch.float64)).to(device=device, dtype=dtype)
 
 
-def _single(args):
-    return ({},)
+def _draw(spec, device, dtype):
+    """A tensor of a sample spec: its shape, then optionally its values' range, a float s for
+    [-s, s] or a pair (low, high); [-1, 1] if none."""
+    shape, span = (spec[:-1], spec[-1]) if isinstance(spec[-1], (float, tuple)) else (spec, 1.0)
+    low, high = span if isinstance(span, tuple) else (-span, span)
+    return _rand(*shape, device=device, dtype=dtype, low=low, high=high)
 
 
 @dataclass(frozen=True)
 class Op:
-    """One public op: ``call(*tensors, **options)`` runs it (fixed options where none are
-    given); ``samples(device, dtype)`` gives argument tuples, the first a generic 2-D and the
-    second a generic 3-D one (the parity, float32, gradcheck and opcheck tests run them all:
-    broadcast batches, size-1 axes); ``options(args)`` the option sets (modes, paddings,
-    windows...) those tests and the NaN test run on a sample; ``bad(device)`` gives
-    (label, thunk) pairs of invalid calls, each label starting with the argument its error
-    names."""
+    """One public op. ``call(*tensors, **options)`` runs it (fixed options where none are
+    given). ``specs``: one tuple of tensor specs (``_draw``) per sample, the first a generic
+    2-D and the second a generic 3-D one (the float64 parity runs them all; float32,
+    gradcheck, opcheck and strides the first two; NaN, zero-size, autocast, double backward,
+    compile and the invalid calls the first).
+    ``options``: the option sets (a list, or a function of a sample's tensors) that those
+    tests and the NaN test run. ``names``: the tensors' argument names. Invalid calls: each
+    of ``bad_options`` (an option dict whose first key the error must name) and each
+    ``bad(*first_sample)`` entry, ``(label, tensors[, options])`` whose label starts with the
+    argument its error names, besides the generic wrong type, integer dtype, rank and mixed
+    dtypes. ``out_axis``: the output axis of the inputs' first spatial axis."""
 
     call: Callable
-    samples: Callable
-    bad: Callable
-    differentiable: int  # how many leading arguments take a gradient
+    specs: Sequence[tuple]
+    names: tuple[str, ...]
+    options: Sequence[dict] | Callable = ({},)
+    bad_options: Sequence[dict] = ()
+    bad: Callable = lambda *args: []  # noqa: E731
+    differentiable: int = 2  # how many leading arguments take a gradient
     linear: bool = False  # linear in its inputs: the second derivatives vanish
-    options: Callable = _single
+    opcheck: bool = True  # runs fastreg kernels of its own (not covered by another row)
+    out_axis: int = 2
 
+    def samples(self, device, dtype):
+        return [tuple(_draw(spec, device, dtype) for spec in sample) for sample in self.specs]
 
-def _differentiable(op: Op, options: dict) -> int:
-    """Arguments with a gradient: nearest interpolation's positions have none (0 almost
-    everywhere, a jump between voxels)."""
-    return 1 if options.get("mode") == "nearest" else op.differentiable
+    def option_sets(self, args):
+        return self.options(args) if callable(self.options) else self.options
+
+    def differentiable_for(self, options: dict) -> int:
+        """Arguments with a gradient: nearest interpolation's positions have none (0 almost
+        everywhere, a jump between voxels)."""
+        return 1 if options.get("mode") == "nearest" else self.differentiable
 
 
 MODES = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
+WARP_OPTIONS = [dict(mode=m, padding_mode=p) for m in MODES for p in PADDINGS]
+PADDING_OPTIONS = [dict(padding_mode=p) for p in PADDINGS]
+WARP_BAD_OPTIONS = [dict(mode="bicubicc"), dict(mode="cubic"), dict(padding_mode="wrap")]
+# every padding with one step, a kept field and none; every field kept; a plan that pushes
+# fields (steps 9, 3 checkpoints: fastreg._checkpoint)
+INTEGRATE_OPTIONS = [dict(steps=s, padding_mode=p, checkpoints=c) for p in PADDINGS for s, c in ((1, 1), (4, 1), (4, 0))] + [
+    dict(steps=5, checkpoints=None), dict(steps=9, checkpoints=3)]
 
 
-def _warp_samples(device, dtype):
-    r = lambda *s, low=-1.0, high=1.0: _rand(*s, device=device, dtype=dtype, low=low, high=high)  # noqa: E731
-    return [
-        (r(2, 2, 5, 6), r(2, 2, 5, 6, low=-2, high=2)),
-        (r(2, 1, 3, 4, 5), r(1, 3, 3, 4, 5, low=-2, high=2)),  # one field for the batch
-        (r(2, 3, 4, 5), r(1, 2, 4, 5, low=-3, high=3)),
-        (r(2, 2, 3, 4, 3), r(2, 3, 3, 4, 3, low=-3, high=3)),
-        # size-1 axes
-        (r(2, 2, 1, 6, 5), r(2, 3, 1, 6, 5, low=-2, high=2)),
-        (r(1, 2, 3, 1, 1), r(1, 3, 3, 1, 1, low=-2, high=2)),
-        (r(1, 2, 5, 1), r(1, 2, 5, 1, low=-2, high=2)),
-        (r(1, 1, 1, 6), r(1, 2, 1, 6, low=-2, high=2)),
-    ]
+def _fields(scale=1.5, size_one=False):
+    return [((2, 2, 5, 6, scale),), ((1, 3, 3, 4, 5, scale),)] + [((2, 3, 1, 4, 5, scale),)] * size_one
 
 
-def _sample_samples(device, dtype):
-    return [
-        (_rand(2, 2, 5, 6, device=device, dtype=dtype), _rand(2, 2, 3, 4, device=device, dtype=dtype, low=-1, high=6)),
-        (_rand(1, 1, 3, 4, 5, device=device, dtype=dtype), _rand(1, 3, 2, 3, 2, device=device, dtype=dtype, low=-1, high=5)),
-        (_rand(2, 2, 4, 5, device=device, dtype=dtype), _rand(1, 2, 11, 3, device=device, dtype=dtype, low=-2, high=6)),
-    ]
-
-
-def _warp_options(args):
-    return [dict(mode=m, padding_mode=p) for m in MODES for p in PADDINGS]
-
-
-def _field_samples(device, dtype, scale=1.5, size_one=False):
-    out = [
-        (_rand(2, 2, 5, 6, device=device, dtype=dtype, low=-scale, high=scale),),
-        (_rand(1, 3, 3, 4, 5, device=device, dtype=dtype, low=-scale, high=scale),),
-    ]
-    if size_one:
-        out.append((_rand(2, 3, 1, 4, 5, device=device, dtype=dtype, low=-scale, high=scale),))
-    return out
-
-
-def _compose_samples(device, dtype):
-    fields = lambda *s: _rand(*s, device=device, dtype=dtype)  # noqa: E731
-    return [(fields(2, 2, 5, 6), fields(2, 2, 5, 6)), (fields(1, 3, 3, 4, 5), fields(1, 3, 3, 4, 5)),
-            (fields(1, 3, 3, 4, 5), fields(2, 3, 3, 4, 5))]
-
-
-def _pair_samples(device, dtype, channels=3, broadcast=False):
-    out = [
-        (_rand(2, channels, 5, 6, device=device, dtype=dtype), _rand(2, channels, 5, 6, device=device, dtype=dtype)),
-        (_rand(1, channels, 3, 4, 5, device=device, dtype=dtype), _rand(1, channels, 3, 4, 5, device=device, dtype=dtype)),
-    ]
-    if broadcast:  # one of the two for the whole batch
-        out += [(_rand(3, 2, 4, 5, device=device, dtype=dtype), _rand(1, 2, 4, 5, device=device, dtype=dtype)),
-                (_rand(1, 2, 3, 4, 3, device=device, dtype=dtype), _rand(3, 2, 3, 4, 3, device=device, dtype=dtype))]
-    return out
+def _pairs(channels=3, broadcast=False):  # broadcast: one of the two for the whole batch
+    return [((2, channels, 5, 6),) * 2, ((1, channels, 3, 4, 5),) * 2] + [
+        ((3, 2, 4, 5), (1, 2, 4, 5)), ((1, 2, 3, 4, 3), (3, 2, 3, 4, 3))] * broadcast
 
 
 def _lncc_options(args):
@@ -118,236 +98,101 @@ def _lncc_options(args):
             dict(window=per_axis, kernel="gaussian", sigma=0.8)]
 
 
-def _integrate_options(args):
-    """Every padding with one step, a kept field and none; every field kept; a plan that
-    pushes fields (steps 9, 3 checkpoints: fastreg._checkpoint)."""
-    return [dict(steps=s, padding_mode=p, checkpoints=c) for p in PADDINGS for s, c in ((1, 1), (4, 1), (4, 0))] + [
-        dict(steps=5, checkpoints=None), dict(steps=9, checkpoints=3)]
-
-
 def _jacobian_options(args):
-    ndim = args[0].shape[1]
-    modes = MODES_JACOBIAN if min(args[0].shape[2:]) > 1 else MODES_JACOBIAN[:2]  # np.gradient needs 2 voxels
-    return [dict(mode=m, spacing=s) for m in modes for s in (None, (0.8, 1.25, 1.5)[:ndim])]
+    modes = ("central", "forward", "gradient")[: 3 if min(args[0].shape[2:]) > 1 else 2]  # np.gradient needs 2 voxels
+    return [dict(mode=m, spacing=s) for m in modes for s in (None, (0.8, 1.25, 1.5)[: args[0].shape[1]])]
 
 
-MODES_JACOBIAN = ("central", "forward", "gradient")
+def _warp_bad(image, disp):
+    volume, field = _rand(2, 1, 6, 7, 8), _rand(2, 3, 6, 7, 8)
+    return [("disp size", (image, disp[..., :4])), ("disp batch", (image, torch.cat([disp, disp]))),
+            ("disp batch 3 of 2", (volume, torch.cat([field, field[:1]]))), ("disp channels", (volume, field[:, :2])),
+            ("disp rank", (volume, field[..., 0])), ("disp int dtype", (volume, field.int())),
+            ("disp on meta", (volume, field.to("meta")))]
 
 
-def _correlation_options(args):
-    return [dict(radius=r, scale=s, padding_mode=p) for r, s in ((1, "rsqrt_channels"), (2, None), (3, 0.37), (2, 1.3))
-            for p in ("zeros", "border")]
-
-
-def _vfa_options(args):
-    return [dict(radius=1), dict(radius=2, temperature=0.7), dict(radius=3)]
-
-
-def _resize_options(args):
-    size = (7, 4) if args[0].dim() == 4 else (5, 3, 6)
-    return [dict(scale_factor=2.0), dict(scale_factor=0.5), dict(size=size)]
-
-
-def _padding_options(args):
-    return [dict(padding_mode=p) for p in PADDINGS]
-
-
-def _common_bad(fn, first, second=None, names=("image", "disp")):
-    """Wrong type, integer dtype, wrong rank, mixed dtypes: for an op of one or two tensors
-    named ``names``."""
-    args = lambda *xs: (lambda: fn(*xs))  # noqa: E731
-    rest = [] if second is None else [second]
-    low_rank = first[0] if first.dim() == 4 else first[0, 0]
-    out = [
-        (f"{names[0]} list", args([[1.0]], *rest)),
-        (f"{names[0]} int dtype", args(first.long(), *rest)),
-        (f"{names[0]} rank 3", args(low_rank, *rest)),
-    ]
-    if second is not None:
-        out.append((f"{names[1]} mixed dtype", args(first, second.float())))
-    return out
-
-
-def _warp_bad(device):
-    image, disp = _rand(2, 2, 5, 6, device=device), _rand(2, 2, 5, 6, device=device)
-    volume, field = _rand(2, 1, 6, 7, 8, device=device), _rand(2, 3, 6, 7, 8, device=device)
-    return _common_bad(fastreg.warp, image, disp) + [
-        ("disp size", lambda: fastreg.warp(image, disp[..., :4])),
-        ("disp batch", lambda: fastreg.warp(image, torch.cat([disp, disp]))),
-        ("disp batch 3 of 2", lambda: fastreg.warp(volume, torch.cat([field, field[:1]]))),
-        ("disp channels", lambda: fastreg.warp(volume, field[:, :2])),
-        ("disp rank", lambda: fastreg.warp(volume, field[..., 0])),
-        ("disp int dtype", lambda: fastreg.warp(volume, field.int())),
-        ("disp on meta", lambda: fastreg.warp(volume, field.to("meta"))),
-        ("mode", lambda: fastreg.warp(image, disp, mode="bicubicc")),
-        ("mode cubic", lambda: fastreg.warp(image, disp, mode="cubic")),
-        ("padding_mode", lambda: fastreg.warp(image, disp, padding_mode="wrap")),
-    ]
-
-
-def _sample_bad(device):
-    image, coords = _rand(2, 2, 5, 6, device=device), _rand(2, 2, 3, 3, device=device)
-    return _common_bad(fastreg.sample, image, coords, ("image", "coords")) + [
-        ("image empty", lambda: fastreg.sample(image[:, :, :0], coords)),
-        ("coords channels", lambda: fastreg.sample(image, coords[:, :1])),
-        ("coords rank", lambda: fastreg.sample(image, _rand(2, 2, 3, 3, 3, device=device))),
-    ]
-
-
-def _compose_bad(device):
-    u = _rand(2, 2, 5, 6, device=device)
-    return _common_bad(fastreg.compose, u, u, ("u", "v")) + [("v size", lambda: fastreg.compose(u, u[..., :3]))]
-
-
-def _lncc_bad(device):
-    a, b = _rand(2, 1, 5, 6, device=device), _rand(2, 1, 5, 6, device=device)
-    big = _rand(1, 1, 10, 10, device=device)
-    lncc = lambda **kw: (lambda: fastreg.lncc(big, big, **kw))  # noqa: E731
-    return _common_bad(lambda x, y: fastreg.lncc(x, y, 3), a, b, ("a", "b")) + [
-        ("window even", lambda: fastreg.lncc(a, b, 4)),
-        ("window > image", lambda: fastreg.lncc(a, b, 7)),
-        ("window float", lambda: fastreg.lncc(a, b, 2.5)),
-        ("window 0", lncc(window=0)),
-        ("window -3", lncc(window=-3)),
-        ("window 11", lncc(window=11)),
-        ("window 3 axes", lncc(window=(3, 3, 3))),
-        ("window 3.0", lncc(window=3.0)),
-        ("window (3, 2.5)", lncc(window=(3, 2.5))),
-        ("kernel", lncc(kernel="triangle")),
-        ("reduction", lncc(reduction="max")),
-        ("sigma with box", lambda: fastreg.lncc(a, b, 3, sigma=1.0)),
-        ("sigma negative", lncc(kernel="gaussian", sigma=-1.0)),
-        ("sigma 3 axes", lncc(kernel="gaussian", sigma=(1.0, 2.0, 3.0))),
-        ("eps negative", lambda: fastreg.lncc(a, b, 3, eps=-1.0)),
-        ("b shape", lambda: fastreg.lncc(a, b[..., :5], 3)),
-    ]
-
-
-def _integrate_bad(device):
-    v = _rand(2, 2, 5, 6, device=device)
-    return _common_bad(fastreg.integrate_svf, v, names=("v",)) + [
-        ("steps 64", lambda: fastreg.integrate_svf(v, steps=64)),
-        ("steps -1", lambda: fastreg.integrate_svf(v, steps=-1)),
-        ("steps float", lambda: fastreg.integrate_svf(v, steps=7.0)),
-        ("steps bool", lambda: fastreg.integrate_svf(v, steps=True)),
-        ("steps str", lambda: fastreg.integrate_svf(v, steps="7")),
-        ("v channels", lambda: fastreg.integrate_svf(v[:, :1])),
-        ("v 3 channels in 2-D", lambda: fastreg.integrate_svf(_rand(1, 3, 4, 5, device=device))),
-        ("padding_mode", lambda: fastreg.integrate_svf(v, 3, "wrap")),
-        ("checkpoints -1", lambda: fastreg.integrate_svf(v, 3, checkpoints=-1)),
-        ("checkpoints bool", lambda: fastreg.integrate_svf(v, 3, checkpoints=True)),
-        ("checkpoints float", lambda: fastreg.integrate_svf(v, 3, checkpoints=1.0)),
-    ]
-
-
-def _jacobian_bad(device):
-    disp = _rand(2, 2, 5, 6, device=device)
-    return _common_bad(fastreg.jacobian_det, disp, names=("disp",)) + [
-        ("disp channels", lambda: fastreg.jacobian_det(_rand(2, 2, 5, 6, 7, device=device))),
-        ("mode", lambda: fastreg.jacobian_det(disp, mode="backward")),
-        ("spacing", lambda: fastreg.jacobian_det(disp, spacing=(1.0, -2.0))),
-        ("spacing 3 axes", lambda: fastreg.jacobian_det(disp, spacing=(1.0, 1.0, 1.0))),
-        ("disp gradient on size 1", lambda: fastreg.jacobian_det(disp[..., :1], mode="gradient")),
-    ]
-
-
-def _correlation_bad(device):
-    f, m = _rand(2, 3, 2, 3, device=device), _rand(2, 3, 2, 3, device=device)
-    return _common_bad(fastreg.local_correlation, f, m, ("f", "m")) + [
-        ("radius > image", lambda: fastreg.local_correlation(f, m, radius=800)),
-        ("radius 0", lambda: fastreg.local_correlation(f, m, radius=0)),
-        ("radius float", lambda: fastreg.local_correlation(f, m, radius=1.5)),
-        ("f zero channels", lambda: fastreg.local_correlation(f[:, :0], m[:, :0])),
-        ("m channels differ", lambda: fastreg.local_correlation(f, m[:, :2])),
-        ("m spatial size", lambda: fastreg.local_correlation(f, m[:, :, :1])),
-        ("m rank", lambda: fastreg.local_correlation(f, m[0])),
-        ("m batch", lambda: fastreg.local_correlation(f, torch.cat([m, m, m]))),
-        ("padding_mode", lambda: fastreg.local_correlation(f, m, padding_mode="reflection")),
-        ("scale", lambda: fastreg.local_correlation(f, m, scale=float("inf"))),
-        ("scale str", lambda: fastreg.local_correlation(f, m, scale="sqrt")),
-        ("scale list", lambda: fastreg.local_correlation(f, m, scale=[1.0])),
-    ]
-
-
-def _vfa_bad(device):
-    q, k = _rand(2, 3, 2, 2, 2, device=device), _rand(2, 3, 2, 2, 2, device=device)
-    return _common_bad(fastreg.vfa_attention, q, k, ("q", "k")) + [
-        ("radius 800", lambda: fastreg.vfa_attention(q, k, radius=800)),
-        ("radius -1", lambda: fastreg.vfa_attention(q, k, radius=-1)),
-        ("radius bool", lambda: fastreg.vfa_attention(q, k, radius=True)),
-        ("q zero channels", lambda: fastreg.vfa_attention(q[:, :0], k[:, :0])),
-        ("k channels", lambda: fastreg.vfa_attention(q, k[:, :1])),
-        ("k spatial size", lambda: fastreg.vfa_attention(q, k[..., :1])),
-        ("temperature 0", lambda: fastreg.vfa_attention(q, k, temperature=0.0)),
-        ("temperature str", lambda: fastreg.vfa_attention(q, k, temperature="1")),
-        ("temperature tensor -1", lambda: fastreg.vfa_attention(q, k, temperature=torch.tensor(-1.0, dtype=q.dtype))),
-        ("temperature tensor 0", lambda: fastreg.vfa_attention(q, k, temperature=torch.zeros(1, dtype=q.dtype))),
-        ("temperature tensor nan", lambda: fastreg.vfa_attention(q, k, temperature=torch.tensor(float("nan")))),
-        ("temperature shape", lambda: fastreg.vfa_attention(q, k, temperature=torch.ones(2))),
-    ]
-
-
-def _resize_bad(device):
-    u = _rand(2, 2, 5, 6, device=device)
-    v = _rand(1, 3, 4, 5, 6, device=device)
-    return _common_bad(lambda x: fastreg.resize_field(x, scale_factor=2.0), u, names=("u",)) + [
-        ("size, scale_factor both", lambda: fastreg.resize_field(u, size=(4, 4), scale_factor=2.0)),
-        ("size, scale_factor neither", lambda: fastreg.resize_field(u)),
-        ("size rank", lambda: fastreg.resize_field(u, size=(4, 4, 4))),
-        ("size float", lambda: fastreg.resize_field(v, size=(8, 8, 8.5))),
-        ("size 0", lambda: fastreg.resize_field(v, size=(8, 0, 8))),
-        ("scale_factor 0", lambda: fastreg.resize_field(u, scale_factor=0.0)),
-        ("scale_factor negative", lambda: fastreg.resize_field(v, scale_factor=-2.0)),
-        ("scale_factor 2 axes", lambda: fastreg.resize_field(v, scale_factor=(2.0, 2.0))),
-        ("u channels", lambda: fastreg.resize_field(u[:, :1], scale_factor=2.0)),
-    ]
-
-
-def _invert_bad(device):
-    u = _rand(2, 2, 5, 6, device=device, low=-0.1, high=0.1)
-    return _common_bad(fastreg.invert_field, u, names=("disp",)) + [
-        ("disp numpy", lambda: fastreg.invert_field(u.numpy())),
-        ("iterations 0", lambda: fastreg.invert_field(u, iterations=0)),
-        ("iterations float", lambda: fastreg.invert_field(u, iterations=2.5)),
-        ("tol negative", lambda: fastreg.invert_field(u, tol=-1.0)),
-        ("tol nan", lambda: fastreg.invert_field(u, tol=float("nan"))),
-        ("tol str", lambda: fastreg.invert_field(u, tol="small")),
-        ("padding_mode", lambda: fastreg.invert_field(u, padding_mode="wrap")),
-        ("disp channels", lambda: fastreg.invert_field(u[:, :1])),
-    ]
-
-
+WARP_SPECS = [
+    ((2, 2, 5, 6), (2, 2, 5, 6, 2.0)), ((2, 1, 3, 4, 5), (1, 3, 3, 4, 5, 2.0)),  # one field for the batch
+    ((2, 3, 4, 5), (1, 2, 4, 5, 3.0)), ((2, 2, 3, 4, 3), (2, 3, 3, 4, 3, 3.0)),
+    ((2, 2, 1, 6, 5), (2, 3, 1, 6, 5, 2.0)), ((1, 2, 3, 1, 1), (1, 3, 3, 1, 1, 2.0)),  # size-1 axes
+    ((1, 2, 5, 1), (1, 2, 5, 1, 2.0)), ((1, 1, 1, 6), (1, 2, 1, 6, 2.0))]
+TEMPERATURES = (torch.tensor(-1.0, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), torch.tensor(float("nan")),
+                torch.ones(2))
 OPS = {
-    "warp": Op(fastreg.warp, _warp_samples, _warp_bad, 2, options=_warp_options),
-    "warp_bicubic": Op(lambda i, d, **kw: fastreg.warp(i, d, "bicubic", "reflection"), _warp_samples, _warp_bad, 2),
-    "sample": Op(fastreg.sample, _sample_samples, _sample_bad, 2, options=_warp_options),
-    "compose": Op(fastreg.compose, _compose_samples, _compose_bad, 2, options=_padding_options),
-    "lncc": Op(lambda a, b, **kw: fastreg.lncc(a, b, **{"window": 3, **kw}, reduction="none"),
-               lambda d, t: _pair_samples(d, t, 1) + _pair_samples(d, t, 2), _lncc_bad, 2, options=_lncc_options),
-    "integrate_svf": Op(lambda v, **kw: fastreg.integrate_svf(v, **{"steps": 3, **kw}),
-                        lambda d, t: _field_samples(d, t, size_one=True), _integrate_bad, 1, options=_integrate_options),
-    "jacobian_det": Op(fastreg.jacobian_det, lambda d, t: _field_samples(d, t, size_one=True), _jacobian_bad, 1,
-                       options=_jacobian_options),
-    "local_correlation": Op(fastreg.local_correlation, lambda d, t: _pair_samples(d, t, broadcast=True),
-                            _correlation_bad, 2, options=_correlation_options),
-    "vfa_attention": Op(lambda q, k, **kw: fastreg.vfa_attention(2 * q, k, **kw), lambda d, t: _pair_samples(d, t, broadcast=True),
-                        _vfa_bad, 2, options=_vfa_options),
-    "resize_field": Op(lambda u, **kw: fastreg.resize_field(u, **(kw or {"scale_factor": 2.0})), _field_samples, _resize_bad, 1,
-                       linear=True, options=_resize_options),
+    "warp": Op(fastreg.warp, WARP_SPECS, ("image", "disp"), WARP_OPTIONS, bad_options=WARP_BAD_OPTIONS, bad=_warp_bad),
+    # warp's options run warp_bicubic's kernels: no opcheck of its own
+    "warp_bicubic": Op(lambda i, d, **kw: fastreg.warp(i, d, **{"mode": "bicubic", "padding_mode": "reflection", **kw}),
+                       WARP_SPECS, ("image", "disp"), bad_options=WARP_BAD_OPTIONS, bad=_warp_bad, opcheck=False),
+    "sample": Op(fastreg.sample, [((2, 2, 5, 6), (2, 2, 3, 4, (-1.0, 6.0))), ((1, 1, 3, 4, 5), (1, 3, 2, 3, 2, (-1.0, 5.0))),
+                                  ((2, 2, 4, 5), (1, 2, 11, 3, (-2.0, 6.0)))], ("image", "coords"), WARP_OPTIONS,
+                 bad_options=WARP_BAD_OPTIONS, bad=lambda image, coords: [
+                     ("image empty", (image[:, :, :0], coords)), ("coords channels", (image, coords[:, :1])),
+                     ("coords rank", (image, _rand(2, 2, 3, 3, 3)))]),
+    "compose": Op(fastreg.compose, [((2, 2, 5, 6),) * 2, ((1, 3, 3, 4, 5),) * 2, ((1, 3, 3, 4, 5), (2, 3, 3, 4, 5))],
+                  ("u", "v"), PADDING_OPTIONS, bad_options=[dict(padding_mode="wrap")],
+                  bad=lambda u, v: [("v size", (u, v[..., :3]))]),
+    "lncc": Op(lambda a, b, **kw: fastreg.lncc(a, b, **{"window": 3, "reduction": "none", **kw}), _pairs(1) + _pairs(2),
+               ("a", "b"), _lncc_options, bad_options=[
+                   *(dict(window=w) for w in (4, 7, 2.5, 0, -3, 11, (3, 3, 3), 3.0, (3, 2.5))), dict(kernel="triangle"),
+                   dict(reduction="max"), dict(sigma=1.0), dict(sigma=-1.0, kernel="gaussian"),
+                   dict(sigma=(1.0, 2.0, 3.0), kernel="gaussian"), dict(eps=-1.0)],
+               bad=lambda a, b: [("b shape", (a, b[..., :5]))]),
+    "integrate_svf": Op(lambda v, **kw: fastreg.integrate_svf(v, **{"steps": 3, **kw}), _fields(size_one=True), ("v",),
+                        INTEGRATE_OPTIONS, differentiable=1, bad_options=[
+                            *(dict(steps=s) for s in (64, -1, 7.0, True, "7")), dict(padding_mode="wrap"),
+                            *(dict(checkpoints=c) for c in (-1, True, 1.0))],
+                        bad=lambda v: [("v channels", (v[:, :1],)), ("v 3 channels in 2-D", (_rand(1, 3, 4, 5),))]),
+    "jacobian_det": Op(fastreg.jacobian_det, _fields(size_one=True), ("disp",), _jacobian_options, differentiable=1,
+                       out_axis=1,
+                       bad_options=[dict(mode="backward"), dict(spacing=(1.0, -2.0)), dict(spacing=(1.0, 1.0, 1.0))],
+                       bad=lambda disp: [("disp channels", (_rand(2, 2, 5, 6, 7),)),
+                                         ("disp gradient on size 1", (disp[..., :1],), dict(mode="gradient"))]),
+    "local_correlation": Op(fastreg.local_correlation, _pairs(broadcast=True), ("f", "m"), [
+        dict(radius=r, scale=s, padding_mode=p) for r, s in ((1, "rsqrt_channels"), (2, None), (3, 0.37), (2, 1.3))
+        for p in ("zeros", "border")],
+        bad_options=[*(dict(radius=r) for r in (800, 0, 1.5)), dict(padding_mode="reflection"),
+                     *(dict(scale=s) for s in (float("inf"), "sqrt", [1.0]))],
+        bad=lambda f, m: [("f zero channels", (f[:, :0], m[:, :0])), ("m channels differ", (f, m[:, :2])),
+                          ("m spatial size", (f, m[:, :, :1])), ("m rank", (f, m[0])),
+                          ("m batch", (f, torch.cat([m, m, m])))]),
+    "vfa_attention": Op(lambda q, k, **kw: fastreg.vfa_attention(2 * q, k, **kw), _pairs(broadcast=True), ("q", "k"),
+                        [dict(radius=1), dict(radius=2, temperature=0.7), dict(radius=3)],
+                        bad_options=[*(dict(radius=r) for r in (800, -1, True)),
+                                     *(dict(temperature=t) for t in (0.0, "1", *TEMPERATURES))],
+                        bad=lambda q, k: [("q zero channels", (q[:, :0], k[:, :0])), ("k channels", (q, k[:, :1])),
+                                          ("k spatial size", (q, k[..., :1]))]),
+    # F.interpolate: no fastreg kernel
+    "resize_field": Op(lambda u, **kw: fastreg.resize_field(u, **(kw or {"scale_factor": 2.0})), _fields(), ("u",),
+                       lambda args: [dict(scale_factor=2.0), dict(scale_factor=0.5),
+                                     dict(size=(7, 4) if args[0].dim() == 4 else (5, 3, 6))],
+                       differentiable=1, linear=True, opcheck=False,
+                       bad_options=[*(dict(size=s) for s in ((4, 4, 4), (8, 8.5), (8, 0))),
+                                    *(dict(scale_factor=s) for s in (0.0, -2.0, (2.0, 2.0, 2.0)))],
+                       bad=lambda u: [("size, scale_factor both", (u,), dict(size=(4, 4), scale_factor=2.0)),
+                                      ("size, scale_factor neither", (u,), dict(size=None, scale_factor=None)),
+                                      ("u channels", (u[:, :1],))]),
     # fields of |grad u| < 0.5: the fixed point contracts, 25 iterations reach float64 rounding
-    "invert_field": Op(lambda u, **kw: fastreg.invert_field(u, iterations=25, tol=0.0, **kw),
-                       lambda d, t: _field_samples(d, t, 0.12), _invert_bad, 1, options=_padding_options),
+    "invert_field": Op(lambda u, **kw: fastreg.invert_field(u, **{"iterations": 25, "tol": 0.0, **kw}), _fields(0.12),
+                       ("disp",), PADDING_OPTIONS, differentiable=1, bad_options=[
+                           *(dict(iterations=i) for i in (0, 2.5)), *(dict(tol=t) for t in (-1.0, float("nan"), "small")),
+                           dict(padding_mode="wrap")],
+                       bad=lambda u: [("disp numpy", (u.numpy(),)), ("disp channels", (u[:, :1],))]),
 }
-
-
-def _grads(op: Op, args, out):
-    leaves = [a for a in args[: op.differentiable]]
-    weights = torch.rand_like(out)
-    return torch.autograd.grad((out * weights).sum(), leaves, allow_unused=True), weights
 
 
 def _with_grad(args, n):
     return tuple(a.detach().requires_grad_(i < n) for i, a in enumerate(args))
+
+
+def _cases(op: Op, device, dtype, count=None):
+    """(tensors, options) of the first ``count`` samples (all if None), each with every option set."""
+    return [(args, options) for args in op.samples(device, dtype)[:count] for options in op.option_sets(args)]
+
+
+def _reference(op: Op, args, options=None, dtype=None):
+    """The op on the reference backend, of CPU copies of ``args`` (cast to ``dtype`` if given)."""
+    with fastreg.use_backend("reference"):
+        return op.call(*(a.cpu() if dtype is None else a.cpu().to(dtype) for a in args), **(options or {}))
 
 
 def _kernel_backend_only(device):
@@ -365,19 +210,15 @@ def test_matches_reference_float64(any_device, name):
     Triton interpreter: of the 2-D and 3-D samples)."""
     op, device = OPS[name], any_device
     _kernel_backend_only(device)
-    samples = op.samples(device, torch.float64)
-    for args in samples[:2] if _interpreted(device) else samples:
-        for options in op.options(args):
-            args = _with_grad(args, op.differentiable)
-            out = op.call(*args, **options)
-            grads, weights = _grads(op, args, out)
-            ref_args = _with_grad([a.detach().cpu() for a in args], op.differentiable)
-            with fastreg.use_backend("reference"):
-                expected = op.call(*ref_args, **options)
-            expected_grads = torch.autograd.grad((expected * weights.cpu()).sum(), ref_args[: op.differentiable])
-            torch.testing.assert_close(out.cpu(), expected, rtol=1e-9, atol=1e-10, msg=lambda m: f"{options}: {m}")
-            for g, e in zip(grads, expected_grads):
-                torch.testing.assert_close(g.cpu(), e, rtol=1e-8, atol=1e-9, msg=lambda m: f"{options}: {m}")
+    for args, options in _cases(op, device, torch.float64, 2 if _interpreted(device) else None):
+        args, ref_args = _with_grad(args, op.differentiable), _with_grad([a.cpu() for a in args], op.differentiable)
+        out, expected = op.call(*args, **options), _reference(op, ref_args, options)
+        weights = torch.rand_like(out)
+        grads = torch.autograd.grad((out * weights).sum(), args[: op.differentiable])
+        expected_grads = torch.autograd.grad((expected * weights.cpu()).sum(), ref_args[: op.differentiable])
+        for i, (got, want) in enumerate(zip((out, *grads), (expected, *expected_grads))):
+            torch.testing.assert_close(got.cpu(), want, rtol=1e-8 if i else 1e-9, atol=1e-9 if i else 1e-10,
+                                       msg=lambda m: f"{options}: {m}")
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -386,36 +227,37 @@ def test_matches_reference_float32(any_device, name):
     rounding (relative to the largest output), for the 2-D and 3-D samples and every option set."""
     op, device = OPS[name], any_device
     _kernel_backend_only(device)
-    for args in op.samples(device, torch.float32)[:2]:
-        for options in op.options(args):
-            out = op.call(*args, **options)
-            with fastreg.use_backend("reference"):
-                expected = op.call(*(a.cpu().double() for a in args), **options)
-            assert out.dtype == torch.float32
-            scale = expected.abs().max().clamp_min(1.0).item()
-            torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=2e-5 * scale,
-                                       msg=lambda m: f"{options}: {m}")
+    for args, options in _cases(op, device, torch.float32, 2):
+        out, expected = op.call(*args, **options), _reference(op, args, options, torch.float64)
+        assert out.dtype == torch.float32
+        scale = expected.abs().max().clamp_min(1.0).item()
+        torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=2e-5 * scale,
+                                   msg=lambda m: f"{options}: {m}")
+
+
+def _first_and_others(op: Op, device):
+    """The 2-D sample with the first option set; the 3-D sample with it and the 2-D sample
+    with every other option set."""
+    two, three = op.samples(device, torch.float64)[:2]
+    sets = op.option_sets(two)
+    return [(two, sets[0])], [(three, op.option_sets(three)[0]), *((two, options) for options in sets[1:])]
 
 
 @pytest.mark.parametrize("name", OPS)
 def test_gradcheck(any_device, name):
-    """torch.autograd.gradcheck (finite differences, float64): the full Jacobians of the 2-D
-    sample with the first option set, random projections (fast mode) of the 3-D sample with
-    it and of the 2-D sample with every other option set; under the Triton interpreter the
-    2-D sample with the first option set, in fast mode. (The float64 parity compares every
-    sample's and option set's gradients with the reference's.)"""
+    """torch.autograd.gradcheck (finite differences, float64): the full Jacobians of the
+    first run of ``_first_and_others``, random projections (fast mode) of the others; under
+    the Triton interpreter the first run only, in fast mode. (The float64 parity compares
+    every sample's and option set's gradients with the reference's.)"""
     op, device = OPS[name], any_device
     _kernel_backend_only(device)
-    two, three = op.samples(device, torch.float64)[:2]
+    first, others = _first_and_others(op, device)
     interpreted = _interpreted(device)
-    runs = [(two, op.options(two)[0], interpreted)]
-    if not interpreted:
-        runs += [(three, op.options(three)[0], True), *((two, option, True) for option in op.options(two)[1:])]
-    for args, option, fast in runs:
-        n = _differentiable(op, option)
+    for (args, options), fast in [(first[0], interpreted), *((run, True) for run in ([] if interpreted else others))]:
+        n = op.differentiable_for(options)
         rest = [a.detach() for a in args[n:]]
-        call = lambda *x: op.call(*x, *rest, **option)  # noqa: E731
-        assert torch.autograd.gradcheck(call, _with_grad(args[:n], n), fast_mode=fast), option
+        call = lambda *x: op.call(*x, *rest, **options)  # noqa: E731
+        assert torch.autograd.gradcheck(call, _with_grad(args[:n], n), fast_mode=fast), options
 
 
 class _KernelCalls(TorchDispatchMode):
@@ -436,7 +278,7 @@ class _KernelCalls(TorchDispatchMode):
 def _record_kernels(op: Op, runs) -> dict:
     recorder = _KernelCalls()
     for args, options in runs:
-        args = _with_grad(args, _differentiable(op, options))
+        args = _with_grad(args, op.differentiable_for(options))
         with recorder:
             op.call(*args, **options).sum().backward()
     return recorder.calls
@@ -446,14 +288,12 @@ def _record_kernels(op: Op, runs) -> dict:
 def test_opcheck(any_device, name):
     """torch.library.opcheck of every kernel the op runs forward and backward (recorded below
     autograd): all of it (schema, fake kernel, autograd registration, AOT dispatch) for the
-    2-D sample with the first option set; schema and fake kernel (whose shapes follow the
-    options) for the 3-D sample with it and the 2-D sample with every other option set."""
+    first run of ``_first_and_others``; schema and fake kernel (whose shapes follow the
+    options) for the kernels only the others run."""
     op, device = OPS[name], any_device
-    if fastreg.get_backend() == "reference" or name in ("resize_field", "warp_bicubic"):
-        pytest.skip("the reference and resize_field (F.interpolate) run no fastreg kernel; warp's options run warp_bicubic's")
-    two, three = op.samples(device, torch.float64)[:2]
-    first = _record_kernels(op, [(two, op.options(two)[0])])
-    others = _record_kernels(op, [(three, op.options(three)[0]), *((two, option) for option in op.options(two)[1:])])
+    if fastreg.get_backend() == "reference" or not op.opcheck:
+        pytest.skip("the reference runs no fastreg kernel, nor does this op beyond another row's")
+    first, others = (_record_kernels(op, runs) for runs in _first_and_others(op, device))
     assert first
     for calls, utils in ((first, None), ({k: v for k, v in others.items() if k not in first}, ("test_schema", "test_faketensor"))):
         for func, args, kwargs in calls.values():
@@ -466,24 +306,17 @@ def test_opcheck(any_device, name):
 @pytest.mark.parametrize("name", OPS)
 @pytest.mark.parametrize("axis", ["batch", "spatial"])
 def test_zero_size_gives_an_empty_result(any_device, name, axis):
+    """The first sample cut to an empty batch, or an empty first spatial axis in every tensor."""
     op, device = OPS[name], any_device
-    for args in op.samples(device, torch.float32)[:1]:
-        if axis == "batch":
-            cut = tuple(a[:0] for a in args)
-        else:  # every tensor loses its first spatial axis
-            cut = tuple(a[:, :, :0] for a in args)
-        cut = _with_grad(cut, op.differentiable)
-        out = op.call(*cut)
-        assert out.numel() == 0 and out.dtype == torch.float32 and out.device.type == device.type
-        full_shape = op.call(*args).shape
-        expected_shape = list(full_shape)
-        expected_shape[0 if axis == "batch" else 2] = 0
-        if name == "jacobian_det" and axis == "spatial":
-            expected_shape = [full_shape[0], 0, *full_shape[2:]]
-        assert list(out.shape) == expected_shape
-        grads = torch.autograd.grad(out.sum(), cut[: op.differentiable])
-        for g, a in zip(grads, cut):
-            assert g.shape == a.shape
+    args = op.samples(device, torch.float32)[0]
+    cut = _with_grad(tuple(a[:0] if axis == "batch" else a[:, :, :0] for a in args), op.differentiable)
+    out = op.call(*cut)
+    assert out.numel() == 0 and out.dtype == torch.float32 and out.device.type == device.type
+    expected_shape = list(op.call(*args).shape)
+    expected_shape[0 if axis == "batch" else op.out_axis] = 0
+    assert list(out.shape) == expected_shape
+    grads = torch.autograd.grad(out.sum(), cut[: op.differentiable])
+    assert [g.shape for g in grads] == [a.shape for a in cut[: op.differentiable]]
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -492,33 +325,38 @@ def test_strided_inputs_match_contiguous(any_device, name):
     give exactly the contiguous result, for the 2-D and 3-D samples."""
     op, device = OPS[name], any_device
     for args in op.samples(device, torch.float64)[:2]:
-        expanded = tuple(a[:1].expand(a.shape) for a in args)
         for variant in (
-            expanded,
+            tuple(a[:1].expand(a.shape) for a in args),
             tuple(a.transpose(-1, -2).contiguous().transpose(-1, -2) for a in args),
             tuple(a.contiguous(memory_format=torch.channels_last if a.dim() == 4 else torch.channels_last_3d) for a in args),
             tuple(a[:, :1].expand(a.shape) if a.shape[1] > 1 and i > 0 else a for i, a in enumerate(args)),
         ):
-            got = op.call(*variant)
-            expected = op.call(*(v.contiguous() for v in variant))
-            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+            torch.testing.assert_close(op.call(*variant), op.call(*(v.contiguous() for v in variant)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", OPS)
 def test_nan_in_gives_nan_out_where_the_reference_has_it(any_device, name):
     op, device = OPS[name], any_device
-    args = op.samples(device, torch.float64)[0]
-    for options in op.options(args):
+    for args, options in _cases(op, device, torch.float64, 1):
         found = False
         for which in {0, len(args) - 1}:  # the image (or first input), then the positions
             poisoned = [a.clone() for a in args]
             poisoned[which].view(-1)[poisoned[which].numel() // 2] = float("nan")
             out = op.call(*poisoned, **options)
-            with fastreg.use_backend("reference"):
-                expected = op.call(*(p.cpu() for p in poisoned), **options)
-            assert torch.equal(out.isnan().cpu(), expected.isnan()), (which, options)
+            assert torch.equal(out.isnan().cpu(), _reference(op, poisoned, options).isnan()), (which, options)
             found |= bool(out.isnan().any())
         assert found, options
+
+
+def _bad_calls(op: Op):
+    """(label, thunk) of every invalid call of ``op``, built on its first sample."""
+    args = op.samples(torch.device("cpu"), torch.float64)[0]
+    name, first, rest = op.names[0], args[0], args[1:]
+    calls = [(f"{name} list", ([[1.0]], *rest)), (f"{name} int dtype", (first.long(), *rest)),
+             (f"{name} rank 3", (first[0], *rest))]
+    calls += [(f"{op.names[1]} mixed dtype", (first, rest[0].float()))] if rest else []
+    calls += [(", ".join(f"{k} {v!r}" for k, v in options.items()), args, options) for options in op.bad_options]
+    return [(label, lambda xs=xs, kw=(kw or [{}])[0]: op.call(*xs, **kw)) for label, xs, *kw in calls + op.bad(*args)]
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -526,7 +364,7 @@ def test_bad_input_same_error_on_every_backend(name):
     """Each invalid call raises a ValueError or TypeError naming the argument its label starts
     with ("<argument>: expected ..."), with the same type and wording on every backend that
     runs here."""
-    for label, thunk in OPS[name].bad(torch.device("cpu")):
+    for label, thunk in _bad_calls(OPS[name]):
         seen = {}
         for backend in ("reference", "cpu", "triton"):
             if backend not in fastreg.available_backends():
@@ -546,25 +384,16 @@ def test_jacobian_stats_of_an_empty_batch(any_device):
     assert all(v.shape == (0,) and v.dtype == torch.float64 for v in stats.values())
 
 
-@pytest.mark.parametrize(
-    "make, match",
-    [
-        (lambda: fastreg.nn.VecInt(steps=64), "steps"),
-        (lambda: fastreg.nn.LNCCLoss(window=4), "window"),
-        (lambda: fastreg.nn.LNCCLoss(window=[3, 2.0]), "window"),
-        (lambda: fastreg.nn.LNCCLoss(window=3.0), "window"),
-        (lambda: fastreg.nn.LNCCLoss(sigma=1.0), "sigma"),
-        (lambda: fastreg.nn.LNCCLoss(kernel="gaussian", sigma=-1.0), "sigma"),
-        (lambda: fastreg.nn.LNCCLoss(eps=-1e-5), "eps"),
-        (lambda: fastreg.nn.JacobianLoss(spacing=(1.0, 0.0)), "spacing"),
-        (lambda: fastreg.nn.SpatialTransformer(mode="cubic"), "mode"),
-        (lambda: fastreg.nn.ResizeField(size=(4, 0)), "size"),
-        (lambda: fastreg.nn.ResizeField(scale_factor=-2.0), "scale_factor"),
-    ],
-)
-def test_nn_modules_validate_at_construction(make, match):
-    with pytest.raises((ValueError, TypeError), match=match):
-        make()
+@pytest.mark.parametrize("make, options", [
+    (fastreg.nn.VecInt, dict(steps=64)), *((fastreg.nn.LNCCLoss, dict(window=w)) for w in (4, [3, 2.0], 3.0)),
+    (fastreg.nn.LNCCLoss, dict(sigma=1.0)), (fastreg.nn.LNCCLoss, dict(sigma=-1.0, kernel="gaussian")),
+    (fastreg.nn.LNCCLoss, dict(eps=-1e-5)), (fastreg.nn.LNCCLoss, dict(form="pos")),
+    (fastreg.nn.JacobianLoss, dict(spacing=(1.0, 0.0))), (fastreg.nn.SpatialTransformer, dict(mode="cubic")),
+    (fastreg.nn.ResizeField, dict(size=(4, 0))), (fastreg.nn.ResizeField, dict(scale_factor=-2.0))])
+def test_nn_modules_validate_at_construction(make, options):
+    """An invalid option raises when the module is built, naming the option (the first key)."""
+    with pytest.raises((ValueError, TypeError), match=next(iter(options))):
+        make(**options)
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
