@@ -24,6 +24,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -186,19 +187,28 @@ inline void span_gather_scalar(const gscalar_t* g, const xscalar_t* x, const int
   }
 }
 
+// One AVX2 register of T as a GCC/Clang vector; other compilers: one lane.
 #if defined(__GNUC__)
-// One AVX2 register of T as a GCC/Clang vector (other compilers: the scalar loops).
 #define FASTREG_TILE_VECTORS 1
 template <typename T>
 struct Vec {
   typedef T type __attribute__((vector_size(32)));
   static constexpr int lanes = 32 / sizeof(T);
 };
+#else
+template <typename T>
+struct Vec {
+  typedef T type;
+  static constexpr int lanes = 1;
+};
+#endif
 
 template <typename T, typename scalar_t>
 inline typename Vec<T>::type load(const scalar_t* p) {
   typename Vec<T>::type v;
-  if constexpr (std::is_same_v<T, scalar_t>) {
+  if constexpr (Vec<T>::lanes == 1) {
+    v = static_cast<T>(*p);
+  } else if constexpr (std::is_same_v<T, scalar_t>) {
     std::memcpy(&v, p, sizeof v);
   } else {
     for (int l = 0; l < Vec<T>::lanes; ++l) v[l] = static_cast<T>(p[l]);
@@ -206,6 +216,43 @@ inline typename Vec<T>::type load(const scalar_t* p) {
   return v;
 }
 
+template <typename T>
+inline void store(T* p, const typename Vec<T>::type& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// exp of every lane. float vectors: Cephes' expf (range reduction by ln 2 in two parts, a
+// degree-6 polynomial, the exponent set by integer arithmetic; within 2 ulp of expf, 0
+// below -88.4, NaN stays NaN); other types lane by lane with std::exp.
+template <typename T>
+inline typename Vec<T>::type vexp(typename Vec<T>::type x) {
+  using V = typename Vec<T>::type;
+  if constexpr (Vec<T>::lanes > 1 && std::is_same_v<T, float>) {
+    typedef int32_t I __attribute__((vector_size(32)));
+    const V hi = V{} + 88.3762626647949f, lo = V{} - 88.3762626647949f;
+    x = x > hi ? hi : x;
+    x = x < lo ? lo : x;
+    V fx = x * 1.44269504088896341f + 0.5f;
+    V fl = __builtin_convertvector(__builtin_convertvector(fx, I), V);
+    fl = fl > fx ? fl - 1.0f : fl;  // floor
+    x = x - fl * 0.693359375f + fl * 2.12194440e-4f;
+    const V z = x * x;
+    V y = ((((1.9875691500e-4f * x + 1.3981999507e-3f) * x + 8.3334519073e-3f) * x + 4.1665795894e-2f) * x +
+           1.6666665459e-1f) * x + 5.0000001201e-1f;
+    y = y * z + x + 1.0f;
+    const I bits = (__builtin_convertvector(fl, I) + 127) << 23;
+    V scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+  } else if constexpr (Vec<T>::lanes > 1) {
+    for (int l = 0; l < Vec<T>::lanes; ++l) x[l] = std::exp(x[l]);
+    return x;
+  } else {
+    return std::exp(x);
+  }
+}
+
+#ifdef FASTREG_TILE_VECTORS
 // acc[j * stride + i] = sum_c a[c * np + i] * b[c * np + i + shift[j]] for j < G, i < len:
 // G offsets per pass over the channels, their accumulators in registers.
 template <int G, typename scalar_t, typename T>
@@ -294,6 +341,62 @@ FASTREG_VECTOR_LOOP void correlation_forward_tiles(const scalar_t* ap, const sca
   }
 }
 
+// a - b, or 0 where a == b (so that inf - inf gives 0, as the scalar online softmax does).
+template <typename V>
+inline V minus(V a, V b) {
+  return a == b ? V{} * 0 : a - b;
+}
+
+// The online softmax of vfa_attention over the voxels of a span (halo columns included and
+// unused), by vectors: running max, sum of exp and exp-weighted offsets, as in correlation.h
+// (a NaN logit makes the voxel's outputs NaN).
+template <typename T, int NDIM>
+struct SpanSoftmax {
+  using V = typename Vec<T>::type;
+  static constexpr int lanes = Vec<T>::lanes;
+  int64_t stride;
+  std::vector<T> mx, sm, ds;  // ds: NDIM rows of `stride`
+
+  explicit SpanSoftmax(int64_t span) : stride(span), mx(span), sm(span), ds(NDIM * span) {}
+
+  void init() {
+    std::fill(mx.begin(), mx.end(), -INFINITY);
+    std::fill(sm.begin(), sm.end(), T(0));
+    std::fill(ds.begin(), ds.end(), T(0));
+  }
+
+  // Adds the logits scale * rows[j * stride + i] of `count` offsets o (NDIM ints each).
+  void update(const T* rows, int64_t count, const int* o, T scale, int64_t len) {
+    for (int64_t i = 0; i < len; i += lanes) {
+      const V m0 = load<T>(mx.data() + i);
+      V m = m0;
+      for (int64_t j = 0; j < count; ++j) {
+        const V l = scale * load<T>(rows + j * stride + i);
+        m = (l > m) | (l != l) ? l : m;
+      }
+      const V r = vexp<T>(minus(m0, m));
+      V s = load<T>(sm.data() + i) * r;
+      V d[NDIM];
+      for (int a = 0; a < NDIM; ++a) d[a] = load<T>(ds.data() + a * stride + i) * r;
+      for (int64_t j = 0; j < count; ++j) {
+        const V e = vexp<T>(minus(scale * load<T>(rows + j * stride + i), m));
+        s += e;
+        for (int a = 0; a < NDIM; ++a) d[a] += e * static_cast<T>(o[j * NDIM + a]);
+      }
+      store<T>(mx.data() + i, m);
+      store<T>(sm.data() + i, s);
+      for (int a = 0; a < NDIM; ++a) store<T>(ds.data() + a * stride + i, d[a]);
+    }
+  }
+};
+
+// Span length rounded up to whole vectors of T (buffers of a span are this long).
+template <typename T>
+inline int64_t padded_span(const Region& R) {
+  constexpr int64_t lanes = Vec<T>::lanes;
+  return (R.span + lanes - 1) / lanes * lanes;
+}
+
 // vfa_attention forward: out (B, ndim, *S), lse (B, *S) from padded q, k.
 template <typename scalar_t, int NDIM>
 FASTREG_VECTOR_LOOP void vfa_forward_tiles(const scalar_t* qp, const scalar_t* kp, scalar_t* op,
@@ -301,62 +404,65 @@ FASTREG_VECTOR_LOOP void vfa_forward_tiles(const scalar_t* qp, const scalar_t* k
                                            at::opmath_type<scalar_t> scale, int64_t t0, int64_t t1) {
   using T = at::opmath_type<scalar_t>;
   const int64_t K = L.offsets();
-  std::vector<T> acc(kGroup * R.span);
-  std::vector<SoftmaxState<T, NDIM>> state(R.rows * R.width);
+  const int64_t span = padded_span<T>(R);
+  std::vector<T> acc(kGroup * span);
+  SpanSoftmax<T, NDIM> softmax(span);
   for (int64_t tt = t0; tt < t1; ++tt) {
     const int64_t b = tt / R.tiles;
     const Tile t(L, R, tt % R.tiles);
-    for (auto& st : state) softmax_init(st);
+    softmax.init();
     for (int64_t k0 = 0; k0 < K; k0 += L.group) {
-      dots(L, qp + b * C * L.np + t.p0, kp + b * C * L.np + t.p0, k0, C, t.len, acc.data(), R.span);
-      for (int64_t k = k0; k < k0 + L.group; ++k) {
-        const int* o = L.offset.data() + k * NDIM;
-        const T* src = acc.data() + (k - k0) * R.span;
-        t.each(L, R, [&](int64_t j, int64_t i) { softmax_update(state[j], scale * src[i], o); });
-      }
+      dots(L, qp + b * C * L.np + t.p0, kp + b * C * L.np + t.p0, k0, C, t.len, acc.data(), span);
+      softmax.update(acc.data(), L.group, L.offset.data() + k0 * NDIM, scale, t.len);
     }
-    t.each(L, R, [&](int64_t j, int64_t) {
-      T disp[NDIM];
-      lp[b * L.n + t.first + j] = softmax_finish(state[j], disp);
-      for (int a = 0; a < NDIM; ++a) op[(b * NDIM + a) * L.n + t.first + j] = static_cast<scalar_t>(disp[a]);
+    t.each(L, R, [&](int64_t j, int64_t i) {
+      lp[b * L.n + t.first + j] = softmax.mx[i] + std::log(softmax.sm[i]);
+      for (int a = 0; a < NDIM; ++a) {
+        op[(b * NDIM + a) * L.n + t.first + j] = static_cast<scalar_t>(softmax.ds[a * span + i] / softmax.sm[i]);
+      }
     });
   }
 }
 
-// d loss / d (q . k_j) into dl (B, K, *Sp), zero outside the interior (zero-initialised by
-// the caller; only interior voxels are written).
+// d loss / d (q . k_j) = scale * w_j (G_j - g . out) into dl (B, K, *Sp), zero outside the
+// interior (zero-initialised by the caller; only interior voxels are written).
 template <typename scalar_t, int NDIM>
 FASTREG_VECTOR_LOOP void vfa_dlogit_tiles(const scalar_t* gp, const scalar_t* qp, const scalar_t* kp,
                                           const scalar_t* op, const at::opmath_type<scalar_t>* lp,
                                           at::opmath_type<scalar_t>* dl, const Layout& L, const Region& R,
                                           int64_t C, at::opmath_type<scalar_t> scale, int64_t t0, int64_t t1) {
   using T = at::opmath_type<scalar_t>;
+  using V = typename Vec<T>::type;
+  constexpr int lanes = Vec<T>::lanes;
   const int64_t K = L.offsets();
-  std::vector<T> acc(kGroup * R.span);
-  std::vector<T> go(R.rows * R.width * NDIM);
-  std::vector<T> gdo(R.rows * R.width);
+  const int64_t span = padded_span<T>(R);
+  std::vector<T> acc(kGroup * span), go(NDIM * span), gdo(span), lse(span), row(span);
   for (int64_t tt = t0; tt < t1; ++tt) {
     const int64_t b = tt / R.tiles;
     const Tile t(L, R, tt % R.tiles);
-    t.each(L, R, [&](int64_t j, int64_t) {
+    t.each(L, R, [&](int64_t j, int64_t i) {
       T dot = T(0);
       for (int a = 0; a < NDIM; ++a) {
         const int64_t x = (b * NDIM + a) * L.n + t.first + j;
-        go[j * NDIM + a] = static_cast<T>(gp[x]);
-        dot += go[j * NDIM + a] * static_cast<T>(op[x]);
+        go[a * span + i] = static_cast<T>(gp[x]);
+        dot += go[a * span + i] * static_cast<T>(op[x]);
       }
-      gdo[j] = dot;
+      gdo[i] = dot;
+      lse[i] = lp[b * L.n + t.first + j];
     });
-    const T* lr = lp + b * L.n + t.first;
     for (int64_t k0 = 0; k0 < K; k0 += L.group) {
-      dots(L, qp + b * C * L.np + t.p0, kp + b * C * L.np + t.p0, k0, C, t.len, acc.data(), R.span);
+      dots(L, qp + b * C * L.np + t.p0, kp + b * C * L.np + t.p0, k0, C, t.len, acc.data(), span);
       for (int64_t k = k0; k < k0 + L.group; ++k) {
         const int* o = L.offset.data() + k * NDIM;
-        const T* src = acc.data() + (k - k0) * R.span;
+        const T* src = acc.data() + (k - k0) * span;
+        for (int64_t i = 0; i < t.len; i += lanes) {
+          V G = V{} * 0;
+          for (int a = 0; a < NDIM; ++a) G += load<T>(go.data() + a * span + i) * static_cast<T>(o[a]);
+          const V w = vexp<T>(scale * load<T>(src + i) - load<T>(lse.data() + i));
+          store<T>(row.data() + i, scale * w * (G - load<T>(gdo.data() + i)));
+        }
         T* dst = dl + (b * K + k) * L.np + t.p0;
-        t.each(L, R, [&](int64_t j, int64_t i) {
-          dst[i] = dlogit<T, NDIM>(scale * src[i], lr[j], &go[j * NDIM], gdo[j], o, scale);
-        });
+        t.each(L, R, [&](int64_t, int64_t i) { dst[i] = row[i]; });
       }
     }
   }
