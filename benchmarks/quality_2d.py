@@ -38,9 +38,10 @@ import torch.nn.functional as F
 
 import fastreg
 import fastreg.models
-import fastreg.nio
 from fastreg import metrics
 from fastreg.bench.peer_registration import syn
+
+from _refine import refine
 
 SIZE = 224
 
@@ -96,27 +97,6 @@ def load_model(args) -> torch.nn.Module:
     return model.eval()
 
 
-def _refine(model, fixed, moving, disp, iterations: int) -> dict:
-    """NIO from the model (``iterations`` steps) and IO from its field ``disp`` in the same
-    wall time: CC, %|J| and seconds of each."""
-    out = {}
-    with torch.inference_mode(False), torch.enable_grad():
-        fixed, moving, disp = fixed.clone(), moving.clone(), disp.clone()  # normal tensors, not inference ones
-        start = time.perf_counter()
-        nio = fastreg.nio.optimize(model, fixed, moving, iterations=(iterations,))
-        seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        io = fastreg.nio.instance_optimize(disp, fixed, moving, iterations=100 * iterations,
-                                           max_seconds=seconds)
-        seconds_io = time.perf_counter() - start
-    for name, result, sec in (("nio", nio, seconds), ("io", io, seconds_io)):
-        warped = fastreg.warp(moving, result.disp, padding_mode="border")
-        out.update({f"cc_{name}": float(metrics.cc(fixed, warped)),
-                    f"folding_{name}": float(metrics.jacobian_stats(result.disp)["folding_percent"]),
-                    f"seconds_{name}": sec, f"steps_{name}": int(result.log["loss"].shape[0])})
-    return out
-
-
 def evaluate(args) -> list[dict]:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -143,7 +123,11 @@ def evaluate(args) -> list[dict]:
                         "seconds_model": seconds,
                     }
                     if args.nio:
-                        row.update(_refine(model, fixed, moving, disp, args.nio))
+                        def score(name, field):
+                            return {f"cc_{name}": float(metrics.cc(fixed, fastreg.warp(moving, field, padding_mode="border"))),
+                                    f"folding_{name}": float(metrics.jacobian_stats(field)["folding_percent"])}
+
+                        row.update(refine(model, fixed, moving, disp, (args.nio,), score))
                     if not args.no_syn:
                         peer = syn(fixed, moving)
                         row.update(cc_syn=float(metrics.cc(fixed, peer["warped"])),

@@ -19,8 +19,16 @@ ones, nearest), CC(fixed, warped), %|J| (share of det J <= 0 of the field, Learn
 SDlogJ, and seconds per pair (the model warm, one pair at a time). ANTs SyN (antspyx,
 ``SyNOnly``) registers the same pairs in the same run.
 
+With ``--images volumes`` the fixed images are instead the 3-D MR volumes that dipy and
+nibabel ship (thin slabs of 10-25 slices, none used in training; no labels, so CC only): the
+real images of the NIO evaluation, which may not use the MNI152 template. ``--nio 100,60,30``
+also refines each pair by NIO from the model (Adam steps per stage on a copy of its weights)
+and, in the same wall time, by instance optimisation of the model's field
+(``benchmarks/_refine.py``), scored the same way.
+
     python benchmarks/quality_3d.py --checkpoint /path/to/run            # best.pt of a run
     python benchmarks/quality_3d.py --model dpvfa-3d --pairs 5 --contrast remap --json out.json
+    python benchmarks/quality_3d.py --images volumes --no-syn --nio 100,60,30
 """
 from __future__ import annotations
 
@@ -38,6 +46,8 @@ import fastreg
 import fastreg.models
 from fastreg import metrics
 from fastreg.bench.peer_registration import syn
+
+from _refine import refine
 
 LABELS = ("L-csf", "L-gm", "L-wm", "R-csf", "R-gm", "R-wm")
 
@@ -60,6 +70,28 @@ def mni_brain() -> tuple[torch.Tensor, torch.Tensor]:
     return to(image, torch.float32), to(labels, torch.int64)
 
 
+def mr_volumes() -> list[tuple[str, torch.Tensor]]:
+    """The 3-D MR volumes dipy and nibabel ship: [(name, (1, 1, *S) image in [0, 1])]
+    (first volume of 4-D files, robust min-max: 1st-99th percentile)."""
+    import dipy
+    import nibabel as nib
+    from nibabel.testing import data_path
+
+    files = os.path.join(os.path.dirname(dipy.__file__), "data", "files")
+    out = []
+    for name, path in [("dipy S0_10slices", os.path.join(files, "S0_10slices.nii.gz")),
+                       ("dipy test_piesno", os.path.join(files, "test_piesno.nii.gz")),
+                       ("dipy aniso_vox", os.path.join(files, "aniso_vox.nii.gz")),
+                       ("nibabel example4d", os.path.join(data_path, "example4d.nii.gz")),
+                       ("nibabel anatomical", os.path.join(data_path, "anatomical.nii"))]:
+        data = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+        data = data.reshape(*data.shape[:3], -1)[..., 0]
+        lo, hi = np.percentile(data, [1, 99])
+        image = np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)
+        out.append((name, torch.from_numpy(np.ascontiguousarray(image)).float()[None, None]))
+    return out
+
+
 def remap(image: torch.Tensor, generator: torch.Generator, knots: int = 8) -> torch.Tensor:
     """A random non-monotonic intensity lookup table (``knots`` values drawn U(0, 1) on a
     uniform grid of [0, 1], 0 kept at 0), applied by linear interpolation."""
@@ -80,49 +112,66 @@ def load_model(args) -> torch.nn.Module:
 
 
 def _scores(name: str, fixed, fixed_labels, warped, warped_labels) -> dict:
-    dice = metrics.dice(fixed_labels, warped_labels, labels=range(1, len(LABELS) + 1))
-    return {f"dice_{name}": float(dice.mean()), f"cc_{name}": float(metrics.cc(fixed, warped))}
+    out = {f"cc_{name}": float(metrics.cc(fixed, warped))}
+    if fixed_labels is not None:
+        dice = metrics.dice(fixed_labels, warped_labels, labels=range(1, len(LABELS) + 1))
+        out[f"dice_{name}"] = float(dice.mean())
+    return out
+
+
+def images(kind: str) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    if kind == "mni":
+        return [("mni152", *mni_brain())]
+    return [(name, image, None) for name, image in mr_volumes()]
 
 
 def evaluate(args) -> list[dict]:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    fixed, fixed_labels = mni_brain()
-    shape = tuple(fixed.shape[2:])
     model = load_model(args)
     rows = []
     with torch.inference_mode():
-        model(fixed, fixed)  # warm-up
-        for k in range(args.pairs):
-            phi = fastreg.data.random_field(shape, scales=(24, 12, 6), max_std=args.max_std, steps=5,
-                                            half_res=True, generator=generator)
-            moving = fastreg.warp(fixed, phi, padding_mode="zeros")
-            moving_labels = warp_labels(fixed_labels, phi)
-            if args.contrast == "remap":
-                moving = remap(moving, generator)
-            start = time.perf_counter()
-            disp = model(fixed, moving)
-            warped = fastreg.warp(moving, disp)
-            seconds = time.perf_counter() - start
-            stats = metrics.jacobian_stats(disp)
-            row = {"pair": k, **_scores("before", fixed, fixed_labels, moving, moving_labels),
-                   **_scores("model", fixed, fixed_labels, warped, warp_labels(moving_labels, disp)),
-                   "folding_model": float(stats["folding_percent"]), "sdlogj_model": float(stats["sdlogj"]),
-                   "seconds_model": seconds}
-            if not args.no_syn:
-                peer = syn(fixed, moving, moving_labels)
-                row.update(_scores("syn", fixed, fixed_labels, peer["warped"], peer["labels"]),
-                           folding_syn=peer["folding_percent"], seconds_syn=peer["seconds"])
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+        for name, fixed, fixed_labels in images(args.images):
+            shape = tuple(fixed.shape[2:])
+            model(fixed, fixed)  # warm-up at this size
+            for k in range(args.pairs):
+                phi = fastreg.data.random_field(shape, scales=(24, 12, 6), max_std=args.max_std, steps=5,
+                                                half_res=True, generator=generator)
+                moving = fastreg.warp(fixed, phi, padding_mode="zeros")
+                moving_labels = None if fixed_labels is None else warp_labels(fixed_labels, phi)
+                if args.contrast == "remap":
+                    moving = remap(moving, generator)
+
+                def score(tag, disp):
+                    labels = None if moving_labels is None else warp_labels(moving_labels, disp)
+                    stats = metrics.jacobian_stats(disp)
+                    return {**_scores(tag, fixed, fixed_labels, fastreg.warp(moving, disp), labels),
+                            f"folding_{tag}": float(stats["folding_percent"]), f"sdlogj_{tag}": float(stats["sdlogj"])}
+
+                start = time.perf_counter()
+                disp = model(fixed, moving)
+                fastreg.warp(moving, disp)
+                seconds = time.perf_counter() - start
+                row = {"image": name, "pair": k, **_scores("before", fixed, fixed_labels, moving, moving_labels),
+                       **score("model", disp), "seconds_model": seconds}
+                if args.nio:
+                    row.update(refine(model, fixed, moving, disp, args.nio, score))
+                if not args.no_syn:
+                    peer = syn(fixed, moving, moving_labels)
+                    row.update(_scores("syn", fixed, fixed_labels, peer["warped"], peer["labels"]),
+                               folding_syn=peer["folding_percent"], seconds_syn=peer["seconds"])
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
 
 
 def summary(rows: list[dict]) -> str:
-    keys = [k for k in rows[0] if k != "pair"]
-    lines = ["| pairs | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    cells = [f"{statistics.mean(r[k] for r in rows):.4g}" for k in keys]
-    lines.append(f"| {len(rows)} | " + " | ".join(cells) + " |")
+    keys = [k for k in rows[0] if k not in ("image", "pair")]
+    lines = ["| image | pairs | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for image in [*dict.fromkeys(r["image"] for r in rows), "all"]:
+        group = [r for r in rows if image in ("all", r["image"])]
+        cells = [f"{statistics.mean(r[k] for r in group):.4g}" for k in keys]
+        lines.append(f"| {image} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -135,6 +184,10 @@ def main(argv=None) -> int:
                    help="deformation strength in voxels of the half-resolution velocity (default 3: the training pairs')")
     p.add_argument("--contrast", choices=("same", "remap"), default="same",
                    help="moving image in the template's contrast, or remapped by a random lookup table")
+    p.add_argument("--images", choices=("mni", "volumes"), default="mni",
+                   help="the MNI152 template with six labels, or the MR volumes of dipy and nibabel (CC only)")
+    p.add_argument("--nio", type=lambda v: tuple(int(x) for x in v.split(",")), default=(), metavar="N[,N...]",
+                   help="also refine by NIO with these steps per stage, and by instance optimisation in the same time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-syn", action="store_true", help="skip ANTs SyN")
     p.add_argument("--json", default=None, help="write every pair's row to this JSON file")
