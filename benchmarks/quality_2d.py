@@ -25,10 +25,8 @@ reserved for independent evaluation.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -37,11 +35,10 @@ import torch
 import torch.nn.functional as F
 
 import fastreg
-import fastreg.models
 from fastreg import metrics
 from fastreg.bench.peer_registration import syn
 
-from _refine import refine
+from _quality import load_model, parser, refine, run
 
 SIZE = 224
 
@@ -90,13 +87,6 @@ def real_images() -> dict[str, list[tuple[str, torch.Tensor]]]:
     return domains
 
 
-def load_model(args) -> torch.nn.Module:
-    model = fastreg.models.load_checkpoint(args.checkpoint) if args.checkpoint else fastreg.models.load(args.model)
-    if args.passes is not None:
-        model.set_passes(args.passes)
-    return model.eval()
-
-
 def evaluate(args) -> list[dict]:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -137,43 +127,16 @@ def evaluate(args) -> list[dict]:
     return rows
 
 
-def summary(rows: list[dict]) -> str:
-    keys = ["cc_before", "cc_model", "folding_model", "seconds_model"]
-    if "cc_nio" in rows[0]:
-        keys += ["cc_nio", "folding_nio", "seconds_nio", "cc_io", "folding_io", "steps_io"]
-    if "cc_syn" in rows[0]:
-        keys += ["cc_syn", "folding_syn", "seconds_syn"]
-    lines = ["| domain | pairs | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for domain in [*dict.fromkeys(r["domain"] for r in rows), "all"]:
-        group = [r for r in rows if domain in ("all", r["domain"])]
-        cells = [f"{statistics.mean(r[k] for r in group):.4g}" for k in keys]
-        lines.append(f"| {domain} | {len(group)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="unireg-2d", help="a pretrained model name (fastreg.models.load)")
-    p.add_argument("--checkpoint", default=None, help="a `fastreg train` checkpoint or run folder instead of --model")
+    p = parser(__doc__, "unireg-2d")
     p.add_argument("--pairs", type=int, default=3, help="random deformations per image")
     p.add_argument("--passes", type=int, default=None,
                    help="apply the network this many times (default: the model's own setting)")
     p.add_argument("--max-std", type=float, default=8.0,
                    help="deformation strength b_p in voxels (default 8: LabelMPairs' training strength)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-syn", action="store_true", help="skip ANTs SyN")
     p.add_argument("--nio", type=int, default=0, metavar="N",
                    help="also refine each pair by N NIO steps, and by instance optimisation in the same time")
-    p.add_argument("--json", default=None, help="write every pair's row to this JSON file")
-    args = p.parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("FASTREG_THREADS", torch.get_num_threads())))
-    rows = evaluate(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(f"{len(rows)} pairs, {torch.get_num_threads()} threads, seed {args.seed}")
-    print(summary(rows))
-    return 0
+    return run(p, evaluate, "domain", argv)
 
 
 if __name__ == "__main__":

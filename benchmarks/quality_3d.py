@@ -24,7 +24,7 @@ nibabel ship (thin slabs of 10-25 slices, none used in training; no labels, so C
 real images of the NIO evaluation, which may not use the MNI152 template. ``--nio 100,60,30``
 also refines each pair by NIO from the model (Adam steps per stage on a copy of its weights)
 and, in the same wall time, by instance optimisation of the model's field
-(``benchmarks/_refine.py``), scored the same way.
+(``benchmarks/_quality.py``), scored the same way.
 
     python benchmarks/quality_3d.py --checkpoint /path/to/run            # best.pt of a run
     python benchmarks/quality_3d.py --model dpvfa-3d --pairs 5 --contrast remap --json out.json
@@ -32,10 +32,8 @@ and, in the same wall time, by instance optimisation of the model's field
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -43,11 +41,10 @@ import numpy as np
 import torch
 
 import fastreg
-import fastreg.models
 from fastreg import metrics
 from fastreg.bench.peer_registration import syn
 
-from _refine import refine
+from _quality import load_model, parser, refine, run
 
 LABELS = ("L-csf", "L-gm", "L-wm", "R-csf", "R-gm", "R-wm")
 
@@ -106,11 +103,6 @@ def warp_labels(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
     return fastreg.warp(labels.float(), disp, mode="nearest").to(torch.int64)
 
 
-def load_model(args) -> torch.nn.Module:
-    model = fastreg.models.load_checkpoint(args.checkpoint) if args.checkpoint else fastreg.models.load(args.model)
-    return model.eval()
-
-
 def _scores(name: str, fixed, fixed_labels, warped, warped_labels) -> dict:
     out = {f"cc_{name}": float(metrics.cc(fixed, warped))}
     if fixed_labels is not None:
@@ -165,20 +157,8 @@ def evaluate(args) -> list[dict]:
     return rows
 
 
-def summary(rows: list[dict]) -> str:
-    keys = [k for k in rows[0] if k not in ("image", "pair")]
-    lines = ["| image | pairs | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for image in [*dict.fromkeys(r["image"] for r in rows), "all"]:
-        group = [r for r in rows if image in ("all", r["image"])]
-        cells = [f"{statistics.mean(r[k] for r in group):.4g}" for k in keys]
-        lines.append(f"| {image} | {len(group)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="dpvfa-3d", help="a pretrained model name (fastreg.models.load)")
-    p.add_argument("--checkpoint", default=None, help="a `fastreg train` checkpoint or run folder instead of --model")
+    p = parser(__doc__, "dpvfa-3d")
     p.add_argument("--pairs", type=int, default=5, help="random deformations of the template")
     p.add_argument("--max-std", type=float, default=3.0,
                    help="deformation strength in voxels of the half-resolution velocity (default 3: the training pairs')")
@@ -188,18 +168,7 @@ def main(argv=None) -> int:
                    help="the MNI152 template with six labels, or the MR volumes of dipy and nibabel (CC only)")
     p.add_argument("--nio", type=lambda v: tuple(int(x) for x in v.split(",")), default=(), metavar="N[,N...]",
                    help="also refine by NIO with these steps per stage, and by instance optimisation in the same time")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-syn", action="store_true", help="skip ANTs SyN")
-    p.add_argument("--json", default=None, help="write every pair's row to this JSON file")
-    args = p.parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("FASTREG_THREADS", torch.get_num_threads())))
-    rows = evaluate(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(f"{len(rows)} pairs, {torch.get_num_threads()} threads, seed {args.seed}, contrast {args.contrast}")
-    print(summary(rows))
-    return 0
+    return run(p, evaluate, "image", argv)
 
 
 if __name__ == "__main__":
