@@ -7,10 +7,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 import fastreg.models
@@ -24,6 +24,28 @@ def load_model(args) -> torch.nn.Module:
     if getattr(args, "passes", None) is not None:
         model.set_passes(args.passes)
     return model.eval()
+
+
+def mr_volumes(small: bool = False) -> list[tuple[str, np.ndarray]]:
+    """The MR volumes dipy and nibabel ship, as float64 3-D arrays (the first volume of 4-D
+    files): dipy's S0_10slices, test_piesno and aniso_vox, nibabel's example4d, and with
+    ``small`` also nibabel's 33x41x25 anatomical.nii (too small to give 224^2 slices)."""
+    import dipy
+    import nibabel as nib
+    from nibabel.testing import data_path
+
+    files = os.path.join(os.path.dirname(dipy.__file__), "data", "files")
+    paths = [("dipy S0_10slices", os.path.join(files, "S0_10slices.nii.gz")),
+             ("dipy test_piesno", os.path.join(files, "test_piesno.nii.gz")),
+             ("dipy aniso_vox", os.path.join(files, "aniso_vox.nii.gz")),
+             ("nibabel example4d", os.path.join(data_path, "example4d.nii.gz"))]
+    if small:
+        paths.append(("nibabel anatomical", os.path.join(data_path, "anatomical.nii")))
+    out = []
+    for name, path in paths:
+        data = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+        out.append((name, data.reshape(*data.shape[:3], -1)[..., 0]))
+    return out
 
 
 def refine(model, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, iterations: Sequence[int],

@@ -26,7 +26,6 @@ reserved for independent evaluation.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -38,7 +37,7 @@ import fastreg
 from fastreg import metrics
 from fastreg.bench.peer_registration import syn
 
-from _quality import load_model, parser, refine, run
+from _quality import load_model, mr_volumes, parser, refine, run
 
 SIZE = 224
 
@@ -61,27 +60,14 @@ def _square(x: np.ndarray) -> torch.Tensor:
 
 def real_images() -> dict[str, list[tuple[str, torch.Tensor]]]:
     """Domain -> [(name, (1, 1, SIZE, SIZE) image in [0, 1])] from installed packages."""
-    import nibabel as nib
     import skimage.data as sk
-    from nibabel.testing import data_path
 
     domains: dict[str, list[tuple[str, torch.Tensor]]] = {"photo": [], "microscopy": [], "mr-slice": []}
     for name in ("camera", "astronaut", "chelsea", "coffee", "moon", "grass", "gravel", "brick"):
         domains["photo"].append((name, _square(_gray(getattr(sk, name)()))))
     for name in ("cell", "retina", "immunohistochemistry", "microaneurysms", "hubble_deep_field"):
         domains["microscopy"].append((name, _square(_gray(getattr(sk, name)()))))
-    import dipy
-
-    dipy_files = os.path.join(os.path.dirname(dipy.__file__), "data", "files")
-    volumes = [
-        ("dipy S0_10slices", os.path.join(dipy_files, "S0_10slices.nii.gz")),
-        ("dipy test_piesno", os.path.join(dipy_files, "test_piesno.nii.gz")),
-        ("dipy aniso_vox", os.path.join(dipy_files, "aniso_vox.nii.gz")),
-        ("nibabel example4d", os.path.join(data_path, "example4d.nii.gz")),
-    ]
-    for name, path in volumes:
-        data = np.asarray(nib.load(path).dataobj, dtype=np.float64)
-        data = data.reshape(*data.shape[:3], -1)[..., 0]
+    for name, data in mr_volumes():
         for z in (data.shape[2] // 3, data.shape[2] // 2):
             domains["mr-slice"].append((f"{name} z{z}", _square(data[:, :, z])))
     return domains

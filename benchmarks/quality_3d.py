@@ -33,7 +33,6 @@ and, in the same wall time, by instance optimisation of the model's field
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -44,7 +43,7 @@ import fastreg
 from fastreg import metrics
 from fastreg.bench.peer_registration import syn
 
-from _quality import load_model, parser, refine, run
+from _quality import load_model, mr_volumes, parser, refine, run
 
 LABELS = ("L-csf", "L-gm", "L-wm", "R-csf", "R-gm", "R-wm")
 
@@ -67,22 +66,11 @@ def mni_brain() -> tuple[torch.Tensor, torch.Tensor]:
     return to(image, torch.float32), to(labels, torch.int64)
 
 
-def mr_volumes() -> list[tuple[str, torch.Tensor]]:
-    """The 3-D MR volumes dipy and nibabel ship: [(name, (1, 1, *S) image in [0, 1])]
-    (first volume of 4-D files, robust min-max: 1st-99th percentile)."""
-    import dipy
-    import nibabel as nib
-    from nibabel.testing import data_path
-
-    files = os.path.join(os.path.dirname(dipy.__file__), "data", "files")
+def volumes() -> list[tuple[str, torch.Tensor]]:
+    """``_quality.mr_volumes(small=True)`` as (1, 1, *S) images in [0, 1] (robust min-max:
+    1st-99th percentile)."""
     out = []
-    for name, path in [("dipy S0_10slices", os.path.join(files, "S0_10slices.nii.gz")),
-                       ("dipy test_piesno", os.path.join(files, "test_piesno.nii.gz")),
-                       ("dipy aniso_vox", os.path.join(files, "aniso_vox.nii.gz")),
-                       ("nibabel example4d", os.path.join(data_path, "example4d.nii.gz")),
-                       ("nibabel anatomical", os.path.join(data_path, "anatomical.nii"))]:
-        data = np.asarray(nib.load(path).dataobj, dtype=np.float64)
-        data = data.reshape(*data.shape[:3], -1)[..., 0]
+    for name, data in mr_volumes(small=True):
         lo, hi = np.percentile(data, [1, 99])
         image = np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)
         out.append((name, torch.from_numpy(np.ascontiguousarray(image)).float()[None, None]))
@@ -114,7 +102,7 @@ def _scores(name: str, fixed, fixed_labels, warped, warped_labels) -> dict:
 def images(kind: str) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
     if kind == "mni":
         return [("mni152", *mni_brain())]
-    return [(name, image, None) for name, image in mr_volumes()]
+    return [(name, image, None) for name, image in volumes()]
 
 
 def evaluate(args) -> list[dict]:

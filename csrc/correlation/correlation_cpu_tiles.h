@@ -95,7 +95,7 @@ struct Layout {
     if (padding == kZeros) return at::constant_pad_nd(x, pads, 0);
     return ndim == 2 ? at::replication_pad2d(x, pads) : at::replication_pad3d(x, pads);
   }
-  // A zero (B, c, *Sp) tensor of dtype `dtype` like x's options.
+  // A zero (B, c, *Sp) tensor with `options`.
   at::Tensor zeros(int64_t batch, int64_t c, const at::TensorOptions& options) const {
     std::vector<int64_t> sizes = {batch, c};
     for (int a = 3 - ndim; a < 3; ++a) sizes.push_back(psize[a]);

@@ -25,11 +25,13 @@ def _pair(shape, device, dtype=torch.float64, grad=False):
     return [torch.randn(shape, device=device, dtype=dtype, requires_grad=grad) for _ in range(2)]
 
 
+@pytest.mark.parametrize("dims", [SHAPES[3], (1, 3, 2, 3, 33)], ids=["short-rows", "long-rows"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_types_accumulate_in_float32(backend, device, dtype):
+def test_half_types_accumulate_in_float32(backend, device, dtype, dims):
+    # Both CPU paths (padded tiles up to 32 voxels per row, row kernels above).
     if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
         pytest.skip("the Triton interpreter has no bfloat16")
-    f, m = _pair(SHAPES[3], device, dtype)
+    f, m = _pair(dims, device, dtype)
     tol = dict(rtol=2e-2, atol=2e-2)
     out = fastreg.local_correlation(f, m, 1, None, "border")
     torch.testing.assert_close(out.double(), reference.local_correlation(f.double(), m.double(), 1, 1.0, "border"), **tol)
