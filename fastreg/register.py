@@ -22,7 +22,9 @@ Pipeline (the keys of ``timings``, seconds):
            a homogeneous matrix M in fixed voxels (x -> M x is where the content of fixed
            voxel x lies, before the deformable part).
   model    both images resampled onto the model's canonical grid: the fixed image's axes
-           reoriented to RAS (2-D: RA) and made isotropic at its smallest spacing; the moving
+           reoriented to RAS (2-D: RA) and made isotropic at ``spacing`` (default: the
+           model's own, ``model.spacing``, e.g. 2 mm for dpvfa-3d; a model without one runs
+           at the fixed image's smallest spacing); the moving
            image through M; intensities normalised (``intensity``: "mr" robust min-max
            between the 0.5 and 99.5 percentiles, "ct" the window [-1000, 1000] HU, "none"
            already in [0, 1]), clipped to [0, 1]; the network pads to its own multiple.
@@ -191,6 +193,7 @@ def register(
     iterations=None,
     max_seconds: float | None = None,
     passes: int | None = None,
+    spacing="model",
 ) -> Registration:
     """Register ``moving`` to ``fixed`` (module docstring: inputs, conventions, stages).
 
@@ -205,6 +208,9 @@ def register(
     under autocast (float16 on CUDA, bfloat16 on CPU); fields stay float32. ``passes``: apply
     the network this many times for this call (fastreg.models.base, Recursion; default the
     model's own: 2 for the shipped unireg-2d, 1 the fastest); the model is left as it was.
+    ``spacing``: the isotropic voxel size (mm) the network runs at: "model" (``model.spacing``,
+    the size its weights were trained for, or the fixed image's smallest spacing when the
+    model has none), None (the fixed image's smallest spacing) or a positive number.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -220,6 +226,10 @@ def register(
     labels_m = _labels(moving_labels, "moving_labels", moving)
     device = device_for(device)
     net, model_name = resolve_model(model, ndim, device)
+    if spacing == "model":
+        spacing = net.spacing
+    elif spacing is not None:
+        spacing = check.positive_number(spacing, "spacing")
     timings["load"] = _lap(clock)
 
     clock = time.perf_counter()
@@ -235,7 +245,7 @@ def register(
     timings["affine"] = _lap(clock)
 
     clock = time.perf_counter()
-    canonical = canonical_grid(fixed_n)
+    canonical = canonical_grid(fixed_n, spacing)
     to_canonical = np.linalg.inv(grid_map(canonical, "canonical")) @ grid_map(fixed_n, "fixed.affine")
     through_m = np.linalg.inv(to_canonical) @ matrix @ to_canonical  # M in canonical voxels (homogeneous)
     fixed_c = resample(fixed_n, canonical).data[None].to(device)
@@ -423,13 +433,15 @@ def normalize(data: torch.Tensor, intensity: str = "mr") -> torch.Tensor:
     return ((data - low) / (high - low)).clamp(0, 1)
 
 
-def canonical_grid(fixed: Image) -> Image:
+def canonical_grid(fixed: Image, spacing: float | None = None) -> Image:
     """An empty Image whose grid covers ``fixed``'s: axes reoriented to RAS (2-D: RA),
-    isotropic at ``fixed``'s smallest spacing (voxel 0 at the reoriented voxel 0)."""
+    isotropic at ``spacing`` mm (None: ``fixed``'s smallest spacing), voxel 0 at the
+    reoriented voxel 0."""
     ndim = fixed.ndim
     oriented = reorient(Image(fixed.data[:1], fixed.affine), "RAS"[:ndim])
-    spacing = np.array(oriented.spacing)
-    step = spacing.min()
+    spacing, step = np.array(oriented.spacing), spacing
+    if step is None:
+        step = spacing.min()
     shape = tuple(int(np.floor((n - 1) * s / step + 1e-6)) + 1 for n, s in zip(oriented.shape, spacing))
     affine = oriented.affine.copy()
     affine[:3, :ndim] *= step / spacing

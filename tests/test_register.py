@@ -199,6 +199,35 @@ def test_any_grid_3d_oblique_anisotropic():
     np.testing.assert_allclose(world, np.repeat(expected[:, None], world.shape[1], 1), atol=1e-4)
 
 
+def test_the_network_runs_at_the_models_spacing_or_the_one_asked_for():
+    """A model that declares a voxel size (model.spacing) runs on a canonical grid of that size:
+    its constant vector c (canonical voxels) is then the world vector spacing * c on a 1 mm
+    anisotropic image; spacing=None keeps the fixed image's smallest spacing, a number wins."""
+    c = (torch.rand(3) * 4 - 2).tolist()
+    affine = np.diag([1.0, 1.0, 1.6, 1.0])
+    fixed = io.Image(smooth(20, 18, 12)[None], affine)
+    sizes = {}
+
+    class Sized(Constant):
+        def predict(self, fixed, moving, levels):
+            sizes[self.spacing] = tuple(fixed.shape[2:])
+            return super().predict(fixed, moving, levels)
+
+    net = Sized(c)
+    for declared, asked, expected in ((2.0, "model", 2.0), (None, "model", 1.0), (2.0, None, 1.0), (2.0, 0.5, 0.5)):
+        net.spacing = declared
+        r = fastreg.register(fixed, fixed, model=net, affine="off", spacing=asked)
+        world = np.tensordot(affine[:3, :3], r.disp.double().numpy(), axes=1).reshape(3, -1)
+        np.testing.assert_allclose(world, np.repeat(expected * np.array(c)[:, None], world.shape[1], 1), atol=1e-4)
+        grid = canonical_grid(fixed, None if asked is None else (declared if asked == "model" else asked))
+        assert grid.spacing == pytest.approx([expected] * 3)
+        assert sizes[declared] == grid.shape
+    assert canonical_grid(fixed, 2.0).shape == (10, 9, 9)  # floor(19 / 2, 17 / 2, 11 * 1.6 / 2) + 1
+    for bad, error in ((0.0, ValueError), (-2.0, ValueError), ("2", TypeError)):
+        with pytest.raises(error, match="spacing: expected"):
+            fastreg.register(fixed, fixed, model=net, affine="off", spacing=bad)
+
+
 def test_moving_on_another_grid_is_brought_through_the_affines():
     """With a zero field, warped is the moving image resampled onto the fixed grid by world position."""
     net = Constant([0.0, 0.0])

@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="run the network in half precision")
     p.add_argument("--passes", type=int, default=None,
                    help="apply the network N times (default: the model's own; unireg-2d: 2, 1 is fastest)")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="voxel size (mm) the network runs at (default: the model's own, else the fixed image's)")
     p.add_argument("--format", choices=FIELD_FORMATS, default="voxel", help="field file convention")
     p.add_argument("--intensity", choices=("mr", "ct", "none"), default="mr", help="intensity normalisation")
     p.add_argument("--no-preview", action="store_true", help="skip preview.png")
@@ -82,7 +84,7 @@ def _register(args, fixed, moving, fixed_labels, moving_labels, model, iteration
     return register(fixed, moving, model=model, nio=args.nio, affine=args.affine, fixed_labels=fixed_labels,
                     moving_labels=moving_labels, device=args.device, half=args.half,
                     intensity=args.intensity, iterations=iterations, max_seconds=args.max_seconds,
-                    passes=args.passes)
+                    passes=args.passes, spacing="model" if args.spacing is None else args.spacing)
 
 
 def _iterations(text):

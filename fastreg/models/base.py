@@ -20,6 +20,10 @@ times with the same weights, each pass registering the moving image warped by th
 far, and the fields are composed (u <- u o ... : ``fastreg.compose(u, d)``), the weight-shared
 recursive cascade of Zhao et al. (ICCV 2019); a model trained for one pass refines its own
 residual. Levels apply to every pass.
+Spacing: ``model.spacing`` is the isotropic voxel size (mm) the weights were trained for, set
+by the loader of shipped weights (fastreg.models.weights) or a recipe's ``[model] spacing``;
+None (the default) means any: `fastreg.register` then runs the network at the fixed image's
+own smallest spacing.
 Sizes: a subclass states ``multiple`` (the factor the network's input sizes must divide by);
 ``forward`` pads both images up to it (replicate padding of the last voxels) and crops the
 field back, so odd sizes never raise.
@@ -45,6 +49,7 @@ class RegistrationModel(nn.Module):
     num_levels: int = 1
     svf: bool = False
     passes: int = 1
+    spacing: float | None = None
 
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int) -> torch.Tensor:
         raise NotImplementedError

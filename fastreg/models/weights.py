@@ -5,7 +5,8 @@
     fastreg.models.pretrained()                              # the shipped names whose file exists
 
 A shipped name maps to (architecture in the registry, constructor keyword arguments, file in
-fastreg/weights/, sha256 of that file, the recipe that trains it). A weights file is one
+fastreg/weights/, sha256 of that file, the recipe that trains it, the voxel size in mm the
+weights expect: ``model.spacing``, fastreg.models.base). A weights file is one
 ``torch.save``-d state dict (half precision allowed: it is cast to the model's dtype). Nothing
 is ever downloaded: a missing file or a checksum mismatch raises a ValueError naming the file.
 A training checkpoint (fastreg.train.checkpoint's format: a dict with "model" and
@@ -36,6 +37,7 @@ class Weights:
     file: str = ""
     sha256: str = ""  # hex digest of the file; "" until the file is shipped
     recipe: str = ""  # the shipped recipe that trains it (fastreg train RECIPE)
+    spacing: float | None = None  # mm per voxel of the network's input (None: the image's own)
 
     @property
     def ndim(self) -> int:
@@ -89,7 +91,9 @@ def load(name: str, device=None) -> RegistrationModel:
     state = _read(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
-    return _build(entry.architecture, entry.kwargs, state, path, device)
+    model = _build(entry.architecture, entry.kwargs, state, path, device)
+    model.spacing = entry.spacing
+    return model
 
 
 def load_checkpoint(path, device=None) -> RegistrationModel:
@@ -112,8 +116,11 @@ def load_checkpoint(path, device=None) -> RegistrationModel:
     try:
         recipe = tomllib.loads(recipe_path.read_text())
         architecture, kwargs = recipe["model"]["name"], dict(recipe["model"].get("args", {}))
+        spacing = recipe["model"].get("spacing") or None  # 0: none
     except (tomllib.TOMLDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ValueError(f"{recipe_path}: expected a recipe with [model] name and args ({err})") from None
+    if spacing is not None and (isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or spacing <= 0):
+        raise ValueError(f"{recipe_path}: [model] spacing: expected a positive number of mm, got {spacing!r}")
     state = _read(path)
     if not isinstance(state, dict) or "model" not in state or "model_signature" not in state:
         raise ValueError(f"{path}: not a fastreg training checkpoint (no model state)")
@@ -121,6 +128,7 @@ def load_checkpoint(path, device=None) -> RegistrationModel:
     cls = type(model)
     if state["model_signature"].get("class") != f"{cls.__module__}.{cls.__qualname__}":
         raise ValueError(f"{path}: a checkpoint of {state['model_signature'].get('class')}, not of {cls.__qualname__}")
+    model.spacing = None if spacing is None else float(spacing)
     return model
 
 

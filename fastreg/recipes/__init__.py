@@ -22,7 +22,9 @@ data class that lands later:
                (batch, disp) as fastreg.train.fit does
 TOML has no null: 0 / "" / "none" mean off (clip_grad, ema, amp, pretrained, path).
 ``model.pretrained``: "" (random init), a name for ``fastreg.models.load`` (fine-tuning), or a
-.pt file (a fastreg checkpoint or a state_dict).
+.pt file (a fastreg checkpoint or a state_dict). ``model.spacing``: the voxel size in mm the
+trained model expects (``model.spacing``, fastreg.models.base; 0: the image's own), read back
+by ``fastreg.models.load_checkpoint`` for `fastreg.register`.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from fastreg.train.validate import HIGHER_IS_BETTER
 
 DEFAULTS: dict = {
     "description": "",
-    "model": {"name": "", "pretrained": "", "args": {}},
+    "model": {"name": "", "pretrained": "", "spacing": 0.0, "args": {}},
     "data": {"kind": "", "path": "", "batch_size": 1, "seed": 0, "workers": 0, "args": {}},
     "validation": {"every": 0, "batches": 4, "seed": 1, "path": "", "best": "loss", "holdout": 0.1},
     "loss": {"name": "", "labels": False},
@@ -211,6 +213,8 @@ def _assign(recipe: dict, key: str, value, source: str) -> None:
         raise TypeError(f"{source}: {key} expected {type(default).__name__}, got {type(value).__name__} {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ValueError(f"{source}: {key} expected one of {CHOICES[key]}, got {value!r}")
+    if key == "model.spacing" and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{source}: {key} expected a voxel size in mm >= 0 (0: the image's own), got {value!r}")
     section, _, name = key.rpartition(".")
     (recipe[section] if section else recipe)[name] = value
 

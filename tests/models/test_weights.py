@@ -73,8 +73,14 @@ def test_load_checkpoint_from_a_run(tmp_path):
     checkpoint.save(path, {"step": 10, "model_signature": checkpoint.model_signature(model), "model": model.state_dict()})
     for source in (path, tmp_path):
         loaded = models.load_checkpoint(source)
+        assert loaded.spacing is None
         fixed, moving = torch.rand(2, 1, 1, 24, 20)
         torch.testing.assert_close(loaded(fixed, moving), model.eval()(fixed, moving))
+    (tmp_path / "recipe.toml").write_text('[model]\nname = "unireg"\nspacing = 2.5\n\n[model.args]\nndim = 2\nwidths = [4, 8]\n')
+    assert models.load_checkpoint(path).spacing == 2.5
+    (tmp_path / "recipe.toml").write_text('[model]\nname = "unireg"\nspacing = -1\n\n[model.args]\nndim = 2\nwidths = [4, 8]\n')
+    with pytest.raises(ValueError, match=r"\[model\] spacing: expected a positive number of mm, got -1"):
+        models.load_checkpoint(path)
     (tmp_path / "recipe.toml").write_text('[model]\nname = "unireg"\n\n[model.args]\nndim = 2\nwidths = [4, 16]\n')
     with pytest.raises(ValueError, match="do not fit unireg"):
         models.load_checkpoint(path)
