@@ -11,12 +11,15 @@ Iteration: w_1 = -u, then w_{k+1} = -warp(u, w_k) (linear interpolation, voxel c
 integer indices, ``padding_mode`` beyond the grid: "border" continues the edge displacement).
 The map w -> -u(x + w) is a contraction with rate max |grad u| (the Jacobian's spectral norm,
 per voxel) wherever that is below 1, so the iteration converges geometrically: |grad u| <=
-0.5 gains a factor 2 per iteration. It stops after ``iterations`` evaluations or as soon as
-the largest change max |w_{k+1} - w_k| (all items and voxels) is below ``tol`` voxels.
+0.5 gains a factor 2 per iteration. The equation is voxel-wise (w(x) depends on u alone), so
+each voxel stops as soon as its own change |w_{k+1} - w_k| is below ``tol`` voxels, and the
+later iterations sample u only at the voxels still moving (fastreg.sample at their
+positions): a few steep or folding voxels no longer cost whole-grid iterations. The call
+stops after ``iterations`` evaluations or when every voxel has stopped.
 
 Steep fields: where |grad u| >= 1 the map is no contraction and the plain iteration may
-oscillate; when it has not converged after ``iterations`` evaluations (and ``tol`` > 0), up to
-``iterations`` Newton steps follow from its last iterate, w <- w - (I + J)^-1 (w + u(x + w)),
+oscillate; at the voxels that have not converged after ``iterations`` evaluations (and
+``tol`` > 0), up to ``iterations`` Newton steps follow from their last iterate, w <- w - (I + J)^-1 (w + u(x + w)),
 J the central-difference gradient of u sampled at x + w (fastreg/reference/invert.py): they
 converge wherever det(I + grad u) > 0 (linearly, J being approximate), so a steep but
 invertible field (a two-pass model's, say) is inverted. Non-convergence: a folding field
@@ -50,7 +53,7 @@ import torch
 
 from fastreg import _backend
 from fastreg import _validate as check
-from fastreg.ops.warp import PADDINGS, warp
+from fastreg.ops.warp import PADDINGS, sample, warp
 from fastreg.reference import invert as reference
 
 
@@ -85,7 +88,7 @@ def invert_field(
     if _backend.select("warp", disp.device) == "reference":
         w, update = _backend.run_reference(reference.fixed_point, disp, iterations, tol, padding_mode)
     elif torch.compiler.is_compiling():  # dynamo cannot trace _Implicit's backward: unroll
-        w, update = reference.fixed_point(disp, iterations, tol, padding_mode, warp=warp)
+        w, update = reference.fixed_point(disp, iterations, tol, padding_mode, warp=warp, sample=sample)
     else:
         w, update = _Implicit.apply(disp, iterations, tol, padding_mode)
     if tol > 0 and not update < tol:
@@ -104,7 +107,7 @@ class _Implicit(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, iterations, tol, padding_mode):
         with torch.no_grad():
-            w, update = reference.fixed_point(u, iterations, tol, padding_mode, warp=warp)
+            w, update = reference.fixed_point(u, iterations, tol, padding_mode, warp=warp, sample=sample)
         ctx.save_for_backward(u, w)
         ctx.padding_mode, ctx.iterations, ctx.tol = padding_mode, iterations, tol
         return w, update

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from fastreg.reference.warp import sample as reference_sample
 from fastreg.reference.warp import warp as reference_warp
 
 
@@ -20,41 +21,86 @@ def fixed_point(
     tol: float,
     padding_mode: str = "border",
     warp: Callable = reference_warp,
+    sample: Callable = reference_sample,
 ) -> tuple[torch.Tensor, float]:
     """Iterate w <- -warp(u, w) from w = -u for u (B, ndim, *S) in voxels.
 
-    Stops after ``iterations`` evaluations of the map, or as soon as the largest change
-    max |w_new - w| (NaN entries ignored) is below ``tol`` voxels. Returns the last iterate
-    and that last change (inf when ``iterations`` is 1 or ``tol`` is 0: no change was
-    measured, and the loop has no data-dependent branch, so torch.compile traces it whole).
+    The equation w(x) + u(x + w(x)) = 0 holds voxel by voxel (w(x) depends on u alone, not on
+    w elsewhere), so each voxel is iterated only until its own change |w_new - w| (its
+    residual; NaN counted as converged) is below ``tol``: once most voxels have converged the
+    iterations sample u at the few remaining ones (``sample`` at their positions) instead of
+    warping the whole grid. Stops after ``iterations`` evaluations, or when every voxel has
+    converged; voxels still moving then get Newton steps (``newton``). Returns the last
+    iterate and the largest last change of the voxels iterated last (inf when
+    ``iterations`` is 1 or ``tol`` is 0: no change was measured, and the loop over the whole
+    grid has no data-dependent branch, so torch.compile traces it whole).
     """
-    w = -u
+    if tol <= 0 or iterations == 1:
+        w = -u
+        for _ in range(iterations - 1):
+            w = -warp(u, w, "bilinear", padding_mode)
+        return w, float("inf")
+    items = [_fixed_point_item(u[b:b + 1], iterations, tol, padding_mode, warp, sample) for b in range(u.shape[0])]
+    return torch.cat([w for w, _ in items]), max(update for _, update in items)
+
+
+def _fixed_point_item(u, iterations, tol, padding_mode, warp, sample) -> tuple[torch.Tensor, float]:
+    """``fixed_point`` of one item u (1, ndim, *S) on its active voxels."""
+    ndim, shape = u.shape[1], u.shape[2:]
+    w = -u.flatten(2)  # (1, ndim, V)
+    grid = None
+    active = None  # None: every voxel
     update = float("inf")
     for _ in range(iterations - 1):
-        w_next = -warp(u, w, "bilinear", padding_mode)
-        if tol > 0:
-            update = _change(w_next, w)
-        w = w_next
+        if active is None:
+            new = -warp(u, w.view(u.shape), "bilinear", padding_mode).flatten(2)
+            old = w
+        else:
+            if grid is None:
+                grid = identity_coords(shape, u.dtype, u.device)
+            old = w[:, :, active]
+            new = -sample(u, _points(grid[:, :, active] + old, ndim), "bilinear", padding_mode).flatten(2)
+        change = torch.nan_to_num((new - old).detach().abs(), nan=0.0).amax(1)[0]
+        w = new if active is None else w.index_copy(2, active, new)
+        update = change.amax().item() if change.numel() else 0.0
         if update < tol:
-            break
-    if tol > 0 and not update < tol:
-        w, update = newton(u, w, iterations, tol, padding_mode, warp)
-    return w, update
+            return w.view(u.shape), update
+        moving = torch.nonzero(change >= tol)[:, 0]
+        active = moving if active is None else active[moving]
+    if active is None:
+        active = torch.arange(w.shape[2], device=u.device)
+    if grid is None:
+        grid = identity_coords(shape, u.dtype, u.device)
+    new, update = newton(u, grid[:, :, active], w[:, :, active], iterations, tol, padding_mode, sample)
+    return w.index_copy(2, active, new).view(u.shape), update
 
 
-def newton(u: torch.Tensor, w: torch.Tensor, iterations: int, tol: float, padding_mode: str,
-           warp: Callable) -> tuple[torch.Tensor, float]:
-    """Continue from ``w`` where the plain iteration did not converge (|grad u| >= 1 somewhere):
-    at most ``iterations`` Newton steps on w + u(x + w) = 0, w <- w - (I + J)^-1 (w + u(x + w)),
-    with J the central-difference gradient of u sampled linearly at x + w (zero beyond the
-    grid, where a border-padded field is constant); where det(I + J) <= 0.05 (a fold, no
-    inverse) the plain step. Returns the last iterate and its change."""
+def identity_coords(shape, dtype, device) -> torch.Tensor:
+    """(1, ndim, V): the voxel coordinates of a grid of ``shape``, flattened in C order."""
+    axes = torch.meshgrid(*(torch.arange(n, dtype=dtype, device=device) for n in shape), indexing="ij")
+    return torch.stack(axes).flatten(1)[None]
+
+
+def _points(coords: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(1, ndim, N) point coordinates as the (1, ndim, N, 1[, 1]) grid ``sample`` takes."""
+    return coords.reshape(*coords.shape, *(1,) * (ndim - 1))
+
+
+def newton(u: torch.Tensor, x: torch.Tensor, w: torch.Tensor, iterations: int, tol: float, padding_mode: str,
+           sample: Callable) -> tuple[torch.Tensor, float]:
+    """Continue from ``w`` (1, ndim, N) at the voxels ``x`` (1, ndim, N) of u (1, ndim, *S)
+    where the plain iteration did not converge (|grad u| >= 1 there): at most ``iterations``
+    Newton steps on w + u(x + w) = 0, w <- w - (I + J)^-1 (w + u(x + w)), with J the
+    central-difference gradient of u sampled linearly at x + w (zero beyond the grid, where a
+    border-padded field is constant); where det(I + J) <= 0.05 (a fold, no inverse) the plain
+    step. Returns the last iterate and its largest change."""
     ndim = u.shape[1]
     grads = torch.stack([_derivative(u, 2 + a) for a in range(ndim)], 2).flatten(1, 2)  # [c, a] = d u_c / d x_a
     update = float("inf")
     for _ in range(iterations):
-        residual = w + warp(u, w, "bilinear", padding_mode)
-        jac = warp(grads, w, "bilinear", "zeros").unflatten(1, (ndim, ndim))
+        at = _points(x + w, ndim)
+        residual = w + sample(u, at, "bilinear", padding_mode).flatten(2)
+        jac = sample(grads, at, "bilinear", "zeros").flatten(2).unflatten(1, (ndim, ndim))
         w_next = w - _solve(jac, residual)
         update = _change(w_next, w)
         w = w_next
