@@ -52,7 +52,7 @@ from fastreg.bench.peer_registration import syn
 from _quality import load_model, mr_volumes, parser, refine, run
 
 LABELS = ("L-csf", "L-gm", "L-wm", "R-csf", "R-gm", "R-wm")
-SYNTHETIC = dict(shape=(96, 112, 96), images=3, seed=7, kind="labelm", bias_std=0.3, gamma_std=0.25,
+SYNTHETIC = dict(shape=(64, 64, 64), images=3, seed=7, kind="labelm", bias_std=0.3, gamma_std=0.25,
                  noise_std=0.05, blur_std=1.0)
 
 

@@ -35,6 +35,13 @@ def test_load_verifies_checksum_and_loads_weights(shipped):
     assert not loaded.training
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         torch.testing.assert_close(b, a.half().to(a.dtype), msg=k)
+    assert loaded.spacing is None
+
+
+def test_load_sets_the_voxel_size_the_weights_expect(shipped, monkeypatch):
+    _, _, entry = shipped
+    monkeypatch.setitem(weights.WEIGHTS, "tiny-2d", dataclasses.replace(entry, spacing=1.5))
+    assert models.load("tiny-2d").spacing == 1.5
 
 
 def test_load_refuses_a_checksum_mismatch(shipped, monkeypatch):
