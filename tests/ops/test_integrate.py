@@ -2,8 +2,9 @@
 (tests/test_op_contract.py: parity with the reference for every padding, step count and
 checkpoint setting, gradients, opcheck, compile, NaN, strides, size-1 axes, bad input) does not
 hold: float32 gradients across kinks, the CPU's AVX2 blocks and threads, the checkpoint planner
-and executor, memory, diffeomorphism and inversion by exp(-v), far positions, half precision,
-and resize_field against VoxelMorph's ResizeTransform (fastreg.bench.peer_kernels)."""
+and executor, memory, diffeomorphism and inversion by exp(-v), far positions, NaN gradients,
+half precision, and resize_field against VoxelMorph's ResizeTransform (fastreg.bench.peer_kernels)
+and its identities."""
 import pytest
 import torch
 
@@ -229,17 +230,6 @@ def test_peak_memory_follows_checkpoints():
             assert peak_memory(call, reset, torch.device("cpu")) / v.nbytes == pytest.approx(2, abs=0.05)
 
 
-def test_torch_compile_fullgraph(backend, device):
-    def loss_fn(v):
-        return fastreg.integrate_svf(v, 4, checkpoints=2).square().mean()
-
-    v = velocity(3, device, dtype=torch.float32).requires_grad_(True)
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    (g,) = torch.autograd.grad(compiled(v), v)
-    (g_ref,) = torch.autograd.grad(loss_fn(v), v)
-    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
-
-
 # --- properties -----------------------------------------------------------------------------
 
 
@@ -293,14 +283,11 @@ def test_large_displacements_far_out_of_bounds(backend, device):
 
 
 def test_nan_propagates(backend, device):
+    """The backward keeps a NaN in its batch item (the op contract checks the values)."""
     v = velocity(3, device, dtype=torch.float32, batch=2)
     v[0, 1, 2, 3, 1] = float("nan")
     v.requires_grad_(True)
-    out = fastreg.integrate_svf(v, 3)
-    expected = ref.integrate_svf(v.detach(), 3)
-    assert torch.equal(torch.isnan(out), torch.isnan(expected))
-    assert torch.isnan(out[0, :, 2, 3, 1]).all() and torch.isfinite(out[1]).all()
-    (grad,) = torch.autograd.grad(out.nansum(), v)  # no crash; item 1 stays finite
+    (grad,) = torch.autograd.grad(fastreg.integrate_svf(v, 3).nansum(), v)
     assert torch.isfinite(grad[1]).all()
 
 
@@ -353,6 +340,7 @@ def test_resize_scale_factor_is_voxelmorph_resize(ndim, factor):
 
 def test_resize_size_rescales_each_axis_by_grid_ratio():
     u = velocity(3, "cpu", shape=(9, 5, 7))
+    assert fastreg.resize_field(u, scale_factor=1) is u and fastreg.resize_field(u, size=u.shape[2:]) is u  # identity
     out = fastreg.resize_field(u, size=(17, 9, 4))
     assert_close(out, peer_resize_field(u, size=(17, 9, 4)), rtol=1e-12)
     # A constant displacement of d voxels is d * (new - 1) / (old - 1) voxels on the new grid.
@@ -360,11 +348,3 @@ def test_resize_size_rescales_each_axis_by_grid_ratio():
     resized = fastreg.resize_field(const, size=(9, 5))
     assert torch.allclose(resized[:, 0], torch.full_like(resized[:, 0], 2.0))
     assert torch.allclose(resized[:, 1], torch.full_like(resized[:, 1], 1.0))
-
-
-def test_resize_identity_and_gradcheck():
-    u = velocity(2, "cpu")
-    assert fastreg.resize_field(u, scale_factor=1) is u
-    assert fastreg.resize_field(u, size=u.shape[2:]) is u
-    u = u.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: fastreg.resize_field(x, scale_factor=(2.0, 0.5)), (u,))

@@ -1,8 +1,9 @@
 """fastreg.lncc on every kernel backend against the conv-based reference (fastreg/reference/lncc.py):
-values and gradients in float64 for windows up to the image's size (the op contract,
-tests/test_op_contract.py, runs the small windows, gradcheck, opcheck, compile, NaN, strides
-and bad input), float32 on 0-4095 intensities against float64, reductions and loss forms,
-gaussian sigmas, constant regions, cc <= 1, and NaN/inf windows."""
+what the op contract (tests/test_op_contract.py: parity in float64 and float32 for windows from
+1 to the image's size, box and gaussian, gradients, gradcheck, opcheck, compile, NaN, strides,
+bad input) does not hold: float32 on 0-4095 intensities keeping float64 accuracy, float32
+gradients, reductions and loss forms, gaussian sigmas, constant regions, cc <= 1, and
+NaN/inf windows with their gradients."""
 import pytest
 import torch
 
@@ -14,14 +15,11 @@ from fastreg.reference import lncc as reference
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 
-# (shape, window, kernel): 2-D and 3-D, several channels, per-axis windows from 1 to the full size.
+# (shape, window, kernel): 2-D and 3-D, several channels, per-axis windows up to the full size.
 CASES = [
     ((2, 3, 11, 13), 3, "box"),
     ((1, 2, 12, 9), (5, 9), "box"),
-    ((1, 1, 7, 16), (7, 1), "box"),
-    ((2, 1, 10, 12), 5, "gaussian"),
     ((1, 2, 7, 9, 11), 3, "box"),
-    ((1, 1, 8, 9, 10), (1, 9, 5), "box"),
     ((2, 1, 5, 6, 7), (5, 3, 7), "gaussian"),
 ]
 
@@ -45,20 +43,6 @@ def _image(shape, dtype, device, scale=1.0):
 
 
 @pytest.mark.parametrize("shape,window,kernel", CASES)
-def test_matches_reference_float64(backend, device, shape, window, kernel):
-    a = torch.rand(shape, dtype=torch.float64, device=device, requires_grad=True)
-    b = torch.rand(shape, dtype=torch.float64, device=device, requires_grad=True)
-    out = fastreg.lncc(a, b, window, kernel, reduction="none")
-    ref = _ref_map(a, b, window, kernel)
-    torch.testing.assert_close(out, ref, **F64)
-    g = torch.rand(shape, dtype=torch.float64, device=device)
-    grads = torch.autograd.grad((out * g).sum(), (a, b))
-    ref_grads = torch.autograd.grad((ref * g).sum(), (a, b))
-    for got, want in zip(grads, ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
-
-
-@pytest.mark.parametrize("shape,window,kernel", CASES[:2] + CASES[4:5] + CASES[6:])
 @pytest.mark.parametrize("scale", [1.0, 4095.0])
 def test_float32_keeps_float64_accuracy(backend, device, shape, window, kernel, scale):
     a = _image(shape, torch.float32, device, scale)
