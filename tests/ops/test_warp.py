@@ -330,3 +330,17 @@ def test_expanded_image_is_read_in_place(backend, device, expand):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert run.returncode == 0, run.stderr
     assert int(run.stdout.split()[-1]) < 64 * 1024  # KiB: the copy would add 256 MiB
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_nan_position_backward_on_the_reference(padding):
+    """The reference (grid_sample) keeps the contract at a NaN position with every padding:
+    NaN there, a NaN gradient to it, finite image gradients; and the process survives (torch's
+    grid_sample backward crashes on a NaN position with border padding)."""
+    image, disp = inputs(3, "cpu", dtype=torch.float64)
+    disp[0, 1, 2, 3, 1] = float("nan")
+    image, disp = image.requires_grad_(True), disp.requires_grad_(True)
+    out = ref.warp(image, disp, "bilinear", padding)
+    assert torch.isnan(out[0, :, 2, 3, 1]).all() and torch.isfinite(out[1]).all()
+    g_image, g_disp = torch.autograd.grad(out.nansum(), (image, disp))
+    assert torch.isnan(g_disp[0, :, 2, 3, 1]).all() and torch.isfinite(g_image).all()
