@@ -24,9 +24,11 @@ Spacing: ``model.spacing`` is the isotropic voxel size (mm) the weights were tra
 by the loader of shipped weights (fastreg.models.weights) or a recipe's ``[model] spacing``;
 None (the default) means any: `fastreg.register` then runs the network at the fixed image's
 own smallest spacing.
-Sizes: a subclass states ``multiple`` (the factor the network's input sizes must divide by);
-``forward`` pads both images up to it (replicate padding of the last voxels) and crops the
-field back, so odd sizes never raise.
+Sizes: a subclass states ``multiple`` (the factor the network's input sizes must divide by)
+and may state ``min_size`` (the smallest padded size per axis, e.g. for instance norms that
+need more than one voxel at the coarsest level); ``forward`` pads both images up to them
+(replicate padding of the last voxels) and crops the field back, so odd and tiny sizes never
+raise.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class RegistrationModel(nn.Module):
 
     ndim: int = 3
     multiple: int = 1
+    min_size: int = 1
     num_levels: int = 1
     svf: bool = False
     passes: int = 1
@@ -101,10 +104,10 @@ class RegistrationModel(nn.Module):
 
     def padded_shape(self, shape) -> tuple[int, ...]:
         m = self.multiple
-        return tuple(-(-int(s) // m) * m for s in shape)
+        return tuple(max(-(-int(s) // m) * m, self.min_size) for s in shape)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Replicate-pad the trailing end of every spatial axis up to ``multiple``."""
+        """Replicate-pad the trailing end of every spatial axis up to ``multiple`` (at least ``min_size``)."""
         target = self.padded_shape(x.shape[2:])
         extra = [t - s for s, t in zip(x.shape[2:], target)]
         if not any(extra):

@@ -3,7 +3,8 @@ coarse-to-fine decoder that refines the field by composition, one matching step 
 
 Shapes and units (the interface of fastreg.models.base): fixed, moving (B, 1, *S) in
 [0, 1], 2-D (H, W) or 3-D (D, H, W); the displacement (B, ndim, *S) is in voxels, ij order.
-Inputs are replicate-padded to a multiple of 2^(L-1) = 16 (L = 5 levels) and the field is
+Inputs are replicate-padded to a multiple of 2^(L-1) = 16 (L = 5 levels), and to at least 32
+per axis (the instance norms need more than one voxel at the coarsest level), and the field is
 cropped back.
 
 Encoder (shared weights; fixed and moving run as one batch of 2B, instance norm keeps them
@@ -84,6 +85,7 @@ class PyramidRegistration(RegistrationModel):
         channels = check.positive_ints(channels, "channels")
         self.num_levels = len(channels)
         self.multiple = 2 ** (len(channels) - 1)
+        self.min_size = 2 * self.multiple  # instance norm needs > 1 voxel at the coarsest level
         self.encoder = PyramidEncoder(self.ndim, channels)
 
     def match(self, level: int, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:

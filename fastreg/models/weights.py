@@ -6,7 +6,8 @@
 
 A shipped name maps to (architecture in the registry, constructor keyword arguments, file in
 fastreg/weights/, sha256 of that file, the recipe that trains it, the voxel size in mm the
-weights expect: ``model.spacing``, fastreg.models.base). A weights file is one
+weights expect: ``model.spacing``, and the number of passes it is applied with, both
+fastreg.models.base; each chosen on the synthetic validation stream, MODEL_CARD.md). A weights file is one
 ``torch.save``-d state dict (half precision allowed: it is cast to the model's dtype). Nothing
 is ever downloaded: a missing file or a checksum mismatch raises a ValueError naming the file.
 A training checkpoint (fastreg.train.checkpoint's format: a dict with "model" and
@@ -38,6 +39,7 @@ class Weights:
     sha256: str = ""  # hex digest of the file; "" until the file is shipped
     recipe: str = ""  # the shipped recipe that trains it (fastreg train RECIPE)
     spacing: float | None = None  # mm per voxel of the network's input (None: the image's own)
+    passes: int = 1  # network passes at inference (fastreg.models.base: Recursion)
 
     @property
     def ndim(self) -> int:
@@ -45,9 +47,12 @@ class Weights:
 
 
 WEIGHTS: dict[str, Weights] = {
-    "unireg-2d": Weights("unireg", {"ndim": 2, "passes": 2}, "unireg-2d.pt",
-                         "9fd05af8614a495dc6dc4e0307c966944e1b47217e97ac7c4527d87770c4b705", "unireg-2d-labelm"),
-    "dpvfa-3d": Weights("dpvfa", {"ndim": 3}, "dpvfa-3d.pt", "", "dpvfa-3d-synth"),
+    "unireg-2d": Weights("unireg", {"ndim": 2}, "unireg-2d.pt",
+                         "9fd05af8614a495dc6dc4e0307c966944e1b47217e97ac7c4527d87770c4b705", "unireg-2d-labelm",
+                         passes=2),
+    "dpvfa-3d": Weights("dpvfa", {"ndim": 3}, "dpvfa-3d.pt",
+                        "1b7c7aaf79e65a1841e197fd845cf7ba4a3d37e8656e051b3655b0d5e26d3dd2", "dpvfa-3d-synth",
+                        spacing=2.0, passes=2),
     "cascade-3d": Weights("cascade", {"ndim": 3}, "cascade-3d.pt", "", "cascade-3d-synth"),
 }
 
@@ -93,6 +98,7 @@ def load(name: str, device=None) -> RegistrationModel:
         raise ValueError(f"{path}: expected a state dict of tensors")
     model = _build(entry.architecture, entry.kwargs, state, path, device)
     model.spacing = entry.spacing
+    model.set_passes(entry.passes)
     return model
 
 

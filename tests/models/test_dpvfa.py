@@ -39,7 +39,7 @@ def test_parameter_counts_match_the_paper_and_the_documented_counts():
 
 
 @pytest.mark.parametrize("cls", [DPVFA, DPConvC])
-@pytest.mark.parametrize("shape", [(11, 13, 9), (37, 45)])
+@pytest.mark.parametrize("shape", [(11, 13, 9), (37, 45), (4, 5, 3)])
 def test_odd_sizes_give_the_input_size_and_levels_are_upsampled_coarse_fields(cls, shape):
     ndim = len(shape)
     model = small(cls, ndim)
