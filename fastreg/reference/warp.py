@@ -38,12 +38,11 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
     infinite = torch.isinf(coords).any(dim=1, keepdim=True) if padding_mode != "border" else None
     if infinite is not None:
         coords = torch.where(torch.isinf(coords), torch.zeros_like(coords), coords)
-    # A NaN position gives NaN, and a NaN gradient to itself (set below); grid_sample gets 0
-    # instead, as its CPU backward crashes (segfault) on a NaN position with border padding
-    # (torch 2.13).
+    # A NaN position gives NaN (set below) and a NaN gradient to itself (_NanToZero); grid_sample
+    # gets 0 instead, as its CPU backward crashes (segfault) on a NaN position with border
+    # padding (torch 2.13).
     nan = torch.isnan(coords).any(dim=1, keepdim=True)
-    poisoned = coords.sum(dim=1, keepdim=True) * float("nan")  # NaN, with a NaN derivative
-    coords = torch.where(torch.isnan(coords), torch.zeros_like(coords), coords)
+    coords = _NanToZero.apply(coords)
     channels = []
     for a in range(ndim):
         c = coords[:, a]
@@ -56,7 +55,23 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
     out = F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     if infinite is not None:
         out = torch.where(infinite, torch.zeros_like(out), out)
-    return torch.where(nan, poisoned.to(out.dtype).expand_as(out), out)
+    return torch.where(nan, torch.full_like(out, float("nan")), out)
+
+
+class _NanToZero(torch.autograd.Function):
+    """Positions x (B, ndim, *S) with every position holding a NaN set to 0; the gradient passes
+    unchanged, NaN at those positions (all ndim entries, as on the kernel backends)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        mask = torch.isnan(x).any(dim=1, keepdim=True).expand_as(x)
+        ctx.save_for_backward(mask)
+        return torch.where(mask, torch.zeros_like(x), x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, torch.full_like(grad, float("nan")), grad)
 
 
 def cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
