@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from fastreg.reference.warp import identity_grid
 from fastreg.reference.warp import sample as reference_sample
 from fastreg.reference.warp import warp as reference_warp
 
@@ -57,7 +58,7 @@ def _fixed_point_item(u, iterations, tol, padding_mode, warp, sample) -> tuple[t
             old = w
         else:
             if grid is None:
-                grid = identity_coords(shape, u.dtype, u.device)
+                grid = identity_grid(shape, u.device, u.dtype).flatten(2)  # (1, ndim, V)
             old = w[:, :, active]
             new = -sample(u, _points(grid[:, :, active] + old, ndim), "bilinear", padding_mode).flatten(2)
         change = torch.nan_to_num((new - old).detach().abs(), nan=0.0).amax(1)[0]
@@ -70,15 +71,9 @@ def _fixed_point_item(u, iterations, tol, padding_mode, warp, sample) -> tuple[t
     if active is None:
         active = torch.arange(w.shape[2], device=u.device)
     if grid is None:
-        grid = identity_coords(shape, u.dtype, u.device)
+        grid = identity_grid(shape, u.device, u.dtype).flatten(2)  # (1, ndim, V)
     new, update = newton(u, grid[:, :, active], w[:, :, active], iterations, tol, padding_mode, sample)
     return w.index_copy(2, active, new).view(u.shape), update
-
-
-def identity_coords(shape, dtype, device) -> torch.Tensor:
-    """(1, ndim, V): the voxel coordinates of a grid of ``shape``, flattened in C order."""
-    axes = torch.meshgrid(*(torch.arange(n, dtype=dtype, device=device) for n in shape), indexing="ij")
-    return torch.stack(axes).flatten(1)[None]
 
 
 def _points(coords: torch.Tensor, ndim: int) -> torch.Tensor:
