@@ -33,7 +33,8 @@ Pipeline (the keys of ``timings``, seconds):
            disp(x) = M (x + B u(y(x))) - x, y(x) the canonical voxel of fixed voxel x, B the
            linear part of the canonical -> fixed voxel map.
   inverse  exp(-v) for a velocity model (``model.svf``, no NIO), else
-           `fastreg.invert_field` of u, composed with M^-1 the same way.
+           `fastreg.invert_field` of u, composed with M^-1 the same way; where u folds it
+           has no inverse (``stats["inverse_converged"]`` False, no warning printed).
   stats    CC and MI (normalised intensities, before = world-aligned only, after = warped),
            Dice per label when both label maps are given, `fastreg.metrics.jacobian_stats`.
 """
@@ -44,6 +45,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +61,7 @@ from fastreg.io.space import grid_map, voxel_coords
 from fastreg.models import RegistrationModel
 from fastreg.models import weights as shipped
 from fastreg.ops.integrate import integrate_svf
-from fastreg.ops.invert import invert_field
+from fastreg.ops.invert import InversionWarning, invert_field
 from fastreg.ops.resize import resize_field
 from fastreg.ops.warp import sample
 
@@ -266,6 +268,7 @@ def register(
     timings["field"] = _lap(clock)
 
     clock = time.perf_counter()
+    inverse_converged = True
     if net.svf and not nio:
         with torch.no_grad(), _autocast(half, device):
             v = net.velocity(fixed_c, moving_c).float()
@@ -273,7 +276,7 @@ def register(
         if tuple(u_inv.shape[2:]) != canonical.shape:
             u_inv = resize_field(u_inv, size=canonical.shape)
     else:
-        u_inv = invert_field(u)
+        u_inv, inverse_converged = _invert(u)
     d_inv = _to_fixed(u_inv, canonical, to_canonical, fixed.shape)
     back = np.linalg.inv(matrix)
     inverse = sample(d_inv[None], affine_coords(torch.from_numpy(back), fixed.shape), padding_mode="border")[0]
@@ -290,6 +293,7 @@ def register(
         "mi_after": float(metrics.mutual_information(fixed_n.data[None], warped_n)[0]),
     }
     stats.update({k: float(v[0]) for k, v in metrics.jacobian_stats(disp[None]).items()})
+    stats["inverse_converged"] = inverse_converged
     result = Registration(fixed, moving, disp, inverse, matrix, used, warped, stats, timings, model_name)
     if labels_m is not None:
         result.warped_labels = result.warp_labels(labels_m)
@@ -470,6 +474,21 @@ def _to_fixed(u: torch.Tensor, canonical: Image, to_canonical: np.ndarray, shape
     at = sample(u.float(), coords, padding_mode="border")[0]
     linear = torch.as_tensor(np.linalg.inv(to_canonical)[:ndim, :ndim], dtype=torch.float32, device=u.device)
     return torch.tensordot(linear, at, dims=1).cpu()
+
+
+def _invert(u: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(invert_field(u), whether every voxel converged): a field that folds has no inverse
+    there, which ``stats["inverse_converged"]`` reports instead of an InversionWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        u_inv = invert_field(u)
+    folds = False
+    for w in caught:
+        if issubclass(w.category, InversionWarning):
+            folds = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return u_inv, not folds
 
 
 def _compose(matrix: np.ndarray, d: torch.Tensor) -> torch.Tensor:

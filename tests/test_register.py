@@ -1,6 +1,7 @@
 """fastreg.register: inputs of every kind, any grid, affine modes, inverse, labels, stats, save."""
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -226,6 +227,26 @@ def test_the_network_runs_at_the_models_spacing_or_the_one_asked_for():
     for bad, error in ((0.0, ValueError), (-2.0, ValueError), ("2", TypeError)):
         with pytest.raises(error, match="spacing: expected"):
             fastreg.register(fixed, fixed, model=net, affine="off", spacing=bad)
+
+
+class Folding(models.RegistrationModel):
+    """A zero field except two neighbouring voxels moved across each other: a local fold."""
+
+    ndim = 2
+
+    def predict(self, fixed, moving, levels):
+        field = torch.zeros(fixed.shape[0], 2, *fixed.shape[2:])
+        field[:, 0, 10:12, 10] = torch.tensor([2.5, -2.5])
+        return field
+
+
+def test_a_folding_field_reports_its_inverse_instead_of_warning():
+    fixed = smooth(24, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folded = fastreg.register(fixed, fixed, model=Folding(), affine="off")
+        smooth_field = fastreg.register(fixed, fixed, model=Constant([0.5, -0.3]), affine="off")
+    assert folded.stats["inverse_converged"] is False and smooth_field.stats["inverse_converged"] is True
 
 
 def test_moving_on_another_grid_is_brought_through_the_affines():

@@ -128,6 +128,8 @@ def summary(reg, out: Path) -> str:
         f"CC {s['cc_before']:.4f} -> {s['cc_after']:.4f}   MI {s['mi_before']:.4f} -> {s['mi_after']:.4f}",
         f"folding {s['folding_percent']:.4f} %   SDlogJ {s['sdlogj']:.4f}   NDV {s['ndv_percent']:.4f} %",
     ]
+    if not s.get("inverse_converged", True):
+        lines.append("inverse: the field folds at some voxels, where it has no inverse (inverse.nii.gz is approximate there)")
     if "dice_mean" in s:
         lines.append(f"Dice mean {s['dice_mean']:.4f} over {len(s['dice'])} labels")
     lines.append("seconds: " + "  ".join(f"{k} {v:.3f}" for k, v in t.items()) + f"  total {sum(t.values()):.3f}")
