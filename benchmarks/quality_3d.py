@@ -171,6 +171,7 @@ def evaluate(args) -> list[dict]:
 def main(argv=None) -> int:
     p = parser(__doc__, "dpvfa-3d")
     p.add_argument("--pairs", type=int, default=5, help="random deformations of the template")
+    p.add_argument("--passes", type=int, default=None, help="network passes (default: the model's own)")
     p.add_argument("--max-std", type=float, default=3.0,
                    help="deformation strength in voxels of the half-resolution velocity (default 3: the training pairs')")
     p.add_argument("--contrast", choices=("same", "remap"), default="same",
