@@ -443,12 +443,11 @@ def canonical_grid(fixed: Image, spacing: float | None = None) -> Image:
     reoriented voxel 0."""
     ndim = fixed.ndim
     oriented = reorient(Image(fixed.data[:1], fixed.affine), "RAS"[:ndim])
-    spacing, step = np.array(oriented.spacing), spacing
-    if step is None:
-        step = spacing.min()
-    shape = tuple(int(np.floor((n - 1) * s / step + 1e-6)) + 1 for n, s in zip(oriented.shape, spacing))
+    sizes = np.array(oriented.spacing)
+    step = sizes.min() if spacing is None else spacing
+    shape = tuple(int(np.floor((n - 1) * s / step + 1e-6)) + 1 for n, s in zip(oriented.shape, sizes))
     affine = oriented.affine.copy()
-    affine[:3, :ndim] *= step / spacing
+    affine[:3, :ndim] *= step / sizes
     return Image(torch.empty((1, *shape)), affine)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from fastreg import _validate as check
 from fastreg.models.base import RegistrationModel
 from fastreg.models.registry import create
 
@@ -125,8 +126,8 @@ def load_checkpoint(path, device=None) -> RegistrationModel:
         spacing = recipe["model"].get("spacing") or None  # 0: none
     except (tomllib.TOMLDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ValueError(f"{recipe_path}: expected a recipe with [model] name and args ({err})") from None
-    if spacing is not None and (isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or spacing <= 0):
-        raise ValueError(f"{recipe_path}: [model] spacing: expected a positive number of mm, got {spacing!r}")
+    if spacing is not None:
+        spacing = check.positive_number(spacing, f"{recipe_path}: [model] spacing (mm)")
     state = _read(path)
     if not isinstance(state, dict) or "model" not in state or "model_signature" not in state:
         raise ValueError(f"{path}: not a fastreg training checkpoint (no model state)")
@@ -134,7 +135,7 @@ def load_checkpoint(path, device=None) -> RegistrationModel:
     cls = type(model)
     if state["model_signature"].get("class") != f"{cls.__module__}.{cls.__qualname__}":
         raise ValueError(f"{path}: a checkpoint of {state['model_signature'].get('class')}, not of {cls.__qualname__}")
-    model.spacing = None if spacing is None else float(spacing)
+    model.spacing = spacing
     return model
 
 

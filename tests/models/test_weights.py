@@ -88,7 +88,7 @@ def test_load_checkpoint_from_a_run(tmp_path):
     (tmp_path / "recipe.toml").write_text('[model]\nname = "unireg"\nspacing = 2.5\n\n[model.args]\nndim = 2\nwidths = [4, 8]\n')
     assert models.load_checkpoint(path).spacing == 2.5
     (tmp_path / "recipe.toml").write_text('[model]\nname = "unireg"\nspacing = -1\n\n[model.args]\nndim = 2\nwidths = [4, 8]\n')
-    with pytest.raises(ValueError, match=r"\[model\] spacing: expected a positive number of mm, got -1"):
+    with pytest.raises(ValueError, match=r"\[model\] spacing \(mm\): expected a finite number > 0, got -1"):
         models.load_checkpoint(path)
     (tmp_path / "recipe.toml").write_text('[model]\nname = "unireg"\n\n[model.args]\nndim = 2\nwidths = [4, 16]\n')
     with pytest.raises(ValueError, match="do not fit unireg"):
