@@ -32,8 +32,8 @@ Pipeline (the keys of ``timings``, seconds):
   field    the canonical field u mapped back to the fixed grid and composed with M:
            disp(x) = M (x + B u(y(x))) - x, y(x) the canonical voxel of fixed voxel x, B the
            linear part of the canonical -> fixed voxel map.
-  inverse  exp(-v) for a velocity model (``model.svf``, no NIO), else
-           `fastreg.invert_field` of u, composed with M^-1 the same way; where u folds it
+  inverse  the model's own inverse for a velocity model (``model.svf``, no NIO: exp(-v),
+           fastreg.models.base), else `fastreg.invert_field` of u, composed with M^-1 the same way; where u folds it
            has no inverse (``stats["inverse_converged"]`` False, no warning printed).
   stats    CC and MI (normalised intensities, before = world-aligned only, after = warped),
            Dice per label when both label maps are given, `fastreg.metrics.jacobian_stats`.
@@ -60,9 +60,7 @@ from fastreg.io.image import PICTURE, extension
 from fastreg.io.space import grid_map, voxel_coords
 from fastreg.models import RegistrationModel
 from fastreg.models import weights as shipped
-from fastreg.ops.integrate import integrate_svf
 from fastreg.ops.invert import InversionWarning, invert_field
-from fastreg.ops.resize import resize_field
 from fastreg.ops.warp import sample
 
 AFFINE_MODES = ("auto", "on", "off")
@@ -271,10 +269,7 @@ def register(
     inverse_converged = True
     if net.svf and not nio:
         with torch.no_grad(), _autocast(half, device):
-            v = net.velocity(fixed_c, moving_c).float()
-        u_inv = integrate_svf(-v)
-        if tuple(u_inv.shape[2:]) != canonical.shape:
-            u_inv = resize_field(u_inv, size=canonical.shape)
+            u_inv = net.inverse(fixed_c, moving_c).float()
     else:
         u_inv, inverse_converged = _invert(u)
     d_inv = _to_fixed(u_inv, canonical, to_canonical, fixed.shape)

@@ -111,6 +111,26 @@ def test_inverse_of_a_velocity_model_is_exp_minus_v():
     torch.testing.assert_close(r.disp, fastreg.integrate_svf(net.v)[0], atol=1e-5, rtol=0)
 
 
+def test_inverse_of_the_cascade_is_its_own_exact_inverse_on_an_unpadded_size():
+    """The cascade integrates on its padded grid (a multiple of 32) and composes two
+    exponentials: register takes the model's ``inverse``, not exp(-velocity) stretched onto
+    the image's size."""
+    net = models.create("cascade", ndim=2, widths=(4, 8))
+    fixed, moving = smooth(40, 36), smooth(40, 36)
+    with torch.no_grad():
+        for stage in (net.net1, net.net2):
+            torch.nn.init.normal_(stage.flow.weight, 0.0, 0.5)
+    r = fastreg.register(fixed, moving, model=net, affine="off")
+    f, m = normalize(fixed[None])[None], normalize(moving[None])[None]
+    with torch.no_grad():
+        torch.testing.assert_close(r.disp, net(f, m)[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(r.inverse, net.inverse(f, m)[0], atol=1e-5, rtol=0)
+    inner = (slice(None), slice(6, -6), slice(6, -6))
+    size = r.disp[inner].abs().max()
+    assert size > 0.5
+    assert fastreg.compose(r.disp[None], r.inverse[None])[0][inner].abs().max() < 0.1 * size
+
+
 def test_inverse_round_trip_through_invert_field_and_the_affine(unireg):
     fixed, moving = camera_pair(random_shift())
     r = fastreg.register(fixed, moving, model=unireg, affine="on")

@@ -15,6 +15,10 @@ Velocity models (``model.svf`` True) also give
   model.velocity(fixed, moving)  (B, ndim, *S') the stationary velocity the displacement
                                  integrates, so the inverse is ``exp(-v)``; S' is the grid the
                                  model integrates on (see the model's docstring)
+  model.inverse(fixed, moving)   (B, ndim, *S) the displacement of the inverse deformation (on
+                                 the moving grid): by default exp(-velocity) resized to S (a
+                                 velocity on S' = S / k for an integer k); a model whose
+                                 deformation is not one exponential (the cascade) overrides it
 Recursion (``model.passes`` = n > 1, displacement models only): the network is applied n
 times with the same weights, each pass registering the moving image warped by the field so
 far, and the fields are composed (u <- u o ... : ``fastreg.compose(u, d)``), the weight-shared
@@ -36,6 +40,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from fastreg.ops.integrate import integrate_svf
+from fastreg.ops.resize import resize_field
 from fastreg.ops.warp import compose, warp
 
 
@@ -67,6 +73,17 @@ class RegistrationModel(nn.Module):
             residual = self.predict(fixed_p, warp(moving_p, disp, padding_mode="border"), levels)
             disp = compose(disp, residual)
         return self.crop(disp, shape)
+
+    def inverse(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """(B, ndim, *S): the inverse of ``self(fixed, moving)`` of a velocity model, exp(-v)
+        resized to the input's size S (module docstring: Velocity models)."""
+        if not self.svf:
+            raise ValueError(f"inverse: {type(self).__name__} is not a velocity model (svf); "
+                             "invert its displacement with fastreg.invert_field")
+        self.check_pair(fixed, moving)
+        u = integrate_svf(-self.velocity(fixed, moving))
+        shape = tuple(fixed.shape[2:])
+        return u if tuple(u.shape[2:]) == shape else resize_field(u, size=shape)
 
     def set_passes(self, passes: int) -> None:
         """Apply the network ``passes`` times (module docstring: Recursion)."""

@@ -326,3 +326,5 @@ def test_bad_input_names_the_argument():
         UniReg(widths=(64,))
     with pytest.raises(ValueError, match="extractor_weights: only used with a named extractor"):
         UniReg(extractor=HalfAverage(), extractor_weights={})
+    with pytest.raises(ValueError, match="inverse: UniReg is not a velocity model"):
+        model2.inverse(fixed, moving)
