@@ -49,10 +49,10 @@ def mr_volumes(small: bool = False) -> list[tuple[str, np.ndarray]]:
 
 
 def refine(model, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, iterations: Sequence[int],
-           score: Callable[[str, torch.Tensor], dict]) -> dict:
+           score: Callable[[str, torch.Tensor], dict], similarity: str = "lncc") -> dict:
     """``fastreg.nio.optimize(model, fixed, moving, iterations=iterations)`` (Adam steps on a
-    copy of the weights, the paper's loss) and ``fastreg.nio.instance_optimize`` from the
-    model's field ``disp`` (dense, its default lr, the same loss) given the same wall time
+    copy of the weights, the paper's loss with ``similarity``) and ``fastreg.nio.instance_optimize``
+    from the model's field ``disp`` (dense, its default lr, the same loss) given the same wall time
     (at most 100 steps per NIO step). ``score(name, field)`` gives the metrics of a field
     ("nio" or "io"); the seconds and steps of each are added (``seconds_nio``, ``steps_io``...).
     Runs outside inference mode, on copies of the tensors."""
@@ -60,10 +60,11 @@ def refine(model, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor,
     with torch.inference_mode(False), torch.enable_grad():
         fixed, moving, disp = fixed.clone(), moving.clone(), disp.clone()  # normal tensors, not inference ones
         start = time.perf_counter()
-        nio = fastreg.nio.optimize(model, fixed, moving, iterations=tuple(iterations))
+        nio = fastreg.nio.optimize(model, fixed, moving, iterations=tuple(iterations), similarity=similarity)
         seconds = time.perf_counter() - start
         start = time.perf_counter()
-        io = fastreg.nio.instance_optimize(disp, fixed, moving, iterations=100 * sum(iterations), max_seconds=seconds)
+        io = fastreg.nio.instance_optimize(disp, fixed, moving, iterations=100 * sum(iterations), max_seconds=seconds,
+                                           similarity=similarity)
         seconds_io = time.perf_counter() - start
     for name, result, sec in (("nio", nio, seconds), ("io", io, seconds_io)):
         with torch.no_grad():
@@ -80,6 +81,8 @@ def parser(doc: str, model: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-syn", action="store_true", help="skip ANTs SyN")
     p.add_argument("--json", default=None, help="write every pair's row to this JSON file")
+    p.add_argument("--similarity", choices=fastreg.nio.SIMILARITIES, default="lncc",
+                   help="the similarity of NIO and instance optimisation (--nio): lncc (the paper) or mi")
     return p
 
 

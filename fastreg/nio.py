@@ -8,7 +8,10 @@ weights minimises, coarse to fine,
     loss = (1 - lam) * (1 - LNCC_window(fixed, warp(moving, u))) + lam * ||grad u||^2
 
 where ``u = model(fixed, moving, levels=k)`` is the field of the k coarsest levels, already at
-full resolution, so the objective is the same at every stage. IO (the paper's baseline) runs
+full resolution, so the objective is the same at every stage. ``similarity="mi"`` replaces
+1 - LNCC by 1 - normalised mutual information (``fastreg.nn.mi_loss``) for pairs of different
+contrasts: LNCC assumes locally linear intensity relations and rewards wrong alignments
+where the contrasts differ non-monotonically. IO (the paper's baseline) runs
 the same loss with Adam on the field itself. Example::
 
     from fastreg import nio
@@ -60,9 +63,11 @@ from torch.func import functional_call, vmap
 
 from fastreg import _validate as check
 from fastreg.models.base import RegistrationModel
+from fastreg.nn.losses import mi_loss
 from fastreg.ops.lncc import lncc
 from fastreg.ops.warp import warp
 
+SIMILARITIES = ("lncc", "mi")
 # The paper's schedule (NIO_m, brain MR); fewer stages take its first entries.
 PAPER_ITERATIONS = (100, 60, 30)
 # ``tol``: the loss is compared with the loss TOL_EVERY iterations earlier, every TOL_EVERY
@@ -75,7 +80,7 @@ class Result:
     """What ``optimize`` and ``instance_optimize`` return.
 
     disp     (N, ndim, *S) displacement in voxels, detached.
-    log      per iteration t (T iterations run in all): "loss", "similarity" (1 - LNCC) and
+    log      per iteration t (T iterations run in all): "loss", "similarity" (1 - LNCC or 1 - NMI) and
              "regulariser" (||grad u||^2), each (T, N) for the weights or field before step t;
              "stage" (T,) int64; "seconds" (T,) float64, wall time since the call began at the
              end of step t (on a GPU only synchronised when ``max_seconds`` or ``callback``
@@ -98,16 +103,19 @@ def default_levels(num_levels: int) -> tuple[int, ...]:
 
 
 def _loss(
-    fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, lam: float, window
+    fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, lam: float, window, similarity: str = "lncc"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, similarity, regulariser), each (N,): the objective above, per pair (for one pair
-    the value of ``fastreg.nn.losses.loss_for("nio")``, which reduces over the batch; the loop
-    needs each pair's value for its log, best weights and ``tol``)."""
-    cc = lncc(fixed, warp(moving, disp), window, reduction="none")
-    similarity = 1.0 - cc.flatten(1).mean(1)
+    the value of ``fastreg.nn.losses.loss_for("nio", similarity=...)``, which reduces over the
+    batch; the loop needs each pair's value for its log, best weights and ``tol``)."""
+    warped = warp(moving, disp)
+    if similarity == "mi":
+        dissimilarity = mi_loss(fixed, warped, reduction="none")
+    else:
+        dissimilarity = 1.0 - lncc(fixed, warped, window, reduction="none").flatten(1).mean(1)
     ndim = disp.dim() - 2
     regulariser = sum(disp.diff(dim=2 + a).square().flatten(1).mean(1) for a in range(ndim)) / ndim
-    return (1.0 - lam) * similarity + lam * regulariser, similarity, regulariser
+    return (1.0 - lam) * dissimilarity + lam * regulariser, dissimilarity, regulariser
 
 
 def optimize(
@@ -119,6 +127,7 @@ def optimize(
     lr: float = 1e-4,
     lam: float = 0.4,
     window: int | Sequence[int] = 7,
+    similarity: str = "lncc",
     levels: Sequence[int] | None = None,
     max_seconds: float | None = None,
     tol: float | None = None,
@@ -138,6 +147,9 @@ def optimize(
         lr: Adam's learning rate (the paper: 1e-4).
         lam: weight of the regulariser in [0, 1] (the paper: 0.4).
         window: LNCC window, odd (the paper: 7).
+        similarity: "lncc" (the paper: 1 - LNCC) or "mi" (1 - normalised mutual information,
+            ``fastreg.nn.mi_loss``, 32 bins): for pairs of different contrasts, where LNCC
+            rewards the wrong alignment.
         levels: increasing level counts in [1, model.num_levels], one per stage. Default:
             ``default_levels(model.num_levels)``.
         max_seconds: stop between iterations once this many seconds have passed.
@@ -158,6 +170,7 @@ def optimize(
     plan = _levels(levels, model.num_levels)
     steps = _iterations(iterations, len(plan))
     window = check.windows(window, fixed.shape[2:])
+    check.choice(similarity, "similarity", SIMILARITIES)
     lam = check.probability(lam, "lam")
     lr = check.positive_number(lr, "lr")
     _check_callback(callback)
@@ -171,7 +184,7 @@ def optimize(
     predict = _predictor(template, names, shapes, pairs)
 
     def objective(weights: torch.Tensor, stage: int):
-        return _loss(fixed, moving, predict(weights, fixed, moving, plan[stage]), lam, window)
+        return _loss(fixed, moving, predict(weights, fixed, moving, plan[stage]), lam, window, similarity)
 
     def on_step(info: dict) -> object:
         info["levels"] = plan[info["stage"]]
@@ -194,6 +207,7 @@ def instance_optimize(
     lr: float = 0.1,
     lam: float = 0.4,
     window: int | Sequence[int] = 7,
+    similarity: str = "lncc",
     grid: int | Sequence[int] | None = None,
     max_seconds: float | None = None,
     tol: float | None = None,
@@ -210,8 +224,8 @@ def instance_optimize(
     linearly (align_corners=True); its vectors are in full-resolution voxels either way, so
     ``lr`` (voxels per step, roughly: Adam's steps are about lr per element) means the same;
     the default 0.1 lets 200 steps move a vector by up to ~20 voxels.
-    ``lam``, ``window``, ``max_seconds``, ``tol`` and ``callback`` as in ``optimize`` (one
-    stage); the returned field is the best one evaluated, per pair.
+    ``lam``, ``window``, ``similarity``, ``max_seconds``, ``tol`` and ``callback`` as in
+    ``optimize`` (one stage); the returned field is the best one evaluated, per pair.
     """
     check.tensor(disp, "disp")
     ndim = check.spatial_ndim(disp, "disp", "(N, 2, H, W) or (N, 3, D, H, W)")
@@ -226,6 +240,7 @@ def instance_optimize(
     fixed, moving = fixed.detach(), moving.detach()
     steps = (check.non_negative_int(iterations, "iterations"),)
     window = check.windows(window, fixed.shape[2:])
+    check.choice(similarity, "similarity", SIMILARITIES)
     lam = check.probability(lam, "lam")
     lr = check.positive_number(lr, "lr")
     size = tuple(disp.shape[2:])
@@ -244,7 +259,7 @@ def instance_optimize(
         return base + (r if coarse == size else F.interpolate(r, size=size, mode=mode, align_corners=True))
 
     def objective(r: torch.Tensor, stage: int):
-        return _loss(fixed, moving, field_of(r), lam, window)
+        return _loss(fixed, moving, field_of(r), lam, window, similarity)
 
     residual, log, stopped = _adam(residual, objective, steps, lr, max_seconds, tol, callback)
     with torch.no_grad():

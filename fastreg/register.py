@@ -192,6 +192,7 @@ def register(
     intensity: str = "mr",
     iterations=None,
     max_seconds: float | None = None,
+    nio_similarity: str = "lncc",
     passes: int | None = None,
     spacing="model",
 ) -> Registration:
@@ -200,8 +201,8 @@ def register(
     ``model``: "auto" (the shipped pretrained model of the images' dimensionality), a shipped
     name (`fastreg.models.weights.names()`), a `fastreg train` checkpoint file or run folder,
     or a `RegistrationModel` instance (moved to ``device``). ``nio``: refine by neural
-    instance optimisation (``iterations`` per stage, ``max_seconds`` budget: see
-    `fastreg.nio.optimize`). ``affine``: "auto" (pre-align when the grids differ or the
+    instance optimisation (``iterations`` per stage, ``max_seconds`` budget, ``nio_similarity``
+    "lncc" (the paper) or "mi" for images of different contrasts: see `fastreg.nio.optimize`). ``affine``: "auto" (pre-align when the grids differ or the
     centres of mass are more than 3 voxels apart), "on" or "off". ``fixed_labels`` /
     ``moving_labels``: integer maps on the fixed / moving grid (warped; Dice when both).
     ``device``: where the network runs (default: CUDA when available). ``half``: the network
@@ -216,6 +217,7 @@ def register(
     clock = time.perf_counter()
     check.choice(affine, "affine", AFFINE_MODES)
     check.choice(intensity, "intensity", INTENSITIES)
+    check.choice(nio_similarity, "nio_similarity", nio_module.SIMILARITIES)
     if not isinstance(nio, bool) or not isinstance(half, bool):
         raise TypeError(f"nio, half: expected bools, got {type(nio).__name__}, {type(half).__name__}")
     fixed, moving = as_input(fixed, "fixed"), as_input(moving, "moving")
@@ -258,7 +260,8 @@ def register(
         timings["model"] = _lap(clock)
         if nio:
             clock = time.perf_counter()
-            u = nio_module.optimize(net, fixed_c, moving_c, iterations=iterations, max_seconds=max_seconds).disp.float()
+            u = nio_module.optimize(net, fixed_c, moving_c, iterations=iterations, max_seconds=max_seconds,
+                                    similarity=nio_similarity).disp.float()
             timings["nio"] = _lap(clock)
 
     clock = time.perf_counter()

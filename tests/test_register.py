@@ -298,6 +298,14 @@ def test_nio_refines_and_half_runs(unireg):
     fixed, moving = smooth(32, 32), smooth(32, 32)
     r = fastreg.register(fixed, moving, model=unireg, affine="off", nio=True, iterations=(3,))
     assert "nio" in r.timings and torch.isfinite(r.disp).all()
+    f, m = normalize(fixed[None])[None], normalize(moving[None])[None]
+    for similarity in ("lncc", "mi"):  # the field of nio.optimize with that similarity
+        r = fastreg.register(fixed, moving, model=unireg, affine="off", nio=True, iterations=(3,),
+                             nio_similarity=similarity)
+        expected = fastreg.nio.optimize(unireg, f, m, iterations=(3,), similarity=similarity).disp[0]
+        torch.testing.assert_close(r.disp, expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="nio_similarity: expected one of"):
+        fastreg.register(fixed, moving, model=unireg, nio=True, nio_similarity="ncc")
     h = fastreg.register(fixed, moving, model=unireg, affine="off", half=True)
     full = fastreg.register(fixed, moving, model=unireg, affine="off")
     assert h.disp.dtype == torch.float32

@@ -1,6 +1,6 @@
 """``fastreg register`` and ``fastreg apply`` (thin: parse, call `fastreg.register`, write, print).
 
-    fastreg register fixed.nii.gz moving.nii.gz -o out/ [--model NAME|CHECKPOINT] [--nio]
+    fastreg register fixed.nii.gz moving.nii.gz -o out/ [--model NAME|CHECKPOINT] [--nio [--nio-similarity mi]]
     fastreg register --example -o out/ [--model CHECKPOINT]     # a generated 2-D pair
     fastreg register --pairs pairs.csv -o out/                   # many pairs, model loaded once
     fastreg apply out/field.nii.gz labels.nii.gz -o warped_labels.nii.gz --like fixed.nii.gz --nearest
@@ -23,6 +23,7 @@ from fastreg import io
 from fastreg.cli.output import check_out, staging
 from fastreg.cli.pairs import register_pairs
 from fastreg.io.image import PICTURE, extension
+from fastreg.nio import SIMILARITIES
 from fastreg.register import FIELD_FORMATS, register
 
 EXAMPLE_SIZE = 224
@@ -38,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nio", action="store_true", help="refine by neural instance optimisation")
     p.add_argument("--iterations", default=None, help="NIO Adam steps per stage, e.g. 100,60,30")
     p.add_argument("--max-seconds", type=float, default=None, help="NIO time budget")
+    p.add_argument("--nio-similarity", choices=SIMILARITIES, default="lncc",
+                   help="NIO's similarity: lncc (the paper; same contrast) or mi (different contrasts)")
     p.add_argument("--affine", choices=("auto", "on", "off"), default="auto", help="affine pre-alignment")
     p.add_argument("--moving-labels", default=None, help="label map on the moving grid (warped)")
     p.add_argument("--fixed-labels", default=None, help="label map on the fixed grid (Dice)")
@@ -84,7 +87,7 @@ def _register(args, fixed, moving, fixed_labels, moving_labels, model, iteration
     return register(fixed, moving, model=model, nio=args.nio, affine=args.affine, fixed_labels=fixed_labels,
                     moving_labels=moving_labels, device=args.device, half=args.half,
                     intensity=args.intensity, iterations=iterations, max_seconds=args.max_seconds,
-                    passes=args.passes, spacing="model" if args.spacing is None else args.spacing)
+                    nio_similarity=args.nio_similarity, passes=args.passes, spacing="model" if args.spacing is None else args.spacing)
 
 
 def _iterations(text):

@@ -7,6 +7,7 @@ S = (H, W) or (D, H, W).
   similarity                       function              module
   MSE mean((a - b)^2)              torch F.mse_loss      torch.nn.MSELoss (nothing to add)
   1 - LNCC (squared cc, VoxelMorph)lncc_loss             LNCCLoss(form="one_minus")
+  1 - normalised MI (any contrasts) mi_loss               MILoss
   soft Dice over labels            dice_loss             DiceLoss
   regulariser
   Grad-L1 / Grad-L2 (diffusion)    grad_loss             GradLoss
@@ -51,7 +52,7 @@ from fastreg.nn.lncc import LNCCLoss
 PENALTIES = ("l1", "l2")
 AXIS_REDUCTIONS = ("mean", "sum")
 REDUCTIONS = ("mean", "sum", "none")
-SIMILARITIES = ("mse", "lncc", "dice")
+SIMILARITIES = ("mse", "lncc", "mi", "dice")
 
 
 def reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -78,6 +79,73 @@ def lncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window=9, kernel: str =
     without the sign: 1 - mean(cc^2) in the DP-VFA paper's words). (B, C, *S) each -> 0-d.
     Module: ``LNCCLoss(window, kernel, form="one_minus")``."""
     return 1.0 - lncc(fixed, warped, window, kernel)
+
+
+def mi_loss(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 32, reduction: str = "mean") -> torch.Tensor:
+    """1 - normalised mutual information of fixed and warped (B, C, *S) in [0, 1]: per item,
+    1 - 2 MI(a, b) / (H(a) + H(b)) (the symmetric uncertainty, in [0, 1]: 0 when either
+    image's bins determine the other's, 1 when they are independent), from a joint histogram
+    of all channels and voxels with linear Parzen windows: a value x (clamped to [0, 1]) sits
+    at s = x (bins - 1) and adds 1 - frac(s) to bin floor(s) and frac(s) to the next, so the
+    histogram, and the loss, are continuous and differentiable in both images (as in
+    Mattes et al.'s MI; ANTs uses 32 bins). It depends only on which intensities co-occur,
+    not on how they map to each other: the similarity for images of different contrasts,
+    where LNCC (linear relations) fails. Entropies in nats over p > 0; a constant item gives
+    H = 0 for it and the loss 1; an item with a NaN or infinite value gives NaN. The
+    windows spread even identical images over neighbouring bins, so the loss of a perfect
+    match is above 0 (about 0.25 with 32 bins). reduction "mean" (0-d), "sum" or "none" ((B,)).
+    Module: ``MILoss(bins)``."""
+    check.tensor(fixed, "fixed")
+    check.tensor(warped, "warped")
+    if fixed.shape != warped.shape:
+        raise ValueError(f"warped: expected the shape of fixed {tuple(fixed.shape)}, got {tuple(warped.shape)}")
+    check.spatial_ndim(fixed, "fixed", "(B, C, H, W) or (B, C, D, H, W)")
+    bins = check.positive_int(bins, "bins", 2)
+    check.choice(reduction, "reduction", REDUCTIONS)
+    batch = fixed.shape[0]
+    a, b = fixed.flatten(1), warped.flatten(1)
+    finite = torch.isfinite(a).all(1) & torch.isfinite(b).all(1)
+    ia, wa = _parzen(a, bins)  # (B, V, 2) each: bin index, weight
+    ib, wb = _parzen(b, bins)
+    index = (ia.unsqueeze(3) * bins + ib.unsqueeze(2)).flatten(1)  # (B, V * 4): the 2 x 2 bin pairs
+    weight = (wa.unsqueeze(3) * wb.unsqueeze(2)).flatten(1)
+    joint = weight.new_zeros(batch, bins * bins).scatter_add(1, index, weight) / fixed[0].numel()
+    joint = joint.view(batch, bins, bins)
+    h_a, h_b, h_ab = _entropy(joint.sum(2)), _entropy(joint.sum(1)), _entropy(joint.flatten(1))
+    total = h_a + h_b
+    nmi = torch.where(total > 0, 2.0 * (total - h_ab) / total.clamp_min(1e-12), torch.zeros_like(total))
+    return reduce(torch.where(finite, 1.0 - nmi, torch.full_like(nmi, float("nan"))), reduction)
+
+
+def _parzen(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear Parzen window of values x (B, V): (bin indices, weights), each (B, V, 2)."""
+    s = x.nan_to_num(0.0).clamp(0.0, 1.0) * (bins - 1)  # a non-finite item's loss is NaN (caller)
+    low = s.detach().floor().clamp(max=bins - 2)
+    frac = s - low
+    index = low.long().unsqueeze(2) + torch.arange(2, device=x.device)
+    return index, torch.stack([1.0 - frac, frac], 2)
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """-sum p log p over the last axis of (B, K) probabilities, terms with p = 0 left out
+    (their gradient too: log is taken of p clamped away from 0)."""
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+
+
+class MILoss(nn.Module):
+    """``mi_loss`` as a module: forward(fixed, warped) -> 0-d tensor (``reduction``)."""
+
+    def __init__(self, bins: int = 32, reduction: str = "mean"):
+        super().__init__()
+        self.bins = check.positive_int(bins, "bins", 2)
+        self.reduction = reduction
+        check.choice(reduction, "reduction", REDUCTIONS)
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        return mi_loss(fixed, warped, self.bins, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, reduction={self.reduction!r}"
 
 
 def _labels(x, name: str):
@@ -277,14 +345,15 @@ class RegistrationLoss(nn.Module):
 
     Args:
         similarity: "mse" (F.mse_loss(fixed, warped)), "lncc" (lncc_loss with ``window``,
-            ``kernel``) or "dice" (dice_loss(fixed_labels, warped_labels, include_background)).
+            ``kernel``), "mi" (mi_loss with ``bins``) or "dice" (dice_loss(fixed_labels,
+            warped_labels, include_background)).
         sim_weight, reg_weight: weights of the two terms.
         penalty, axes: of grad_loss.
     """
 
     def __init__(self, similarity: str = "mse", sim_weight: float = 1.0, reg_weight: float = 0.01,
                  penalty: str = "l2", axes: str = "mean", window=9, kernel: str = "box",
-                 include_background: bool = False):
+                 include_background: bool = False, bins: int = 32):
         super().__init__()
         check.choice(similarity, "similarity", SIMILARITIES)
         check.choice(penalty, "penalty", PENALTIES)
@@ -295,6 +364,7 @@ class RegistrationLoss(nn.Module):
         self.similarity, self.sim_weight, self.reg_weight = similarity, float(sim_weight), float(reg_weight)
         self.penalty, self.axes, self.include_background = penalty, axes, include_background
         self.lncc = LNCCLoss(window, kernel, form="one_minus") if similarity == "lncc" else None
+        self.bins = check.positive_int(bins, "bins", 2)
 
     def terms(self, fixed, warped, disp, *, fixed_labels=None, warped_labels=None) -> dict[str, torch.Tensor]:
         if self.similarity == "dice":
@@ -306,7 +376,12 @@ class RegistrationLoss(nn.Module):
             check.tensor(warped, "warped")
             if fixed.shape != warped.shape:
                 raise ValueError(f"warped: expected the shape of fixed {tuple(fixed.shape)}, got {tuple(warped.shape)}")
-            sim = F.mse_loss(fixed, warped) if self.similarity == "mse" else self.lncc(fixed, warped)
+            if self.similarity == "mse":
+                sim = F.mse_loss(fixed, warped)
+            elif self.similarity == "mi":
+                sim = mi_loss(fixed, warped, self.bins)
+            else:
+                sim = self.lncc(fixed, warped)
         reg = grad_loss(disp, self.penalty, self.axes)
         return {"similarity": sim, "regularization": reg, "total": self.sim_weight * sim + self.reg_weight * reg}
 

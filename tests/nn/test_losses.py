@@ -1,6 +1,7 @@
 """Losses and regularisers (fastreg/nn/losses.py) against their originals: MONAI 1.6.1
 (DiceLoss, BendingEnergyLoss), neurite's spatial_gradient (VoxelMorph's Grad), VoxelMorph's
 NCC formula (fastreg.bench.peer_kernels), the papers' formulas for the presets; gradients; errors."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,79 @@ def test_lncc_loss_is_one_minus_voxelmorph_ncc(shape):
 
 def soft_labels(shape, labels, batch=2):
     return torch.softmax(3 * torch.randn(batch, labels, *shape, dtype=torch.float64), 1).requires_grad_()
+
+
+def mi_written_out(a, b, bins):
+    """1 - 2 MI / (H(a) + H(b)) of two float64 images (numpy arrays), the joint histogram
+    filled voxel by voxel with linear windows (mi_loss's docstring)."""
+    joint = np.zeros((bins, bins))
+    for x, y in zip(a.ravel(), b.ravel()):
+        cells = []
+        for v in (x, y):
+            s = min(max(v, 0.0), 1.0) * (bins - 1)
+            low = min(int(np.floor(s)), bins - 2)
+            cells.append(((low, 1.0 - (s - low)), (low + 1, s - low)))
+        for i, wi in cells[0]:
+            for j, wj in cells[1]:
+                joint[i, j] += wi * wj
+    p = joint / a.size
+
+    def entropy(q):
+        q = q[q > 0]
+        return -(q * np.log(q)).sum()
+
+    h_a, h_b = entropy(p.sum(1)), entropy(p.sum(0))
+    return 1.0 - 2.0 * (h_a + h_b - entropy(p.ravel())) / (h_a + h_b)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mi_loss_is_one_minus_normalised_mi_of_the_parzen_histogram(shape):
+    a = torch.rand(2, 1, *shape, dtype=torch.float64) * 1.2 - 0.1  # some values outside [0, 1]
+    b = torch.rand(2, 1, *shape, dtype=torch.float64)
+    b[1] = (a[1] + 0.3 * b[1]).clamp(0, 1)  # a related pair: the loss well below 1
+    ours = losses.mi_loss(a, b, bins=8, reduction="none")
+    expected = torch.tensor([mi_written_out(a[i].numpy(), b[i].numpy(), 8) for i in range(2)], dtype=torch.float64)
+    torch.testing.assert_close(ours, expected)
+    assert ours[1] < ours[0] - 0.1
+    torch.testing.assert_close(losses.mi_loss(a, b, bins=8), expected.mean())
+    torch.testing.assert_close(fastreg.nn.MILoss(8, "sum")(a, b), expected.sum())
+    part = (slice(None), slice(None), slice(0, 4))  # fewer inputs for the numerical Jacobian
+    assert torch.autograd.gradcheck(lambda x, y: losses.mi_loss(x, y, bins=8, reduction="none"),
+                                    (a[part].clamp(0.02, 0.98).requires_grad_(), b[part].clamp(0.02, 0.98).requires_grad_()))
+
+
+def test_mi_loss_ignores_how_contrasts_map_and_sees_misalignment():
+    """An image and any bijective remap of its bins score alike (here the inverted contrast
+    and a non-monotonic lookup table); a shifted copy scores worse than both. LNCC scores
+    the remapped copy as a different image (0.34 above a perfect match at least, over 300
+    draws)."""
+    a = fastreg.data.intensities.min_max(random_smooth_field((48, 40), spacing=4, dtype=torch.float64)[:, :1])
+    bins = 16
+    q = (a * (bins - 1)).round() / (bins - 1)  # on bin centres: the windows are exact there
+    lut = torch.randperm(bins, dtype=torch.float64) / (bins - 1)
+    remapped = lut[(q * (bins - 1)).round().long()]
+    shifted = torch.roll(q, shifts=(3, 2), dims=(2, 3))
+    same = losses.mi_loss(q, q, bins)
+    torch.testing.assert_close(losses.mi_loss(q, 1.0 - q, bins), same)
+    torch.testing.assert_close(losses.mi_loss(q, remapped, bins), same)
+    assert losses.mi_loss(q, shifted, bins) > same + 0.1
+    assert losses.lncc_loss(q, remapped, 7) > losses.lncc_loss(q, q, 7) + 0.2
+
+
+def test_mi_loss_nan_and_bad_arguments():
+    a, b = torch.rand(2, 1, 6, 7), torch.rand(2, 1, 6, 7)
+    a[1, 0, 2, 3] = float("nan")
+    out = losses.mi_loss(a, b, reduction="none")
+    assert torch.isfinite(out[0]) and torch.isnan(out[1])
+    with pytest.raises(ValueError, match="bins: expected an int >= 2"):
+        losses.mi_loss(a, b, bins=1)
+    with pytest.raises(ValueError, match="warped: expected the shape of fixed"):
+        losses.mi_loss(a, b[..., :5])
+    with pytest.raises(ValueError, match="reduction: expected one of"):
+        losses.mi_loss(a, b, reduction="max")
+    loss = fastreg.nn.loss_for("nio", similarity="mi", bins=16)
+    u = torch.zeros(2, 2, 6, 7)
+    torch.testing.assert_close(loss(b, b.flip(3), u), 0.6 * losses.mi_loss(b, b.flip(3), 16))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
