@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from fastreg import io
+from fastreg._allocator import keep_freed_memory
 from fastreg.cli.output import check_out, staging
 from fastreg.cli.pairs import register_pairs
 from fastreg.io.image import PICTURE, extension
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if modes != 1 or (args.fixed is not None) != (args.moving is not None):
         p.error("give FIXED and MOVING, or --example, or --pairs CSV")
     try:
+        keep_freed_memory()
         iterations = _iterations(args.iterations)
         if args.pairs is not None:
             return register_pairs(args, iterations, _register)
@@ -160,6 +162,7 @@ def apply_parser() -> argparse.ArgumentParser:
 def apply_main(argv: list[str] | None = None) -> int:
     args = apply_parser().parse_args(argv)
     try:
+        keep_freed_memory()
         if args.out.exists() and not args.force:
             raise ValueError(f"--out: {args.out} exists; pass --force to replace it")
         image = io.load(args.image)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from fastreg import recipes
+from fastreg._allocator import keep_freed_memory
 from fastreg.train import distributed
 
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     flags += ["train.compile=true"] if args.compile else []
     flags += [f"data.path={_quote(args.data)}"] if args.data is not None else []
     try:
+        keep_freed_memory()
         recipe = recipes.override(recipes.load(args.recipe), flags + args.assignments)
         name = Path(args.recipe).stem
         result = recipes.run(recipe, args.out or Path("runs") / name, resume=args.resume)
