@@ -182,9 +182,13 @@ def out_channels(module: nn.Module) -> int:
 
 
 # Pixels per extractor call: the extractor's full-resolution activations (64 channels, float32:
-# 64 MiB each at this size) are transient, so running it on a few images at a time bounds
-# their peak without costing time (no gradient is kept for the frozen extractor).
-CHUNK_PIXELS = 1 << 18
+# 16 MiB each at this size) are transient, so running it on a few images at a time bounds
+# their peak (no gradient is kept for the frozen extractor). It also keeps every block under
+# glibc's largest mmap threshold (32 MiB), so freed activations are reused from the heap:
+# at 1 << 18 pixels (64 MiB blocks) each call page-faulted all of them back from the kernel,
+# 1.5-1.6x the CPU time for 16 images of 224^2 or 48 slices of 112x96 (BENCHMARKS.md, "Page
+# faults").
+CHUNK_PIXELS = 1 << 16
 
 
 def _run(module: nn.Module, rgb: torch.Tensor) -> torch.Tensor:
