@@ -132,9 +132,10 @@ OPS = {
     # backward gives each input's partial derivative, not twice the total one
     "compose_shared": Op(lambda u, **kw: fastreg.compose(u, u, **kw), _fields(0.5), ("u",), PADDING_OPTIONS,
                          differentiable=1, opcheck=False),
-    # the first two: intensities in [4000, 4095], whose local variance is 5e-5 of their square (float32 sums cancel)
+    # the first two: intensities in [3800, 4095], whose local variance is 5e-4 of their square: float32 sums
+    # cancel (a float32 reference misses by 2e-3), float64 finite differences (gradcheck) still hold
     "lncc": Op(lambda a, b, **kw: fastreg.lncc(a, b, **{"window": 3, "reduction": "none", **kw}),
-               _pairs(1, span=(4000.0, 4095.0)) + _pairs(2),
+               _pairs(1, span=(3800.0, 4095.0)) + _pairs(2),
                ("a", "b"), _lncc_options, bad_options=[
                    *(dict(window=w) for w in (4, 7, 2.5, 0, -3, 11, (3, 3, 3), 3.0, (3, 2.5))), dict(kernel="triangle"),
                    dict(reduction="max"), dict(sigma=1.0), dict(sigma=-1.0, kernel="gaussian"),
