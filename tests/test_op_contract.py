@@ -219,7 +219,7 @@ def kernel_device(any_device):
     return any_device
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_matches_reference(kernel_device, op, dtype):
     """Values and gradients equal the reference's: in float64 for every sample and option set;
     in float32, for the 2-D and 3-D samples and every option set, the float64 reference's of the
