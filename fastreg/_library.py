@@ -54,15 +54,19 @@ class Autograd:
 @dataclass(frozen=True)
 class Family:
     """An op family: ``name`` (the module name in fastreg/ops, fastreg/triton, fastreg/reference
-    and csrc), its ``ops`` (the keys of ``_backend.select``), the fake kernel of every kernel
-    that is not a backward (kernel name -> fake), the autograd specs and the backend its ops
-    prefer on a GPU."""
+    and csrc), the fake kernel of every kernel that is not a backward (kernel name -> fake), the
+    autograd specs and the backend its ops prefer on a GPU."""
 
     name: str
-    ops: tuple[str, ...]
     fakes: dict[str, Callable]
     autograd: tuple[Autograd, ...] = ()
     gpu_default: str = "cuda"
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """Its ops, the keys of ``_backend.select``: the names of the kernels with fakes without
+        ``_forward``."""
+        return tuple(kernel.removesuffix("_forward") for kernel in self.fakes)
 
     @property
     def kernels(self) -> tuple[str, ...]:

@@ -130,7 +130,6 @@ def _reference_vfa(q, k, radius, scale):
 
 FAMILY = _library.Family(
     name="correlation",
-    ops=("local_correlation", "vfa_attention"),
     fakes={"local_correlation_forward": _fake_correlation_forward, "vfa_attention_forward": _fake_vfa_forward},
     autograd=(
         _library.Autograd("local_correlation_forward", "local_correlation_backward", _reference_correlation, inputs=2),

@@ -94,7 +94,6 @@ def _reference(v, steps, padding, keep):
 
 FAMILY = _library.Family(
     name="integrate",
-    ops=("integrate_svf",),
     fakes={"integrate_svf_forward": _fake_forward},
     autograd=(
         _library.Autograd(

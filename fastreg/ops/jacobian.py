@@ -128,7 +128,6 @@ def _reference(disp, mode, spacing):
 
 FAMILY = _library.Family(
     name="jacobian",
-    ops=("jacobian_det", "jacobian_stats"),
     fakes={"jacobian_det_forward": _fake_forward, "jacobian_stats": _fake_stats},
     autograd=(_library.Autograd("jacobian_det_forward", "jacobian_det_backward", _reference, output_mask=False),),
 )

@@ -113,7 +113,6 @@ def _fake_forward(a, b, window, taps, norm, smooth_nr, floor, eps):
 
 FAMILY = _library.Family(
     name="lncc",
-    ops=("lncc",),
     fakes={"lncc_forward": _fake_forward},
     autograd=(_library.Autograd("lncc_forward", "lncc_backward", reference.lncc_map, inputs=2),),
 )

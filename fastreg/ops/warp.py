@@ -127,7 +127,6 @@ def _reference(image, loc, mode, padding, displacement):
 
 FAMILY = _library.Family(
     name="warp",
-    ops=("warp",),
     fakes={"warp_forward": _fake_forward},
     autograd=(_library.Autograd("warp_forward", "warp_backward", _reference, inputs=2),),
 )

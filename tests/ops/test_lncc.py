@@ -1,9 +1,9 @@
 """fastreg.lncc on every kernel backend against the conv-based reference (fastreg/reference/lncc.py):
 what the op contract (tests/test_op_contract.py: parity in float64 and float32 for windows from
-1 to the image's size, box and gaussian, gradients, gradcheck, opcheck, compile, NaN, strides,
-bad input) does not hold: float32 on 0-4095 intensities keeping float64 accuracy, float32
-gradients, reductions and loss forms, gaussian sigmas, constant regions, cc <= 1, and
-NaN/inf windows with their gradients."""
+1 to the image's size, box and gaussian, float32 keeping float64 accuracy at intensities of
+3800-4095, gradients, gradcheck, opcheck, compile, NaN, strides, bad input) does not hold: float32
+gradients of smooth images, reductions and loss forms, gaussian sigmas, constant regions,
+cc <= 1, and NaN/inf windows with their gradients."""
 import pytest
 import torch
 
@@ -14,14 +14,6 @@ from fastreg.ops.lncc import gaussian_taps
 from fastreg.reference import lncc as reference
 
 F64 = dict(rtol=1e-10, atol=1e-12)
-
-# (shape, window, kernel): 2-D and 3-D, several channels, per-axis windows up to the full size.
-CASES = [
-    ((2, 3, 11, 13), 3, "box"),
-    ((1, 2, 12, 9), (5, 9), "box"),
-    ((1, 2, 7, 9, 11), 3, "box"),
-    ((2, 1, 5, 6, 7), (5, 3, 7), "gaussian"),
-]
 
 
 def _taps(window, kernel, ndim):
@@ -40,17 +32,6 @@ def _image(shape, dtype, device, scale=1.0):
     smooth = random_smooth_field(spatial, batch=b * c, magnitude=1.0, spacing=4, dtype=torch.float64)[:, :1]
     x = 0.5 + 0.15 * smooth.reshape(b, c, *spatial) + 0.01 * torch.randn(shape, dtype=torch.float64)
     return (x.clamp(0, 1) * scale).to(dtype=dtype, device=device)
-
-
-@pytest.mark.parametrize("shape,window,kernel", CASES)
-@pytest.mark.parametrize("scale", [1.0, 4095.0])
-def test_float32_keeps_float64_accuracy(backend, device, shape, window, kernel, scale):
-    a = _image(shape, torch.float32, device, scale)
-    b = _image(shape, torch.float32, device, scale)
-    out = fastreg.lncc(a, b, window, kernel, reduction="none")
-    assert out.dtype == torch.float32
-    ref = _ref_map(a.double(), b.double(), window, kernel)  # same float32 values, in float64
-    assert (out.double() - ref).abs().max().item() < 1e-4
 
 
 def test_float32_gradients(backend, device):

@@ -4,12 +4,12 @@ The op contract (tests/test_op_contract.py) runs the public functions on every b
 Triton interpreter included: parity with the reference in float64 and float32 for every mode,
 padding and sample (size-1 axes, broadcast positions, absolute coordinates with another output
 size), gradients, gradcheck of every mode and padding (random projections under the
-interpreter), opcheck, torch.compile, strided inputs and output gradients, NaN. This file
-checks what is specific to fastreg::warp_forward_triton / warp_backward_triton: half
-precision, far positions, the int64-offset path, the output mask, a full-Jacobian gradcheck,
-the deterministic fixed-point image gradient (bit-identical whatever the order of the
-contributions), NaN positions' gradients, launchers refusing bad arguments and the kernels
-compiled for a GPU. Without a GPU the kernels run under TRITON_INTERPRET=1
+interpreter), opcheck, torch.compile, strided inputs and output gradients, NaN; tests/ops/test_warp.py
+the gradients at NaN positions on every kernel backend. This file checks what is specific to
+fastreg::warp_forward_triton / warp_backward_triton: half precision, far positions, the
+int64-offset path, the output mask, a full-Jacobian gradcheck, the deterministic fixed-point
+image gradient (bit-identical whatever the order of the contributions), launchers refusing bad
+arguments and the kernels compiled for a GPU. Without a GPU the kernels run under TRITON_INTERPRET=1
 (set by tests/conftest.py), so shapes stay small, and a separate process compiles them for
 sm_90 to catch code that the interpreter accepts but the compiler rejects.
 """
@@ -205,31 +205,6 @@ def test_deterministic_non_finite_grad_out(deterministic):
     _, atomic, _ = triton_grads(image, loc, grad_out, "bilinear", "border", False)
     assert not torch.isfinite(fixed).all()
     torch.testing.assert_close(fixed, atomic, atol=1e-12, rtol=1e-10, equal_nan=True)
-
-
-@pytest.mark.parametrize("ndim", (2, 3))
-@pytest.mark.parametrize("mode", MODES)
-def test_nan_position_gives_nan(ndim, mode):
-    image, loc = make_inputs(ndim, loc_batch=2)
-    nan_mask = torch.zeros_like(loc[:, :1], dtype=torch.bool)
-    nan_mask.view(-1)[[0, 7, nan_mask.numel() - 1]] = True
-    axis = torch.randint(ndim, (1,)).item()
-    loc_nan = loc.clone()
-    loc_nan[:, axis : axis + 1][nan_mask] = float("nan")
-    grad_out = torch.randn_like(image)
-    out, grad_image, grad_loc = triton_grads(image, loc_nan, grad_out, mode, "border", True)
-    voxel_nan = nan_mask.expand_as(out)
-    assert torch.isnan(out[voxel_nan]).all() and not torch.isnan(out[~voxel_nan]).any()
-    # Elsewhere as if the NaN voxels were absent: their grad_out contributes nothing.
-    ref_out, ref_image, ref_loc = reference_grads(image, loc, grad_out.masked_fill(voxel_nan, 0), mode, "border", True)
-    torch.testing.assert_close(out[~voxel_nan], ref_out[~voxel_nan], atol=1e-12, rtol=1e-10)
-    torch.testing.assert_close(grad_image, ref_image, atol=1e-12, rtol=1e-10)
-    loc_nan_mask = nan_mask.expand_as(loc)
-    if mode != "nearest":
-        assert torch.isnan(grad_loc[loc_nan_mask]).all()
-        torch.testing.assert_close(grad_loc[~loc_nan_mask], ref_loc[~loc_nan_mask], atol=1e-11, rtol=1e-10)
-    else:
-        assert torch.count_nonzero(grad_loc) == 0
 
 
 def test_direct_calls_with_bad_arguments_are_refused():
