@@ -281,10 +281,13 @@ def _adam(params: torch.Tensor, objective, steps: Sequence[int], lr: float, max_
     optimizer = torch.optim.Adam([params], lr=lr, fused=True if params.device.type == "cuda" else None)
     sync = params.device.type == "cuda" and (max_seconds is not None or callback is not None)
     rows = (params.shape[0],) + (1,) * (params.dim() - 1)
-    terms: list[tuple[torch.Tensor, ...]] = []
+    # The log is written into buffers made once: a few small tensors kept per step pin the
+    # allocator's freed blocks between the step's large temporaries, and a long run's
+    # resident memory grew by about a field per step (3.3 MiB at 96x96x32, 20 GiB seen).
+    terms = params.new_empty((3, sum(steps), params.shape[0])).detach()  # loss, similarity, regulariser
     stages: list[int] = []
     seconds: list[float] = []
-    stopped, stage = "done", 0
+    stopped, stage, t = "done", 0, 0
     best = params.detach().clone()
     best_loss = params.new_full(params.shape[:1], math.inf)
     start = time.perf_counter()
@@ -303,20 +306,21 @@ def _adam(params: torch.Tensor, objective, steps: Sequence[int], lr: float, max_
                 improved = loss < best_loss
                 best_loss = torch.where(improved, loss, best_loss)
                 best.copy_(torch.where(improved.view(rows), params, best))
+                terms[0, t], terms[1, t], terms[2, t] = loss, similarity, regulariser
             optimizer.step()
             if sync:
                 torch.cuda.synchronize(params.device)
-            terms.append((loss, similarity.detach(), regulariser.detach()))
+            t += 1
             stages.append(stage)
             seconds.append(time.perf_counter() - start)
             if callback is not None and callback(
-                dict(stage=stage, iteration=i, loss=loss, similarity=terms[-1][1],
-                     regulariser=terms[-1][2], seconds=seconds[-1])
+                dict(stage=stage, iteration=i, loss=terms[0, t - 1], similarity=terms[1, t - 1],
+                     regulariser=terms[2, t - 1], seconds=seconds[-1])
             ):
                 stopped = "callback"
                 break
             if tol is not None and i >= TOL_EVERY and i % TOL_EVERY == 0:
-                before = terms[-1 - TOL_EVERY][0]
+                before = terms[0, t - 1 - TOL_EVERY]
                 if bool(((before - loss) < tol * before.abs()).all()):
                     break
         if stopped != "done":
@@ -324,11 +328,7 @@ def _adam(params: torch.Tensor, objective, steps: Sequence[int], lr: float, max_
     with torch.no_grad():
         last = objective(params, stage)[0]
         params = torch.where((last <= best_loss).view(rows), params, best)
-    if terms:
-        columns = [torch.stack(c) for c in zip(*terms)]
-    else:
-        columns = [params.new_empty((0, params.shape[0]))] * 3
-    log = dict(zip(("loss", "similarity", "regulariser"), columns))
+    log = dict(zip(("loss", "similarity", "regulariser"), terms[:, :t].clone()))
     log["stage"] = torch.tensor(stages, dtype=torch.int64)
     log["seconds"] = torch.tensor(seconds, dtype=torch.float64)
     return params.detach(), log, stopped

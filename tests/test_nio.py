@@ -311,3 +311,30 @@ def test_registry_models(name):
     assert result.log["levels"].tolist() == list(stages)
     after = snapshot(model)
     assert before[1:] == after[1:] and all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+
+
+def test_a_long_run_keeps_its_resident_memory_flat():
+    """Per-step log tensors once pinned the allocator's freed blocks: the resident size of an
+    IO run grew by about a field per step (+130 MiB over these 200 steps). Measured in a
+    fresh process."""
+    import subprocess
+    import sys
+
+    code = """
+import torch, fastreg
+from fastreg import nio
+torch.set_num_threads(1)
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) // 1024
+S = (48, 48, 32)
+fixed, moving, base = torch.rand(1, 1, *S), torch.rand(1, 1, *S), torch.randn(1, 3, *S)
+seen = []
+nio.instance_optimize(base, fixed, moving, iterations=200, callback=lambda info: seen.append(rss()) and None)
+print(seen[20], max(seen[20:]))
+"""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/status")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    early, peak = (int(v) for v in out.stdout.split()[-2:])
+    assert peak - early < 60  # MiB
