@@ -5,7 +5,8 @@
     torchrun --nproc-per-node 4 -m fastreg.cli.train dpvfa-3d-synth --out runs/dpvfa
 
 Exit status: 0 done, 130 stopped by Ctrl-C (a checkpoint was written; --resume continues),
-2 bad arguments or input (nothing was trained or overwritten).
+2 bad arguments or input (nothing was trained or overwritten), 1 the run diverged (non-finite
+loss or gradient step after step; the last checkpoint holds finite weights).
 """
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastreg train: error: {exc}", file=sys.stderr)
         distributed.teardown(wait=False)
         return 2
+    except FloatingPointError as exc:  # the run diverged (fastreg.train.fit)
+        print(f"fastreg train: error: {exc}", file=sys.stderr)
+        distributed.teardown(wait=False)
+        return 1
     distributed.teardown(wait=True)
     if os.environ.get("RANK", "0") == "0":
         print(_summary(result))

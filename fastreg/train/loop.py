@@ -34,6 +34,7 @@ from fastreg.train.validate import HIGHER_IS_BETTER, evaluate, loss_value, metri
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine_warm_restarts")
 AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_NONFINITE = 10  # skipped steps in a row before fit gives up (fit's docstring)
 
 
 @dataclass
@@ -42,7 +43,7 @@ class FitResult:
     checkpoint written (None without ``out``), the best validation record, the last
     training and validation metrics, and this call's training steps: their seconds (without
     validation and checkpoints), the seconds of those spent waiting for batches, and the pairs
-    trained on (all ranks)."""
+    trained on (all ranks), and the steps skipped for a non-finite loss or gradient."""
 
     step: int
     interrupted: bool
@@ -53,6 +54,7 @@ class FitResult:
     seconds: float = 0.0
     data_seconds: float = 0.0
     pairs: int = 0
+    skipped: int = 0
 
 
 def fit(
@@ -124,6 +126,12 @@ def fit(
     validation batches) before the first step or any write. SIGINT/SIGTERM (Ctrl-C) finish the
     current step, write a checkpoint and return with ``interrupted=True``; a second Ctrl-C
     stops at once.
+
+    A step whose loss or gradient is not finite (NaN or inf; a bf16 or float32 overflow) is
+    skipped: the weights and the optimizer's state stay as they were, the schedule advances,
+    stderr gets a line and ``FitResult.skipped`` counts it (with fp16 the GradScaler does the
+    same by itself). MAX_NONFINITE skipped steps in a row raise FloatingPointError: the run
+    diverges whatever the batch, and the last checkpoint holds finite weights.
     """
     _check_args(steps, optimizer, schedule, amp, grad_accum, clip_grad, ema, best, keep_last, T_0, T_mult)
     for name, value in (("validate_every", validate_every), ("checkpoint_every", checkpoint_every),
@@ -214,6 +222,7 @@ def fit(
         if log is not None:
             closing.callback(log.close)
         try:
+            in_a_row = 0
             for step in range(start, steps):
                 began = time.perf_counter()
                 model.train()
@@ -244,19 +253,32 @@ def fit(
                         (scaler.scale(value / grad_accum) if scaler is not None else value / grad_accum).backward()
                     for k, v in _terms(out_loss, value).items():
                         terms[k] = terms.get(k, 0.0) + v / grad_accum
-                if clip_grad is not None:
-                    if scaler is not None:
-                        scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
                 lr_now = opt.param_groups[0]["lr"]
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
+                if scaler is None and not _finite_step(terms["loss"], model):
+                    opt.zero_grad(set_to_none=True)
+                    result.skipped += 1
+                    in_a_row += 1
+                    print(f"fastreg.train: step {step + 1}: non-finite loss or gradient, step skipped "
+                          f"({in_a_row} in a row)", file=sys.stderr)
+                    if in_a_row >= MAX_NONFINITE:
+                        raise FloatingPointError(
+                            f"fastreg.train: {in_a_row} steps in a row (the last: {step + 1}) gave a non-finite loss "
+                            "or gradient; the weights are still those before them. Lower train.lr, set "
+                            "train.clip_grad, or train without amp")
                 else:
-                    opt.step()
+                    in_a_row = 0
+                    if clip_grad is not None:
+                        if scaler is not None:
+                            scaler.unscale_(opt)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                    if scaler is not None:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
+                    if averaged is not None:
+                        averaged.update_parameters(model)
                 sched.step()
-                if averaged is not None:
-                    averaged.update_parameters(model)
                 done = step + 1
                 result.step, result.train = done, terms
                 result.seconds += time.perf_counter() - began
@@ -351,6 +373,12 @@ def _optimizer(model, name: str, lr: float, amsgrad: bool, weight_decay: float) 
         raise ValueError("model: it has no trainable parameters")
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(params, lr=lr, amsgrad=amsgrad, weight_decay=weight_decay)
+
+
+def _finite_step(loss: float, model: torch.nn.Module) -> bool:
+    """The step's loss and every gradient are finite (one reduction, one host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return math.isfinite(loss) and (not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))))
 
 
 def _terms(out, value: torch.Tensor) -> dict[str, float]:

@@ -65,6 +65,54 @@ def test_resumed_run_is_bit_identical_to_one_run(tmp_path):
     assert torch.load(checkpoint.best_path(tmp_path / "b"), weights_only=False)["step"] == r2.best["step"]
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # skipped first steps
+def test_non_finite_steps_are_skipped_and_too_many_stop_the_run(capsys):
+    """A NaN loss at the 3rd and 4th calls (an overflow, say): those steps leave the weights
+    and Adam's state alone and are counted; the run goes on. A loss that stays NaN raises
+    after MAX_NONFINITE steps with the weights of before them."""
+    from fastreg.train import loop
+
+    calls = []
+
+    def flaky(batch, disp):
+        out = tiny_loss(batch, disp)
+        calls.append(len(calls))
+        if len(calls) in (3, 4):
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    seen = []
+    original = torch.optim.Adam.step
+
+    def step(self, *args, **kw):
+        seen.append(len(calls))
+        return original(self, *args, **kw)
+
+    torch.optim.Adam.step = step
+    try:
+        result = fit(model, TinyPairs(seed=1), flaky, steps=6, lr=1e-2, **QUIET)
+    finally:
+        torch.optim.Adam.step = original
+    assert result.step == 6 and result.skipped == 2 and seen == [1, 2, 5, 6]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert capsys.readouterr().err.count("non-finite loss or gradient, step skipped") == 2
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def broken(batch, disp):
+        out = tiny_loss(batch, disp)
+        out["loss"] = out["loss"] * float("inf") * 0.0
+        return out
+
+    with pytest.raises(FloatingPointError, match=f"{loop.MAX_NONFINITE} steps in a row"):
+        fit(model, TinyPairs(seed=1), broken, steps=50, **QUIET)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_workers_draw_the_same_stream(tmp_path):
     seed = torch.randint(0, 2**30, ()).item()
     a, _ = run(None, 3, seed=seed)
