@@ -87,13 +87,13 @@ def mi_loss(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 32, reduction
     image's bins determine the other's, 1 when they are independent), from a joint histogram
     of all channels and voxels with linear Parzen windows: a value x (clamped to [0, 1]) sits
     at s = x (bins - 1) and adds 1 - frac(s) to bin floor(s) and frac(s) to the next, so the
-    histogram, and the loss, are continuous and differentiable in both images (as in
-    Mattes et al.'s MI; ANTs uses 32 bins). It depends only on which intensities co-occur,
+    histogram, and the loss, are continuous and differentiable in both images (Mattes et
+    al.'s Parzen-window MI, with linear windows; ANTs uses 32 bins). It depends only on which intensities co-occur,
     not on how they map to each other: the similarity for images of different contrasts,
     where LNCC (linear relations) fails. Entropies in nats over p > 0; a constant item gives
     H = 0 for it and the loss 1; an item with a NaN or infinite value gives NaN. The
-    windows spread even identical images over neighbouring bins, so the loss of a perfect
-    match is above 0 (about 0.25 with 32 bins). reduction "mean" (0-d), "sum" or "none" ((B,)).
+    windows spread values between bin centres over two bins, so a perfect match of such
+    images scores above 0 (about 0.25 for uniform noise with 32 bins; 0 on bin centres). reduction "mean" (0-d), "sum" or "none" ((B,)).
     Module: ``MILoss(bins)``."""
     check.tensor(fixed, "fixed")
     check.tensor(warped, "warped")
