@@ -33,8 +33,9 @@ Pipeline (the keys of ``timings``, seconds):
            disp(x) = M (x + B u(y(x))) - x, y(x) the canonical voxel of fixed voxel x, B the
            linear part of the canonical -> fixed voxel map.
   inverse  the model's own inverse for a velocity model (``model.svf``, no NIO: exp(-v),
-           fastreg.models.base), else `fastreg.invert_field` of u, composed with M^-1 the same way; where u folds it
-           has no inverse (``stats["inverse_converged"]`` False, no warning printed).
+           fastreg.models.base), else `fastreg.invert_field` of u, composed with M^-1 the
+           same way; where u folds it has no inverse (``stats["inverse_converged"]`` False,
+           no warning printed).
   stats    CC and MI (normalised intensities, before = world-aligned only, after = warped),
            Dice per label when both label maps are given, `fastreg.metrics.jacobian_stats`.
 """
@@ -202,8 +203,9 @@ def register(
     name (`fastreg.models.weights.names()`), a `fastreg train` checkpoint file or run folder,
     or a `RegistrationModel` instance (moved to ``device``). ``nio``: refine by neural
     instance optimisation (``iterations`` per stage, ``max_seconds`` budget, ``nio_similarity``
-    "lncc" (the paper) or "mi" for images of different contrasts: see `fastreg.nio.optimize`). ``affine``: "auto" (pre-align when the grids differ or the
-    centres of mass are more than 3 voxels apart), "on" or "off". ``fixed_labels`` /
+    "lncc" (the paper) or "mi" for images of different contrasts: see `fastreg.nio.optimize`).
+    ``affine``: "auto" (pre-align when the grids differ or the centres of mass are more than
+    3 voxels apart), "on" or "off". ``fixed_labels`` /
     ``moving_labels``: integer maps on the fixed / moving grid (warped; Dice when both).
     ``device``: where the network runs (default: CUDA when available). ``half``: the network
     under autocast (float16 on CUDA, bfloat16 on CPU); fields stay float32. ``passes``: apply
