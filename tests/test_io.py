@@ -251,7 +251,7 @@ def test_resample_matches_map_coordinates(ndim, mode):
     out = fio.resample(image, like, mode=mode)
     assert out.shape == shape and np.array_equal(out.affine, like.affine) and out.dtype == image.dtype
     expected, inside = _reference_resample(image, like, order=1 if mode == "bilinear" else 0)
-    assert inside.mean() > 0.2
+    assert inside.sum() > 100  # enough voxels inside the image to compare (random sizes: 16 % seen)
     got = out.data[0].double().numpy()
     np.testing.assert_allclose(got[inside], expected[inside], atol=1e-5)
     double = fio.resample(fio.Image(image.data.double(), image.affine), like, mode=mode).data[0].numpy()
