@@ -4,9 +4,9 @@ torch's CPU allocator keeps no cache: every tensor is one malloc and one free. g
 a block above its mmap threshold (128 KiB at first, growing to at most 32 MiB) with fresh
 pages from the kernel and gives freed memory above its trim threshold back, so a loop that
 allocates the same large tensors again and again (a training step, NIO, a batch of
-registrations) takes a page fault for every 4 KiB page of them, every time: 25,000-200,000
-faults and 10-15 % of the CPU time of a UniReg, DP-VFA or cascade training step on this
-project's CPU machine (BENCHMARKS.md, "Page faults"). ``keep_freed_memory`` turns malloc's
+registrations) takes a page fault for every 4 KiB page of them, every time: 31,000-74,000
+faults per UniReg, DP-VFA or cascade training step on this project's CPU machine, 4-8 % of
+its CPU time at one thread (BENCHMARKS.md, "Page faults"). ``keep_freed_memory`` turns malloc's
 use of mmap off (M_MMAP_MAX = 0: every block comes from the heap, whose freed blocks malloc
 reuses) and raises the trim threshold to TRIM_BYTES, so from its second step on the process
 reuses its own pages. Numbers are unchanged; the resident size after a peak stays up to

@@ -89,7 +89,8 @@ def _register(args, fixed, moving, fixed_labels, moving_labels, model, iteration
     return register(fixed, moving, model=model, nio=args.nio, affine=args.affine, fixed_labels=fixed_labels,
                     moving_labels=moving_labels, device=args.device, half=args.half,
                     intensity=args.intensity, iterations=iterations, max_seconds=args.max_seconds,
-                    nio_similarity=args.nio_similarity, passes=args.passes, spacing="model" if args.spacing is None else args.spacing)
+                    nio_similarity=args.nio_similarity, passes=args.passes,
+                    spacing="model" if args.spacing is None else args.spacing)
 
 
 def _iterations(text):

@@ -52,14 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         recipe = recipes.override(recipes.load(args.recipe), flags + args.assignments)
         name = Path(args.recipe).stem
         result = recipes.run(recipe, args.out or Path("runs") / name, resume=args.resume)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FloatingPointError) as exc:  # FloatingPointError: the run diverged
         print(f"fastreg train: error: {exc}", file=sys.stderr)
         distributed.teardown(wait=False)
-        return 2
-    except FloatingPointError as exc:  # the run diverged (fastreg.train.fit)
-        print(f"fastreg train: error: {exc}", file=sys.stderr)
-        distributed.teardown(wait=False)
-        return 1
+        return 1 if isinstance(exc, FloatingPointError) else 2
     distributed.teardown(wait=True)
     if os.environ.get("RANK", "0") == "0":
         print(_summary(result))
