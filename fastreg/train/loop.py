@@ -405,7 +405,13 @@ def _progress(enabled: bool, steps: int, start: int):
 
 
 def _postfix(terms: dict, result: FitResult) -> dict:
+    """The bar's fields: the step's loss and the last validation of the best-by metric (before
+    this call's first validation, e.g. just after a resume, the best recorded value)."""
     shown = {"loss": f"{terms['loss']:.4g}"}
     if result.best is not None:
-        shown[f"val {result.best['metric']}"] = f"{result.validation.get(result.best['metric'], float('nan')):.4g}"
+        metric = result.best["metric"]
+        if metric in result.validation:
+            shown[f"val {metric}"] = f"{result.validation[metric]:.4g}"
+        else:
+            shown[f"best {metric}"] = f"{result.best['value']:.4g}"
     return shown

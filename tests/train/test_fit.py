@@ -265,6 +265,11 @@ def test_progress_bar_and_tensorboard(tmp_path, capsys):
     else:
         assert not (tmp_path / "tensorboard").exists()
     assert list(rows(tmp_path / "validation.csv")[0]) == ["step", "loss", "cc", "mi", "folding_percent", "sdlogj"]
+    # resumed, before its first validation the bar shows the best recorded value, not nan
+    fit(TinyNet(), TinyPairs(), tiny_loss, steps=3, out=tmp_path, validation=TinyPairs(seed=3), validate_every=2,
+        best="cc", progress=True, tensorboard=False, resume=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "best cc=" in err and "nan" not in err
 
 
 @pytest.mark.slow
