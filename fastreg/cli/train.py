@@ -55,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FloatingPointError) as exc:  # FloatingPointError: the run diverged
         print(f"fastreg train: error: {exc}", file=sys.stderr)
         distributed.teardown(wait=False)
-        return 1 if isinstance(exc, FloatingPointError) else 2
-    distributed.teardown(wait=True)
-    if os.environ.get("RANK", "0") == "0":
-        print(_summary(result))
-    return 130 if result.interrupted else 0
+        code = 1 if isinstance(exc, FloatingPointError) else 2
+    else:
+        distributed.teardown(wait=True)
+        if os.environ.get("RANK", "0") == "0":
+            print(_summary(result))
+        code = 130 if result.interrupted else 0
+    if distributed.launched():
+        distributed.exit_now(code)
+    return code
 
 
 def _quote(text: str) -> str:
