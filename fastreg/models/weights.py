@@ -54,7 +54,9 @@ WEIGHTS: dict[str, Weights] = {
     "dpvfa-3d": Weights("dpvfa", {"ndim": 3}, "dpvfa-3d.pt",
                         "1b7c7aaf79e65a1841e197fd845cf7ba4a3d37e8656e051b3655b0d5e26d3dd2", "dpvfa-3d-synth",
                         spacing=2.0, passes=2),
-    "cascade-3d": Weights("cascade", {"ndim": 3}, "cascade-3d.pt", "", "cascade-3d-synth"),
+    "cascade-3d": Weights("cascade", {"ndim": 3}, "cascade-3d.pt",
+                          "18568131f479c25c730e2a1855f9f45bff92d19021a9558f78808df4ae0b93b4", "cascade-3d-synth",
+                          spacing=2.0),
 }
 
 

@@ -126,19 +126,21 @@ def label_dice(batch, disp):
     return metrics.dice(batch["fixed_labels"], warped).nanmean(1)
 
 
-def test_shipped_dpvfa_3d_registers_label_maps_it_never_saw():
+@pytest.mark.parametrize("name, passes, margin", [("dpvfa-3d", 2, 0.06), ("cascade-3d", 1, 0.04)])
+def test_shipped_3d_models_register_label_maps_they_never_saw(name, passes, margin):
     """The shipped weights load offline with their checksum, declare the voxel size and passes
     they were chosen with, and register SynthMorph-style pairs of a seed no training stream
-    used: mean label Dice 0.10-0.18 above unregistered over 10 pairs, 0.08-0.17 above the field
-    with its axes reversed and 0.25-0.35 above it with its sign flipped (a warp sign or axis
-    order error)."""
-    model = models.load("dpvfa-3d")
-    assert model.spacing == 2.0 and model.passes == 2
+    used. Per pair, the label Dice is ``margin`` above unregistered, 0.15 above the field with
+    its sign flipped and ``margin - 0.01`` above it with its axes reversed (a warp sign or axis
+    order error). Measured over 60 pairs, cascade-3d's smallest gaps: 0.069, 0.201, 0.062
+    (dpvfa-3d over 10 pairs: 0.10-0.18, 0.25-0.35, 0.08-0.17)."""
+    model = models.load(name)
+    assert model.spacing == 2.0 and model.passes == passes
     seed = int(torch.randint(2**31, ()))
     batch = SynthMorphPairs((64, 64, 64), batch_size=2, seed=seed).draw(torch.Generator().manual_seed(seed))
     with torch.no_grad():
         disp = model(batch["fixed"], batch["moving"])
     dice = label_dice(batch, disp)
-    assert (dice > label_dice(batch, torch.zeros_like(disp)) + 0.06).all()
+    assert (dice > label_dice(batch, torch.zeros_like(disp)) + margin).all()
     assert (dice > label_dice(batch, -disp) + 0.15).all()
-    assert (dice > label_dice(batch, disp.flip(1)) + 0.05).all()
+    assert (dice > label_dice(batch, disp.flip(1)) + margin - 0.01).all()
