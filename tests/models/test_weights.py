@@ -126,13 +126,14 @@ def label_dice(batch, disp):
     return metrics.dice(batch["fixed_labels"], warped).nanmean(1)
 
 
-@pytest.mark.parametrize("name, passes, margin", [("dpvfa-3d", 2, 0.06), ("cascade-3d", 1, 0.02)])
-def test_shipped_3d_models_register_label_maps_they_never_saw(name, passes, margin):
+@pytest.mark.parametrize("name, passes, above_none, above_flip", [("dpvfa-3d", 2, 0.06, 0.05),
+                                                                  ("cascade-3d", 1, 0.02, 0.02)])
+def test_shipped_3d_models_register_label_maps_they_never_saw(name, passes, above_none, above_flip):
     """The shipped weights load offline with their checksum, declare the voxel size and passes
     they were chosen with, and register SynthMorph-style pairs of a seed no training stream
-    used. Per pair, the label Dice is ``margin`` above unregistered, 0.15 above the field with
-    its sign flipped and ``margin - 0.01`` above it with its axes reversed (a warp sign or axis
-    order error). Measured over 60 pairs, cascade-3d's smallest gaps: 0.069, 0.201, 0.062; a
+    used. Per pair, the label Dice is ``above_none`` above unregistered, 0.15 above the field
+    with its sign flipped and ``above_flip`` above it with its axes reversed (a warp sign or
+    axis order error). cascade-3d's smallest gaps over 140 pairs: 0.059, 0.201, 0.062, and a
     pair already at Dice 0.73 unregistered gained 0.035 (dpvfa-3d over 10 pairs: 0.10-0.18,
     0.25-0.35, 0.08-0.17)."""
     model = models.load(name)
@@ -142,6 +143,6 @@ def test_shipped_3d_models_register_label_maps_they_never_saw(name, passes, marg
     with torch.no_grad():
         disp = model(batch["fixed"], batch["moving"])
     dice = label_dice(batch, disp)
-    assert (dice > label_dice(batch, torch.zeros_like(disp)) + margin).all()
+    assert (dice > label_dice(batch, torch.zeros_like(disp)) + above_none).all()
     assert (dice > label_dice(batch, -disp) + 0.15).all()
-    assert (dice > label_dice(batch, disp.flip(1)) + margin - 0.01).all()
+    assert (dice > label_dice(batch, disp.flip(1)) + above_flip).all()
