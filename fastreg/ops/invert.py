@@ -28,7 +28,9 @@ invertible field (a two-pass model's, say) is inverted. Non-convergence: a foldi
 iterates of a fold may instead settle on one branch of it: compose(u, w) = 0 still holds there
 but compose(w, u) cannot; look for folds with fastreg.jacobian_det.) ``tol=0`` runs exactly
 ``iterations`` evaluations and never warns. NaN in u gives NaN in w where u is NaN and where
-w samples it; the stopping test ignores NaN entries.
+w samples it; the stopping test ignores NaN entries. The gradient to u is NaN at every voxel
+where w is NaN (all channels; the ``reference`` backend's unrolled iterations also spread it
+to the voxels they sampled on the way there) and the same on every backend elsewhere.
 
 Gradient (the ``cpu``/``cuda``/``triton`` backends): implicit, at the fixed point, not through
 the iterations. From w + u(x + w) = 0: dw = -(I + J)^-1 du(x + w), J = grad u at x + w(x)
@@ -135,4 +137,6 @@ class _Implicit(torch.autograd.Function):
             lam = torch.linalg.solve_ex(system, grad_w.movedim(1, -1).unsqueeze(-1))[0]
             lam = lam.squeeze(-1).movedim(-1, 1)
             (grad_u,) = torch.autograd.grad(sampled, u_, -lam)
-        return grad_u, None, None, None
+        # w(x) is NaN where it sampled a NaN of u: its derivative is undefined there
+        undefined = torch.isnan(w).any(dim=1, keepdim=True)
+        return torch.where(undefined, torch.full_like(grad_u, float("nan")), grad_u), None, None, None

@@ -11,13 +11,14 @@ SpatialTransformer and MONAI's Warp. No grid tensor is built. mode: "bilinear" (
 every axis; "trilinear" in 3-D), "nearest" (round half to even) or "bicubic" (below);
 padding_mode: "zeros", "border" or "reflection" with torch.grid_sample's semantics and
 gradients. A size-1 axis always samples index 0; a NaN position gives NaN (grid_sample gives
-0); a ±inf position lies outside at infinite distance: 0 with "zeros" and "reflection"
-padding (reflection has no finite image of inf; grid_sample gives NaN with "zeros" and an
-arbitrary in-image voxel with "reflection"), the nearest edge voxel with "border" (as
-grid_sample). Gradients flow to the image and to the positions (zero in nearest mode). At
-exactly zero displacement (a position on a voxel centre) the bilinear gradient to the
-position is one-sided: the kernels take the cell above the position consistently, where
-grid_sample picks a side per voxel by rounding.
+0), a NaN gradient to itself (0 in nearest mode) and none to the image; a ±inf position lies
+outside at infinite distance: 0 with "zeros" and "reflection" padding (reflection has no
+finite image of inf; grid_sample gives NaN with "zeros" and an arbitrary in-image voxel with
+"reflection"), the nearest edge voxel with "border" (as grid_sample). Gradients flow to
+the image and to the positions (zero in nearest mode). At exactly zero displacement (a
+position on a voxel centre) the bilinear gradient to the position is one-sided: the kernels
+take the cell above the position consistently, where grid_sample picks a side per voxel by
+rounding.
 "bicubic": separable cubic convolution (Keys, A = -0.75, grid_sample's and upsample's
 coefficient) over the 4^ndim taps floor(p) - 1 .. floor(p) + 2 per axis, weights of the
 fraction t = p - floor(p) per axis multiplied. In 2-D exactly torch.grid_sample(mode="bicubic",

@@ -7,7 +7,8 @@ where grid_sample has none).
 Contract (shared by every backend, see csrc/warp/warp.h):
   image (B, C, *S_in); positions (B|1, ndim, *S_out) in voxels, channel a along spatial
   axis a (ij order), voxel centres at integer indices. A size-1 axis always samples
-  index 0; a NaN position gives NaN in every channel of that output voxel; an infinite one
+  index 0; a NaN position gives NaN in every channel of that output voxel and a NaN gradient to
+  itself (0 in nearest mode); an infinite one
   gives 0 (zeros, reflection padding) or the edge voxel (border).
 """
 from __future__ import annotations
@@ -38,11 +39,11 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pa
     infinite = torch.isinf(coords).any(dim=1, keepdim=True) if padding_mode != "border" else None
     if infinite is not None:
         coords = torch.where(torch.isinf(coords), torch.zeros_like(coords), coords)
-    # A NaN position gives NaN (set below) and a NaN gradient to itself (_NanToZero); grid_sample
-    # gets 0 instead, as its CPU backward crashes (segfault) on a NaN position with border
-    # padding (torch 2.13).
+    # A NaN position gives NaN (set below) and a NaN gradient to itself (_NanToZero; nearest
+    # mode's position gradient is 0 everywhere); grid_sample gets 0 instead, as its CPU
+    # backward crashes (segfault) on a NaN position with border padding (torch 2.13).
     nan = torch.isnan(coords).any(dim=1, keepdim=True)
-    coords = _NanToZero.apply(coords)
+    coords = _NanToZero.apply(coords) if mode != "nearest" else torch.where(nan, torch.zeros_like(coords), coords)
     channels = []
     for a in range(ndim):
         c = coords[:, a]
@@ -113,7 +114,7 @@ def _bicubic(image: torch.Tensor, coords: torch.Tensor, padding_mode: str) -> to
     batch, channels = image.shape[:2]
     out_shape = coords.shape[2:]
     nan = torch.isnan(coords).any(dim=1, keepdim=True)
-    coords = torch.where(torch.isnan(coords), torch.zeros_like(coords), coords)
+    coords = _NanToZero.apply(coords)
     infinite = None
     if padding_mode == "border":  # beyond [-2, size + 1] every tap clamps to the edge voxel
         coords = torch.stack([coords[:, a].clamp(-2.0, sizes[a] + 1.0) for a in range(ndim)], dim=1)

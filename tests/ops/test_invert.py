@@ -161,6 +161,29 @@ def test_nan_in_gives_nan_out():
     assert torch.isfinite(w[1]).all() and torch.isfinite(w[0, :, :3]).all()
 
 
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_nan_gradient_where_the_inverse_is_nan(backend, device, ndim):
+    """The gradient to u is NaN at exactly the voxels where w is NaN (every channel), the
+    reference's there too (its unrolled iterations may spread it further), and the reference's
+    values wherever the reference's is finite."""
+    skip_in_interpreter(backend, device)
+    u = field(SMOOTH_SHAPES[ndim], spacing=8, device=device)
+    for item, voxel in enumerate(((0, 11, 12), (1, 5, 20))):
+        u[(item, voxel[0] % ndim) + voxel[1:] + (7,) * (ndim - 2)] = float("nan")
+    weight = torch.randn_like(u)
+    leaf = u.clone().requires_grad_(True)
+    w = fastreg.invert_field(leaf, **TIGHT)
+    (grad,) = torch.autograd.grad(w, leaf, weight)
+    leaf_ref = u.clone().requires_grad_(True)
+    (grad_ref,) = torch.autograd.grad(ref.invert_field(leaf_ref, **TIGHT), leaf_ref, weight)
+    undefined = torch.isnan(w).any(dim=1, keepdim=True).expand_as(grad)
+    assert undefined.any()
+    assert torch.equal(torch.isnan(grad), undefined)
+    assert torch.isnan(grad_ref[undefined]).all()
+    finite = ~torch.isnan(grad_ref)
+    torch.testing.assert_close(grad[finite], grad_ref[finite], rtol=0, atol=1e-7)
+
+
 def test_options_are_keyword_only():
     with pytest.raises(TypeError):
         fastreg.invert_field(field(SHAPES[2]), 10)
