@@ -23,7 +23,11 @@ Recursion (``model.passes`` = n > 1, displacement models only): the network is a
 times with the same weights, each pass registering the moving image warped by the field so
 far, and the fields are composed (u <- u o ... : ``fastreg.compose(u, d)``), the weight-shared
 recursive cascade of Zhao et al. (ICCV 2019); a model trained for one pass refines its own
-residual. Levels apply to every pass.
+residual. Levels apply to every pass. What a pass derives from the fixed image alone is the
+same in every pass: a model may return it from ``encode_fixed(fixed)`` (None by default: no
+reuse), and then its ``predict`` takes it as ``fixed_code=`` whenever passes > 1, so it is
+computed once (UniReg's extractor features, the pyramids' fixed-image encoder); one pass runs
+exactly as before.
 Spacing: ``model.spacing`` is the isotropic voxel size (mm) the weights were trained for, set
 by the loader of shipped weights (fastreg.models.weights) or a recipe's ``[model] spacing``;
 None (the default) means any: `fastreg.register` then runs the network at the fixed image's
@@ -63,14 +67,21 @@ class RegistrationModel(nn.Module):
     def predict(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def encode_fixed(self, fixed: torch.Tensor):
+        """What ``predict`` derives from the padded fixed image alone, for reuse by every pass
+        (module docstring: Recursion); None: nothing is reused."""
+        return None
+
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         self.check_pair(fixed, moving)
         levels = self.check_levels(levels)
         shape = tuple(fixed.shape[2:])
         fixed_p, moving_p = self.pad(fixed), self.pad(moving)
-        disp = self.predict(fixed_p, moving_p, levels)
+        code = self.encode_fixed(fixed_p) if self.passes > 1 else None
+        extra = {} if code is None else {"fixed_code": code}
+        disp = self.predict(fixed_p, moving_p, levels, **extra)
         for _ in range(self.passes - 1):
-            residual = self.predict(fixed_p, warp(moving_p, disp, padding_mode="border"), levels)
+            residual = self.predict(fixed_p, warp(moving_p, disp, padding_mode="border"), levels, **extra)
             disp = compose(disp, residual)
         return self.crop(disp, shape)
 

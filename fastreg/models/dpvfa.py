@@ -91,16 +91,24 @@ class PyramidRegistration(RegistrationModel):
     def match(self, level: int, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int) -> torch.Tensor:
+    def encode_fixed(self, fixed: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's pyramid of the fixed image (fine to coarse), shared by every pass."""
+        return [f.to(fixed.dtype) for f in self.encoder(fixed)]
+
+    def predict(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int,
+                fixed_code: list[torch.Tensor] | None = None) -> torch.Tensor:
         k = self.kernels
-        batch = fixed.shape[0]
         # Under autocast the network may run in a lower precision; the features, fields and
         # registration ops stay in the images' dtype.
-        features = [f.to(fixed.dtype) for f in self.encoder(torch.cat([fixed, moving]))]
+        if fixed_code is None:
+            both = [f.to(fixed.dtype) for f in self.encoder(torch.cat([fixed, moving]))]
+            pyramids = [f.chunk(2) for f in both]
+        else:
+            pyramids = list(zip(fixed_code, (f.to(fixed.dtype) for f in self.encoder(moving))))
         u = None
         top = self.num_levels - 1
         for level in range(top, top - levels, -1):
-            f_fixed, f_moving = features[level][:batch], features[level][batch:]
+            f_fixed, f_moving = pyramids[level]
             if u is None:
                 u = self.match(level, f_fixed, f_moving)
                 continue

@@ -187,9 +187,16 @@ class UniReg(RegistrationModel):
         self.extractor.eval()
         return self
 
-    def predict(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int) -> torch.Tensor:
-        feats = extractors.features(self.extractor, torch.cat([fixed, moving], dim=0))
-        f, m = feats.chunk(2, dim=0)
+    def encode_fixed(self, fixed: torch.Tensor) -> torch.Tensor:
+        """The frozen extractor's features of the fixed image, shared by every pass."""
+        return extractors.features(self.extractor, fixed)
+
+    def predict(self, fixed: torch.Tensor, moving: torch.Tensor, levels: int,
+                fixed_code: torch.Tensor | None = None) -> torch.Tensor:
+        if fixed_code is None:
+            f, m = extractors.features(self.extractor, torch.cat([fixed, moving], dim=0)).chunk(2, dim=0)
+        else:
+            f, m = fixed_code, extractors.features(self.extractor, moving)
         x = torch.cat([f, m], dim=1)
         if self.ndim == 2:  # NHWC: oneDNN's faster layout for 2-D convolutions on CPU (1.45x a step)
             x = x.contiguous(memory_format=torch.channels_last)

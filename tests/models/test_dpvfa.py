@@ -63,6 +63,25 @@ def test_odd_sizes_give_the_input_size_and_levels_are_upsampled_coarse_fields(cl
 
 
 @pytest.mark.parametrize("cls", [DPVFA, DPConvC])
+def test_two_passes_encode_the_fixed_image_once(cls):
+    """passes=2: the one-pass network, then again on the moving image warped by its field,
+    the fields composed; the encoder sees the fixed batch once and the moving batch per pass."""
+    once = small(cls, 2)
+    twice = small(cls, 2)
+    twice.load_state_dict(once.state_dict())
+    twice.set_passes(2)
+    seen = []
+    twice.encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    fixed, moving = smooth_image((20, 28), batch=2), smooth_image((20, 28), batch=2)  # unpadded
+    with torch.no_grad():
+        u = once(fixed, moving)
+        u = fastreg.compose(u, once(fixed, fastreg.warp(moving, u, padding_mode="border")))
+        torch.testing.assert_close(twice(fixed, moving), u, atol=1e-5, rtol=1e-5)
+    assert seen == [2, 2, 2]
+    assert u.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("cls", [DPVFA, DPConvC])
 def test_reference_and_cpu_backends_agree_in_float64(cls):
     assert_backends_agree_in_float64(small(cls, 3), (12, 16, 8))
 

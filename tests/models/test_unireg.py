@@ -288,19 +288,23 @@ def test_overfit_recovers_a_known_field():
 
 def test_passes_compose_the_residual_of_each_pass():
     """passes=3 is the one-pass network applied to the moving image warped by the field so
-    far, the fields composed (a size the network takes unpadded; odd sizes pad once)."""
+    far, the fields composed (a size the network takes unpadded; odd sizes pad once), with the
+    fixed image's features computed once."""
     once = UniReg(widths=(8, 16, 32))
     thrice = UniReg(widths=(8, 16, 32), passes=3)
     with torch.no_grad():
         once.head.weight.normal_(0.0, 0.1)  # a field of a few voxels, not the near-zero init
     thrice.load_state_dict(once.state_dict())
     fixed, moving = pair((40, 48))
+    seen = []  # images through the frozen extractor: the fixed pair's once, the moving per pass
+    thrice.extractor.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
     with torch.no_grad():
         u = once(fixed, moving)
         for _ in range(2):
             u = fastreg.compose(u, once(fixed, fastreg.warp(moving, u, padding_mode="border")))
         assert u.abs().max() > 1.0
         torch.testing.assert_close(thrice(fixed, moving), u, atol=1e-4, rtol=1e-4)
+        assert sum(seen) == 2 * 4
         assert thrice(fixed[..., :37, :45], moving[..., :37, :45]).shape == (2, 2, 37, 45)
     with pytest.raises(ValueError, match="passes: expected a positive int"):
         UniReg(passes=0)
