@@ -88,7 +88,8 @@ def evaluate(args) -> list[dict]:
                                                     generator=generator)
                     moving = fastreg.warp(fixed, phi, padding_mode="border")
                     start = time.perf_counter()
-                    disp = model(fixed, moving)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.half):
+                        disp = model(fixed, moving).float()
                     warped = fastreg.warp(moving, disp, padding_mode="border")
                     seconds = time.perf_counter() - start
                     row = {
@@ -120,6 +121,8 @@ def main(argv=None) -> int:
                    help="apply the network this many times (default: the model's own setting)")
     p.add_argument("--max-std", type=float, default=8.0,
                    help="deformation strength b_p in voxels (default 8: LabelMPairs' training strength)")
+    p.add_argument("--half", action="store_true",
+                   help="run the network under bfloat16 autocast, as `fastreg register --half` on a CPU")
     p.add_argument("--nio", type=int, default=0, metavar="N",
                    help="also refine each pair by N NIO steps, and by instance optimisation in the same time")
     return run(p, evaluate, "domain", argv)
