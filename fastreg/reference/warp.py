@@ -7,9 +7,9 @@ where grid_sample has none).
 Contract (shared by every backend, see csrc/warp/warp.h):
   image (B, C, *S_in); positions (B|1, ndim, *S_out) in voxels, channel a along spatial
   axis a (ij order), voxel centres at integer indices. A size-1 axis always samples
-  index 0; a NaN position gives NaN in every channel of that output voxel and a NaN gradient to
-  itself (0 in nearest mode); an infinite one
-  gives 0 (zeros, reflection padding) or the edge voxel (border).
+  index 0; a NaN position gives NaN in every channel of that output voxel and a NaN gradient
+  to itself (0 in nearest mode); an infinite one gives 0 (zeros, reflection padding) or the
+  edge voxel (border).
 """
 from __future__ import annotations
 

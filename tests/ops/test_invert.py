@@ -168,8 +168,8 @@ def test_nan_gradient_where_the_inverse_is_nan(backend, device, ndim):
     values wherever the reference's is finite."""
     skip_in_interpreter(backend, device)
     u = field(SMOOTH_SHAPES[ndim], spacing=8, device=device)
-    for item, voxel in enumerate(((0, 11, 12), (1, 5, 20))):
-        u[(item, voxel[0] % ndim) + voxel[1:] + (7,) * (ndim - 2)] = float("nan")
+    for item, channel, i, j in ((0, 0, 11, 12), (1, 1, 5, 20)):  # one entry of each batch item
+        u[(item, channel, i, j) + (7,) * (ndim - 2)] = float("nan")
     weight = torch.randn_like(u)
     leaf = u.clone().requires_grad_(True)
     w = fastreg.invert_field(leaf, **TIGHT)
