@@ -88,12 +88,18 @@ def any_device(any_backend) -> torch.device:
     return backend_device(any_backend)
 
 
-# Displacement patterns along the last axis that steer the CPU's 8-voxel AVX2 blocks
-# through each way of reading (and, backward, scattering) the cell rows: offsets in one run
-# (one window), two runs whose windows overlap or lie in other rows (two windows), and no
-# runs (one load per lane). Fractions stay 0.2 or more from a voxel boundary, so float32 and
-# float64 positions share their cells (no gradient kinks between them).
-BLOCK_PATTERNS = ("one run", "drop mid-block", "rise mid-block", "other row mid-block", "alternating")
+# Displacement patterns along the last axis that steer the CPU's SIMD blocks through each way
+# of reading (and, backward, scattering) the cell rows. 8-voxel AVX2 blocks: offsets in one
+# run (one window), two runs whose windows overlap or lie in other rows (two windows), and no
+# runs (one load per lane). 16-voxel AVX-512 blocks (2-D): cells over several rows of the
+# first axis, lanes sharing cells, and blocks whose cells span too many rows or columns for
+# their windows (they fall back to the 8-voxel path). Fractions stay 0.2 or more from a voxel
+# boundary, so float32 and float64 positions share their cells (no gradient kinks between
+# them).
+BLOCK_PATTERNS = (
+    "one run", "drop mid-block", "rise mid-block", "other row mid-block", "alternating",
+    "rows across the block", "too many rows", "shared cells", "too many columns",
+)
 
 
 def _block_pattern(pattern: str, x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -108,6 +114,14 @@ def _block_pattern(pattern: str, x: torch.Tensor, ndim: int) -> torch.Tensor:
         base[0] += (lane >= 3).double()
     elif pattern == "alternating":
         base[-1] -= (lane % 2).double()
+    elif pattern == "rows across the block":  # up to 5 rows of the first axis per 16 voxels
+        base[0] += (0.3 * (x % 16)).floor().double()
+    elif pattern == "too many rows":  # 11 rows per 16 voxels
+        base[0] += (0.7 * (x % 16)).floor().double()
+    elif pattern == "shared cells":  # pairs of lanes in one cell
+        base[-1] -= (x % 16 // 2).double()
+    elif pattern == "too many columns":  # 46 columns per 16 voxels
+        base[-1] += 2 * (x % 16).double()
     return base
 
 

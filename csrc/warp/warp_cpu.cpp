@@ -18,6 +18,7 @@
 #include <torch/library.h>
 #include "warp.h"
 #include "warp_cpu_simd.h"
+#include "warp_cpu_avx512.h"
 #include "warp_shapes.h"
 
 namespace fastreg {
@@ -64,6 +65,7 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
 #ifdef FASTREG_WARP_AVX2
   constexpr bool kSimd = std::is_same_v<scalar_t, float> && MODE == kBilinear && PADDING != kReflection;
   const bool simd = kSimd && cpu_has_avx2() && s.n_in < (int64_t(1) << 31);
+  const bool simd16 = simd && cpu_has_avx512();
 #endif
   at::parallel_for(0, s.loc_batch * s.n_out, kGrain, [&](int64_t begin, int64_t end) {
     Cursor<NDIM> cur(begin, s.n_out, out_size);
@@ -96,6 +98,27 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
     };
     for (int64_t i = begin; i < end;) {
 #ifdef FASTREG_WARP_AVX2
+      if constexpr (kSimd && NDIM == 2) {
+        if (simd16 && i + 16 <= end && cur.idx[1] + 16 <= out_size[1]) {
+          const int64_t b0 = broadcast ? 0 : cur.bl;
+          const int interior = forward_block16<PADDING == kBorder>(
+              pos_ptr + cur.bl * 2 * s.n_out, s.n_out, cur.v, cur.idx, displacement, geo.size,
+              img + b0 * s.channels * s.n_in, out_ptr + b0 * s.channels * s.n_out + cur.v,
+              (broadcast ? s.batch : 1) * s.channels, s.n_in);
+          if (interior >= 0) {
+            if (interior == 0xFFFF) {
+              cur.skip(16, s.n_out, out_size);
+            } else {
+              for (int k = 0; k < 16; ++k) {  // the lanes whose cells are not interior
+                if (!((interior >> k) & 1)) voxel();
+                cur.next(s.n_out, out_size);
+              }
+            }
+            i += 16;
+            continue;
+          }
+        }
+      }
       if constexpr (kSimd) {
         if (simd && i + 8 <= end && cur.idx[NDIM - 1] + 8 <= out_size[NDIM - 1]) {
           const int64_t b0 = broadcast ? 0 : cur.bl;
@@ -232,6 +255,7 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
 #ifdef FASTREG_WARP_AVX2
   constexpr bool kSimd = std::is_same_v<scalar_t, float> && MODE == kBilinear && PADDING != kReflection;
   const bool simd = kSimd && cpu_has_avx2() && s.n_in < (int64_t(1) << 31);
+  const bool simd16 = simd && cpu_has_avx512();
 #endif
 
   // Runs the output voxels of one chunk, adding image-gradient contributions to `grad`
@@ -266,6 +290,28 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
       const int64_t b0 = broadcast ? 0 : cur.bl;
       const int64_t b1 = broadcast ? s.batch : cur.bl + 1;
 #ifdef FASTREG_WARP_AVX2
+      if constexpr (kSimd && NDIM == 2) {
+        if (simd16 && i + 16 <= ch.end && cur.idx[1] + 16 <= out_size[1]) {
+          const int handled = backward_block16<PADDING == kBorder>(
+              pos_ptr + cur.bl * 2 * s.n_out, s.n_out, cur.v, cur.idx, displacement, geo.size, geo.stride,
+              img + b0 * stride_b, go + b0 * s.channels * s.n_out + cur.v, b1 - b0, s.channels, s.n_in,
+              need_loc ? gl + cur.bl * 2 * s.n_out + cur.v : nullptr,
+              grad != nullptr ? grad->row(b0, 0) : nullptr, grad != nullptr ? grad->row_len : 0,
+              grad != nullptr ? grad->shift : 0, grad != nullptr ? ch.lo : 0, grad != nullptr ? ch.hi + 1 : s.n_in);
+          if (handled >= 0) {
+            if (handled == 0xFFFF) {
+              cur.skip(16, s.n_out, out_size);
+            } else {
+              for (int k = 0; k < 16; ++k) {  // the lanes the block did not take
+                if (!((handled >> k) & 1)) voxel(b0, b1);
+                cur.next(s.n_out, out_size);
+              }
+            }
+            i += 16;
+            continue;
+          }
+        }
+      }
       if constexpr (kSimd) {
         int handled = 0;
         if (simd && i + 8 <= ch.end && cur.idx[NDIM - 1] + 8 <= out_size[NDIM - 1] &&

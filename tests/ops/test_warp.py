@@ -159,10 +159,10 @@ def test_float32_long_rows(backend, device, shape, padding, field_batch):
 
 
 @pytest.mark.parametrize("pattern", BLOCK_PATTERNS)
-@pytest.mark.parametrize("shape", [(7, 40), (5, 6, 40)])
+@pytest.mark.parametrize("shape", [(7, 40), (24, 40), (5, 6, 40)])
 @pytest.mark.parametrize("padding", ("zeros", "border"))
 def test_float32_block_read_patterns(backend, device, block_field, pattern, shape, padding):
-    """Every way an AVX2 block reads its cell rows (conftest.BLOCK_PATTERNS) gives the
+    """Every way a SIMD block reads its cell rows (conftest.BLOCK_PATTERNS) gives the
     reference's values and gradients."""
     image = torch.randn(2, 3, *shape, device=device)
     disp = block_field(pattern, shape, device=device)
