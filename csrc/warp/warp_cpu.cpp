@@ -49,6 +49,19 @@ struct Cursor {
     idx[NDIM - 1] += k - 1;
     next(n_out, out_size);
   }
+  // Moves past a SIMD block of k voxels along the last axis that took the voxels of `taken`
+  // (bit j: voxel v + j), calling scalar() at each voxel it did not take.
+  template <typename Scalar>
+  void finish_block(int k, int taken, int64_t n_out, const int64_t* out_size, Scalar&& scalar) {
+    if (taken == (1 << k) - 1) {
+      skip(k, n_out, out_size);
+      return;
+    }
+    for (int j = 0; j < k; ++j) {
+      if (!((taken >> j) & 1)) scalar();
+      next(n_out, out_size);
+    }
+  }
 };
 
 template <typename scalar_t, int NDIM, int MODE, int PADDING>
@@ -106,14 +119,7 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
               img + b0 * s.channels * s.n_in, out_ptr + b0 * s.channels * s.n_out + cur.v,
               (broadcast ? s.batch : 1) * s.channels, s.n_in);
           if (interior >= 0) {
-            if (interior == 0xFFFF) {
-              cur.skip(16, s.n_out, out_size);
-            } else {
-              for (int k = 0; k < 16; ++k) {  // the lanes whose cells are not interior
-                if (!((interior >> k) & 1)) voxel();
-                cur.next(s.n_out, out_size);
-              }
-            }
+            cur.finish_block(16, interior, s.n_out, out_size, voxel);
             i += 16;
             continue;
           }
@@ -127,14 +133,7 @@ void forward_kernel(const at::Tensor& image, const at::Tensor& loc, at::Tensor& 
                   pos_ptr + cur.bl * NDIM * s.n_out, s.n_out, cur.v, cur.idx, displacement, geo.size,
                   geo.stride, img + b0 * s.channels * s.n_in, out_ptr + b0 * s.channels * s.n_out + cur.v,
                   broadcast ? s.batch : 1, s.channels, s.n_in, 1.0f, &interior)) {
-            if (interior == 0xFF) {
-              cur.skip(8, s.n_out, out_size);
-            } else {
-              for (int k = 0; k < 8; ++k) {  // the lanes whose cells are not interior
-                if (!((interior >> k) & 1)) voxel();
-                cur.next(s.n_out, out_size);
-              }
-            }
+            cur.finish_block(8, interior, s.n_out, out_size, voxel);
             i += 8;
             continue;
           }
@@ -299,14 +298,7 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
               grad != nullptr ? grad->row(b0, 0) : nullptr, grad != nullptr ? grad->row_len : 0,
               grad != nullptr ? grad->shift : 0, grad != nullptr ? ch.lo : 0, grad != nullptr ? ch.hi + 1 : s.n_in);
           if (handled >= 0) {
-            if (handled == 0xFFFF) {
-              cur.skip(16, s.n_out, out_size);
-            } else {
-              for (int k = 0; k < 16; ++k) {  // the lanes the block did not take
-                if (!((handled >> k) & 1)) voxel(b0, b1);
-                cur.next(s.n_out, out_size);
-              }
-            }
+            cur.finish_block(16, handled, s.n_out, out_size, [&] { voxel(b0, b1); });
             i += 16;
             continue;
           }
@@ -322,14 +314,7 @@ void backward_kernel(const at::Tensor& gout, const at::Tensor& image, const at::
                  grad != nullptr ? grad->row(b0, 0) : nullptr, grad != nullptr ? grad->row_len : 0,
                  grad != nullptr ? grad->shift : 0, grad != nullptr ? ch.lo : 0,
                  grad != nullptr ? ch.hi + 1 : s.n_in)) != 0) {
-          if (handled == 0xFF) {
-            cur.skip(8, s.n_out, out_size);
-          } else {
-            for (int k = 0; k < 8; ++k) {  // the lanes the block did not take
-              if (!((handled >> k) & 1)) voxel(b0, b1);
-              cur.next(s.n_out, out_size);
-            }
-          }
+          cur.finish_block(8, handled, s.n_out, out_size, [&] { voxel(b0, b1); });
           i += 8;
           continue;
         }
