@@ -49,9 +49,9 @@ def mr_volumes(small: bool = False) -> list[tuple[str, np.ndarray]]:
 
 
 def refine(model, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, iterations: Sequence[int],
-           score: Callable[[str, torch.Tensor], dict], similarity: str = "lncc") -> dict:
-    """``fastreg.nio.optimize(model, fixed, moving, iterations=iterations)`` (Adam steps on a
-    copy of the weights, the paper's loss with ``similarity``) and ``fastreg.nio.instance_optimize``
+           score: Callable[[str, torch.Tensor], dict], similarity: str = "lncc", half: bool = False) -> dict:
+    """``fastreg.nio.optimize(model, fixed, moving, iterations=iterations, half=half)`` (Adam steps
+    on a copy of the weights, the paper's loss with ``similarity``) and ``fastreg.nio.instance_optimize``
     from the model's field ``disp`` (dense, its default lr, the same loss) given the same wall time
     (at most 100 steps per NIO step). ``score(name, field)`` gives the metrics of a field
     ("nio" or "io"); the seconds and steps of each are added (``seconds_nio``, ``steps_io``...).
@@ -60,7 +60,7 @@ def refine(model, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor,
     with torch.inference_mode(False), torch.enable_grad():
         fixed, moving, disp = fixed.clone(), moving.clone(), disp.clone()  # normal tensors, not inference ones
         start = time.perf_counter()
-        nio = fastreg.nio.optimize(model, fixed, moving, iterations=tuple(iterations), similarity=similarity)
+        nio = fastreg.nio.optimize(model, fixed, moving, iterations=tuple(iterations), similarity=similarity, half=half)
         seconds = time.perf_counter() - start
         start = time.perf_counter()
         io = fastreg.nio.instance_optimize(disp, fixed, moving, iterations=100 * sum(iterations), max_seconds=seconds,
@@ -83,6 +83,8 @@ def parser(doc: str, model: str) -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write every pair's row to this JSON file")
     p.add_argument("--similarity", choices=fastreg.nio.SIMILARITIES, default="lncc",
                    help="the similarity of NIO and instance optimisation (--nio): lncc (the paper) or mi")
+    p.add_argument("--nio-half", action="store_true",
+                   help="NIO's steps in bfloat16 (fastreg.nio.optimize(half=True)); IO stays float32")
     return p
 
 

@@ -3,6 +3,7 @@
     python benchmarks/nio.py                                  # LapIRN-like pyramid, 96x112x96
     python benchmarks/nio.py --model dpvfa                    # a registry model (the issue's target)
     python benchmarks/nio.py --shape 64 64 64 --pairs 2 --iterations 4 --rounds 3
+    python benchmarks/nio.py --model dpvfa --half             # NIO's steps in bfloat16 vs float32
 
 The same loop (``fastreg.nio.optimize``, one stage with all the model's levels), the same
 model and the same pair run under the default backend (the fused kernels: ``cpu`` or
@@ -13,7 +14,8 @@ load. Per-iteration time: (end of the last step - end of the first) / (iteration
 the run's log, so the first (warm-up) step is left out. The same is measured for
 ``fastreg.nio.instance_optimize`` (Adam on a dense field: the loss and the warp alone, no
 network) on the same pair. ``--batched`` instead times the pairs at once (vmap over per-pair
-weights) against one pair at a time. Peak memory: bytes allocated above
+weights) against one pair at a time; ``--half`` times NIO with ``half=True`` (the network's
+steps under bfloat16 autocast) against float32, both fused, paired the same way. Peak memory: bytes allocated above
 the start during one run of 2 iterations (fastreg.bench.timing.peak_memory: CUDA counters, or
 the CPU profiler's allocation events), divided by the number of pairs.
 
@@ -103,6 +105,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--batched", action="store_true",
                         help="instead: time NIO (one step per level stage) on the pairs at once vs one by one")
+    parser.add_argument("--half", action="store_true",
+                        help="instead: time NIO with half=True (bfloat16 steps) against float32, both fused")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.iterations < 2:
@@ -119,6 +123,8 @@ def main(argv=None) -> None:
     finest = (model.num_levels,)
     if args.batched:
         return compare_batched(model, fixed, moving, args)
+    if args.half:
+        return compare_half(model, fixed, moving, finest, args)
     loops = {  # name -> run(iterations) -> Result
         "nio": lambda n: nio.optimize(model, fixed, moving, iterations=(n,), levels=finest),
         "io": lambda n: nio.instance_optimize(start, fixed, moving, iterations=n),
@@ -146,6 +152,24 @@ def main(argv=None) -> None:
         ratios = [ref / fused for ref, fused in zip(times[loop, "reference"], times[loop, "fused"])]
         print(f"  {loop:3s} ratio reference / fused per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
               f"median {statistics.median(ratios):.2f}x")
+
+
+def compare_half(model, fixed, moving, finest, args) -> None:
+    """NIO per-iteration time with ``half=True`` against float32, paired per round."""
+    times = {False: [], True: []}
+    for r in range(args.rounds):
+        for half in (False, True) if r % 2 == 0 else (True, False):
+            log = nio.optimize(model, fixed, moving, iterations=(args.iterations,), levels=finest, half=half).log
+            times[half].append(seconds_per_step(log))
+        print(f"round {r}: float32 {times[False][-1]:.3f} s/it, half {times[True][-1]:.3f} s/it", file=sys.stderr)
+    print(f"{describe_device(device_of(model))}, torch {torch.__version__}")
+    print(f"model {args.model}, pairs {args.pairs}, shape {'x'.join(map(str, args.shape))}, "
+          f"{args.iterations} iterations per run, {args.rounds} rounds")
+    for half in (False, True):
+        print(f"  nio {'half' if half else 'float32':7s}  median {statistics.median(times[half]):.3f} s/iteration")
+    ratios = [a / b for a, b in zip(times[False], times[True])]
+    print(f"  nio ratio float32 / half per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+          f"median {statistics.median(ratios):.2f}x")
 
 
 def compare_batched(model, fixed, moving, args) -> None:

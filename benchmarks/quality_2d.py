@@ -104,7 +104,7 @@ def evaluate(args) -> list[dict]:
                             return {f"cc_{name}": float(metrics.cc(fixed, fastreg.warp(moving, field, padding_mode="border"))),
                                     f"folding_{name}": float(metrics.jacobian_stats(field)["folding_percent"])}
 
-                        row.update(refine(model, fixed, moving, disp, (args.nio,), score, args.similarity))
+                        row.update(refine(model, fixed, moving, disp, (args.nio,), score, args.similarity, args.nio_half))
                     if not args.no_syn:
                         peer = syn(fixed, moving)
                         row.update(cc_syn=float(metrics.cc(fixed, peer["warped"])),

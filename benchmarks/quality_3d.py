@@ -158,7 +158,7 @@ def evaluate(args) -> list[dict]:
                 row = {"image": name, "pair": k, **_scores("before", fixed, fixed_labels, moving, moving_labels),
                        **score("model", disp), "seconds_model": seconds}
                 if args.nio:
-                    row.update(refine(model, fixed, moving, disp, args.nio, score, args.similarity))
+                    row.update(refine(model, fixed, moving, disp, args.nio, score, args.similarity, args.nio_half))
                 if not args.no_syn:
                     peer = syn(fixed, moving, moving_labels)
                     row.update(_scores("syn", fixed, fixed_labels, peer["warped"], peer["labels"]),

@@ -208,7 +208,8 @@ def register(
     3 voxels apart), "on" or "off". ``fixed_labels`` /
     ``moving_labels``: integer maps on the fixed / moving grid (warped; Dice when both).
     ``device``: where the network runs (default: CUDA when available). ``half``: the network
-    under autocast (float16 on CUDA, bfloat16 on CPU); fields stay float32. ``passes``: apply
+    under autocast (float16 on CUDA, bfloat16 on CPU; NIO's steps in bfloat16 on both, see
+    `fastreg.nio.optimize`); fields stay float32. ``passes``: apply
     the network this many times for this call (fastreg.models.base, Recursion; default the
     model's own: 2 for the shipped unireg-2d, 1 the fastest); the model is left as it was.
     ``spacing``: the isotropic voxel size (mm) the network runs at: "model" (``model.spacing``,
@@ -263,7 +264,7 @@ def register(
         if nio:
             clock = time.perf_counter()
             u = nio_module.optimize(net, fixed_c, moving_c, iterations=iterations, max_seconds=max_seconds,
-                                    similarity=nio_similarity).disp.float()
+                                    similarity=nio_similarity, half=half).disp.float()
             timings["nio"] = _lap(clock)
 
     clock = time.perf_counter()

@@ -165,6 +165,31 @@ def test_loss_decreases_and_field_approaches_truth(ndim, levels, shape):
     assert rms(result.disp, truth) < 0.9 * rms(initial, truth)
 
 
+def test_half_steps_in_bfloat16_and_return_a_float32_field():
+    """half=True: every step's network runs under bfloat16 autocast (its convolutions see
+    bfloat16 inputs), the field comes back float32 from the adapted weights, the caller's
+    model is untouched, and the run still lowers the loss and approaches the true field."""
+    model = Pyramid(2, 3)
+    fixed, moving, truth = known_pair((40, 36))
+    with torch.no_grad():
+        initial = model(fixed, moving)
+    before = snapshot(model)  # after the call above: train mode updates the norm's statistics
+    seen = []
+    hook = model.heads[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    try:
+        half = nio.optimize(model, fixed, moving, iterations=(40, 30, 20), lr=3e-2, half=True)
+    finally:
+        hook.remove()
+    assert half.disp.dtype == torch.float32
+    # the private copy runs the hooks it inherited: bfloat16 while stepping
+    assert torch.bfloat16 in seen
+    assert all(torch.equal(a, b) for a, b in zip(before[0].values(), snapshot(model)[0].values()))
+    assert nio._loss(fixed, moving, half.disp, 0.4, 7)[0] < nio._loss(fixed, moving, initial, 0.4, 7)[0]
+    assert rms(half.disp, truth) < 0.9 * rms(initial, truth)
+    with pytest.raises(TypeError, match="half"):
+        nio.optimize(model, fixed, moving, half=1)
+
+
 def test_mutual_information_registers_across_contrasts():
     """The moving image under a non-monotonic lookup table: with similarity "mi", NIO lowers
     its loss and 1 - NMI, and IO moves the field towards the truth (to 0.43-0.84 of the

@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-labels", default=None, help="label map on the moving grid (warped)")
     p.add_argument("--fixed-labels", default=None, help="label map on the fixed grid (Dice)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--half", action="store_true", help="run the network in half precision")
+    p.add_argument("--half", action="store_true",
+                   help="run the network (and NIO's steps) in half precision; fields stay float32")
     p.add_argument("--passes", type=int, default=None,
                    help="apply the network N times (default: the model's own; unireg-2d: 2, 1 is fastest)")
     p.add_argument("--spacing", type=float, default=None,
