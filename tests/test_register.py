@@ -306,6 +306,9 @@ def test_nio_refines_and_half_runs(unireg):
         torch.testing.assert_close(r.disp, expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="nio_similarity: expected one of"):
         fastreg.register(fixed, moving, model=unireg, nio=True, nio_similarity="ncc")
+    r = fastreg.register(fixed, moving, model=unireg, affine="off", nio=True, iterations=(3,), half=True)
+    expected = fastreg.nio.optimize(unireg, f, m, iterations=(3,), half=True).disp[0]
+    torch.testing.assert_close(r.disp, expected, atol=1e-5, rtol=0)  # NIO's steps in bfloat16 too
     h = fastreg.register(fixed, moving, model=unireg, affine="off", half=True)
     full = fastreg.register(fixed, moving, model=unireg, affine="off")
     assert h.disp.dtype == torch.float32
