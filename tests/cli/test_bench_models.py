@@ -40,16 +40,19 @@ def test_peer_ops_compute_what_fastreg_computes(shape):
         sum(torch.diff(u, dim=2 + k).square().mean().item() for k in range(ndim)) / ndim)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: DPVFA(ndim=3, channels=(4, 8, 8), attention=(4, 8, 8)),
-    lambda: DPConvC(ndim=3, channels=(4, 8, 8), widths=(4, 8, 8)),
-    lambda: CascadeUNet(ndim=3, widths=(4, 8)),
+# (model, std of its flow heads' weights): fields of about a voxel or more in every model (the
+# cascade's integrated velocity needs the larger weights: with 0.05 its largest displacement
+# fell to 0.04 voxel for some seeds)
+@pytest.mark.parametrize("build, flow_std", [
+    (lambda: DPVFA(ndim=3, channels=(4, 8, 8), attention=(4, 8, 8)), 0.05),
+    (lambda: DPConvC(ndim=3, channels=(4, 8, 8), widths=(4, 8, 8)), 0.05),
+    (lambda: CascadeUNet(ndim=3, widths=(4, 8)), 0.2),
 ])
-def test_a_model_on_the_peer_ops_is_the_same_model(build):
+def test_a_model_on_the_peer_ops_is_the_same_model(build, flow_std):
     model = build().double()
-    for name, p in model.named_parameters():  # fields of about a voxel in every model
+    for name, p in model.named_parameters():
         if "flow" in name and name.endswith("weight"):
-            torch.nn.init.normal_(p, 0.0, 0.05)
+            torch.nn.init.normal_(p, 0.0, flow_std)
     peer = copy.deepcopy(model)
     peer.kernels = PEER_KERNELS
     fixed, moving = torch.rand(2, 1, 32, 32, 32, dtype=torch.float64), torch.rand(2, 1, 32, 32, 32, dtype=torch.float64)
