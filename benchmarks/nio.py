@@ -15,9 +15,10 @@ the run's log, so the first (warm-up) step is left out. The same is measured for
 ``fastreg.nio.instance_optimize`` (Adam on a dense field: the loss and the warp alone, no
 network) on the same pair. ``--batched`` instead times the pairs at once (vmap over per-pair
 weights) against one pair at a time; ``--half`` times NIO with ``half=True`` (the network's
-steps under bfloat16 autocast) against float32, both fused, paired the same way. Peak memory: bytes allocated above
-the start during one run of 2 iterations (fastreg.bench.timing.peak_memory: CUDA counters, or
-the CPU profiler's allocation events), divided by the number of pairs.
+steps under bfloat16 autocast) against float32, both fused, paired the same way. Peak
+memory: bytes allocated above the start during one run of 2 iterations
+(fastreg.bench.timing.peak_memory: CUDA counters, or the CPU profiler's allocation events),
+divided by the number of pairs.
 
 ``--model pyramid`` (default) is a LapIRN-like three-level network written here, until the
 registry's models exist: level k sees both images at 1/2^(3-k) resolution, the moving one

@@ -1,6 +1,6 @@
 // AVX-512 fast path of the 2-D CPU warp (float32, linear interpolation, zeros or border
 // padding): 16 consecutive output voxels along the last axis. Where their cells lie within
-// a few image rows and 31 columns (smooth fields: nearly every block), each of those rows
+// 8 cell rows and 31 columns (smooth fields: nearly every block), each image row they touch
 // is read as two 16-wide vectors and every lane picks its corners from them with a
 // two-register permute: no per-lane reads, whatever the number of runs. Blocks that do not
 // fit take the 8-wide path of warp_cpu_simd.h. The backward reads the corners the same way
@@ -13,7 +13,6 @@
 #include "warp_cpu_simd.h"
 
 #ifdef FASTREG_WARP_AVX2
-#define FASTREG_WARP_AVX512 1
 
 namespace fastreg {
 namespace warp {
@@ -149,7 +148,6 @@ FASTREG_AVX512_TARGET int forward_block16(const float* loc, int64_t n_out, int64
   }
   return c.interior;
 }
-
 
 // Backward of forward_block16 for the interior lanes of output voxels v .. v+15 of a 2-D warp
 // (arguments as backward_block8, stride the image's element strides). Returns -1, writing
