@@ -117,18 +117,30 @@ def test_inverse_of_the_cascade_is_its_own_exact_inverse_on_an_unpadded_size():
     the image's size."""
     net = models.create("cascade", ndim=2, widths=(4, 8))
     fixed, moving = smooth(40, 36), smooth(40, 36)
-    with torch.no_grad():
-        for stage in (net.net1, net.net2):
-            torch.nn.init.normal_(stage.flow.weight, 0.0, 0.5)
-    r = fastreg.register(fixed, moving, model=net, affine="off")
     f, m = normalize(fixed[None])[None], normalize(moving[None])[None]
+    inner = (slice(None), slice(6, -6), slice(6, -6))
+
+    def mean_length(disp):  # voxels, away from the border
+        return disp[inner].norm(dim=0).mean()
+
+    with torch.no_grad():
+        # Random flow heads give fields of 0.1 to 1 voxel across seeds: rescale them to about
+        # half a voxel whatever the seed.
+        heads = [stage.flow.weight for stage in (net.net1, net.net2)]
+        for w in heads:
+            torch.nn.init.normal_(w, 0.0, 0.5)
+        scale = 0.5 / mean_length(net(f, m)[0])
+        for w in heads:
+            w.mul_(scale)
+    r = fastreg.register(fixed, moving, model=net, affine="off")
     with torch.no_grad():
         torch.testing.assert_close(r.disp, net(f, m)[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(r.inverse, net.inverse(f, m)[0], atol=1e-5, rtol=0)
-    inner = (slice(None), slice(6, -6), slice(6, -6))
-    size = r.disp[inner].abs().max()
-    assert size > 0.5
-    assert fastreg.compose(r.disp[None], r.inverse[None])[0][inner].abs().max() < 0.1 * size
+    size = mean_length(r.disp)
+    assert size > 0.3
+    # 0.002 * size typical, 0.08 the worst of 300 draws; exp(-velocity) stretched onto the
+    # image's size leaves 0.36-0.41 * size
+    assert mean_length(fastreg.compose(r.disp[None], r.inverse[None])[0]) < 0.2 * size
 
 
 def test_inverse_round_trip_through_invert_field_and_the_affine(unireg):
