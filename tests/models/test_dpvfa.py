@@ -119,11 +119,14 @@ def test_inductor_compiled_model_matches_eager(cls):
     torch.testing.assert_close(compiled(fixed, moving), expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
 
 
-@pytest.mark.parametrize("cls, lr", [(DPVFA, 1e-3), (DPConvC, 1e-3)])
+@pytest.mark.parametrize("cls, lr", [(DPVFA, 3e-3), (DPConvC, 1e-3)])
 def test_overfit_on_a_known_field_lowers_the_loss_and_finds_the_field(cls, lr):
     loss0, loss1, err0, err1 = overfit(small(cls, 2, paper_init=True), (32, 32), steps=30, lr=lr)
     assert loss1 < 0.5 * loss0
-    assert err1 < 0.7 * err0 and err1 < 1.0
+    # relative: the first error follows the drawn field (0.96-2.13 voxels). DP-VFA: 0.23-0.60
+    # over 56 draws, 0.81-1.73 with the field's axes swapped in the warp; DP-Conv-C: at most
+    # 0.26 over 30 draws
+    assert err1 < 0.7 * err0
 
 
 @pytest.mark.parametrize("cls", [DPVFA, DPConvC])
